@@ -1,0 +1,1 @@
+"""The M2KT broker: verifies, stores and serves signed knowledge packets (PROTOCOL.md v1)."""

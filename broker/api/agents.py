@@ -1,0 +1,45 @@
+"""Agents and keys."""
+
+from fastapi import APIRouter, Path
+
+from broker.deps import AdminDep, AnyAgentDep, SessionsDep
+from broker.repositories import agents as agents_repo
+from broker.schemas import AgentCreated, AgentIn, AgentOut, KeyIn, KeyOut
+from broker.services import agents as agents_service
+from m2kt.errors import NotFound
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+Name = Path(max_length=64)
+
+
+@router.post("", status_code=201)
+def create_agent(body: AgentIn, _: AdminDep, sessions: SessionsDep) -> AgentCreated:
+    new = agents_service.create_agent(
+        sessions=sessions, name=body.name, role=body.role, public_key=body.public_key
+    )
+    return AgentCreated(name=new.name, role=new.role, token=new.token, keyid=new.keyid)
+
+
+@router.get("/{name}")
+def get_agent(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> AgentOut:
+    with sessions.reader() as session:
+        agent = agents_repo.get_by_name(session=session, name=name)
+        if agent is None:
+            raise NotFound(f"no agent named {name!r}")
+        keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
+        return AgentOut(name=agent.name, role=agent.role, keys=keys)
+
+
+@router.post("/{name}/keys", status_code=201)
+def add_key(body: KeyIn, _: AdminDep, sessions: SessionsDep, name: str = Name) -> KeyOut:
+    key = agents_service.add_key(sessions=sessions, name=name, public_key=body.public_key)
+    return KeyOut(keyid=key.keyid, public_key=key.public_key, revoked=key.revoked)
+
+
+@router.post("/{name}/keys/{keyid}/revoke")
+def revoke_key(
+    _: AdminDep, sessions: SessionsDep, name: str = Name, keyid: str = Path(max_length=64)
+) -> KeyOut:
+    key = agents_service.revoke_key(sessions=sessions, name=name, keyid=keyid)
+    return KeyOut(keyid=key.keyid, public_key=key.public_key, revoked=key.revoked)

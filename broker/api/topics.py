@@ -1,0 +1,120 @@
+"""Topics: counts, pages of packets, and the Server-Sent Events stream."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from broker.api import params
+from broker.db import Sessions
+from broker.deps import AnyAgentDep, BroadcasterDep, Caller, MetricsDep, SessionsDep, SettingsDep
+from broker.events import Broadcaster
+from broker.metrics import Metrics
+from broker.repositories import packets as packets_repo
+from broker.schemas import PacketPage, PacketSummary, TopicOut
+from broker.services.packets import summary
+from m2kt.constants import PAGE_LIMIT_MAX
+from m2kt.errors import InvalidRequest
+
+router = APIRouter(prefix="/topics", tags=["topics"])
+
+
+@router.get("")
+def list_topics(caller: AnyAgentDep, sessions: SessionsDep) -> list[TopicOut]:
+    with sessions.reader() as session:
+        stats = packets_repo.topic_stats(session=session, include_quarantined=caller.sees_quarantined)
+    return [TopicOut(topic=t, packets=n, last_seq=s) for t, n, s in stats]
+
+
+def _page(sessions: Sessions, topic: str, after: int, limit: int, caller: Caller) -> list[PacketSummary]:
+    with sessions.reader() as session:
+        rows = packets_repo.topic_page(
+            session=session,
+            topic=topic,
+            after=after,
+            limit=limit,
+            include_quarantined=caller.sees_quarantined,
+        )
+        return [summary(p) for p in rows]
+
+
+@router.get("/{topic}/packets")
+def topic_packets(
+    topic: params.TopicPath,
+    caller: AnyAgentDep,
+    sessions: SessionsDep,
+    after: params.After = 0,
+    limit: params.Limit = params.DEFAULT_LIMIT,
+) -> PacketPage:
+    items = _page(sessions, params.topic(topic), after, min(limit, PAGE_LIMIT_MAX), caller)
+    return PacketPage(items=items, next_after=items[-1].seq if items else after)
+
+
+def _current_seq(sessions: Sessions) -> int:
+    with sessions.reader() as session:
+        return packets_repo.max_seq(session=session)
+
+
+async def _stream(
+    request: Request,
+    sessions: Sessions,
+    broadcaster: Broadcaster,
+    metrics: Metrics,
+    topic: str,
+    cursor: int,
+    caller: Caller,
+    keepalive: float,
+) -> AsyncIterator[str]:
+    wake = broadcaster.subscribe()
+    metrics.event_streams.inc()
+    try:
+        yield ": stream open\n\n"
+        while True:
+            wake.clear()
+            items = await run_in_threadpool(_page, sessions, topic, cursor, PAGE_LIMIT_MAX, caller)
+            for item in items:
+                cursor = item.seq
+                yield f"id: {item.seq}\nevent: packet\ndata: {json.dumps(item.model_dump())}\n\n"
+            if len(items) == PAGE_LIMIT_MAX:
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=keepalive)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                yield ": keep-alive\n\n"
+    finally:
+        broadcaster.unsubscribe(wake)
+        metrics.event_streams.dec()
+
+
+@router.get(
+    "/{topic}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "SSE: id = seq, event = packet"}},
+)
+async def topic_events(
+    request: Request,
+    topic: params.TopicPath,
+    caller: AnyAgentDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    broadcaster: BroadcasterDep,
+    metrics: MetricsDep,
+    last_event_id: str | None = Header(default=None, alias="Last-Event-ID", max_length=20),
+) -> StreamingResponse:
+    params.topic(topic)
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit():
+            raise InvalidRequest("Last-Event-ID must be a packet seq (a non-negative integer)")
+        cursor = int(last_event_id.strip())
+    else:
+        cursor = await run_in_threadpool(_current_seq, sessions)
+    stream = _stream(
+        request, sessions, broadcaster, metrics, topic, cursor, caller, settings.sse_keepalive_seconds
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

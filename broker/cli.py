@@ -1,0 +1,117 @@
+"""m2kt-broker: serve, migrate, agents create, keys revoke."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from broker import logs
+from broker.db import Sessions, make_engine
+from broker.migrate import upgrade
+from broker.services import agents as agents_service
+from broker.settings import BrokerSettings
+from m2kt import keys
+from m2kt.errors import M2KTError
+
+app = typer.Typer(help="The M2KT broker.", no_args_is_help=True, add_completion=False)
+agents_app = typer.Typer(help="Register agents.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage teachers' keys.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> BrokerSettings:
+    try:
+        return BrokerSettings()
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        err.print(f"[red]error:[/] invalid settings: {first[-1] if first else exc}")
+        raise typer.Exit(code=2) from exc
+
+
+def _migrate(settings: BrokerSettings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    except Exception as exc:
+        err.print(f"[red]error:[/] migration failed: {str(exc).splitlines()[0]}")
+        raise typer.Exit(code=1) from exc
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def migrate() -> None:
+    """Migrate the database to the newest schema."""
+    settings = _settings()
+    _migrate(settings)
+    err.print("database at head")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8080,
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="skip the migration to head")] = False,
+) -> None:
+    """Serve the broker's HTTP API (migrates to head first)."""
+    import uvicorn
+
+    from broker.main import create_app
+
+    settings = _settings()
+    logs.configure(json_logs=settings.log_json)
+    if settings.admin_token is None:
+        err.print("[yellow]warning:[/] M2KT_ADMIN_TOKEN is not set: admin routes refuse every token")
+    if not no_migrate:
+        _migrate(settings)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+
+
+def _fail(exc: M2KTError) -> typer.Exit:
+    err.print(f"[red]error:[/] {exc.detail}")
+    return typer.Exit(code=1)
+
+
+@agents_app.command("create")
+def agents_create(
+    name: Annotated[str, typer.Option(help="agent name")],
+    role: Annotated[str, typer.Option(help="teacher or student")],
+    public_key: Annotated[Path | None, typer.Option(help="teacher's public key file (.pub or PEM)")] = None,
+) -> None:
+    """Register an agent directly in the database and print its token (shown once)."""
+    settings = _settings()
+    b64 = None
+    try:
+        if public_key is not None:
+            b64 = keys.public_to_b64(keys.load_public(public_key))
+        engine = make_engine(settings.database_url)
+        try:
+            new = agents_service.create_agent(sessions=Sessions(engine), name=name, role=role, public_key=b64)
+        finally:
+            engine.dispose()
+    except M2KTError as exc:
+        raise _fail(exc) from exc
+    out.print(new.token, soft_wrap=True, highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Option(help="the teacher")],
+    keyid: Annotated[str, typer.Option(help="the key to revoke")],
+) -> None:
+    """Revoke a teacher's key: packets it signed stay, it signs nothing new."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        agents_service.revoke_key(sessions=Sessions(engine), name=name, keyid=keyid)
+    except M2KTError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    err.print(f"revoked {keyid}")

@@ -1,0 +1,97 @@
+"""Dependencies, declared once as `Annotated` aliases; routes just name them."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from broker import auth
+from broker.db import Sessions
+from broker.events import Broadcaster
+from broker.metrics import Metrics
+from broker.models import Agent
+from broker.repositories import agents as agents_repo
+from broker.settings import BrokerSettings
+from broker.storage import BlobStore
+from m2kt.errors import Forbidden, Unauthorized
+
+ADMIN = "admin"
+
+
+def get_settings(request: Request) -> BrokerSettings:
+    settings: BrokerSettings = request.app.state.settings
+    return settings
+
+
+def get_sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def get_store(request: Request) -> BlobStore:
+    store: BlobStore = request.app.state.store
+    return store
+
+
+def get_broadcaster(request: Request) -> Broadcaster:
+    broadcaster: Broadcaster = request.app.state.broadcaster
+    return broadcaster
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[BrokerSettings, Depends(get_settings)]
+SessionsDep = Annotated[Sessions, Depends(get_sessions)]
+StoreDep = Annotated[BlobStore, Depends(get_store)]
+BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+class Caller:
+    """Who is calling: the admin (no agent row) or a registered agent."""
+
+    def __init__(self, role: str, agent: Agent | None) -> None:
+        self.role = role
+        self.agent = agent
+
+    @property
+    def sees_quarantined(self) -> bool:
+        return self.role != "student"
+
+
+def get_caller(request: Request, settings: SettingsDep, sessions: SessionsDep) -> Caller:
+    token = auth.parse_bearer(request.headers.get("authorization"))
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>'")
+    admin = settings.admin_token
+    if admin is not None and auth.same_secret(token, admin.get_secret_value()):
+        return Caller(ADMIN, None)
+    with sessions.reader() as session:
+        agent = agents_repo.get_by_token_hash(session=session, token_hash=auth.hash_token(token))
+    if agent is None or not auth.same_secret(agent.token_hash, auth.hash_token(token)):
+        raise Unauthorized("the token is not valid")
+    return Caller(agent.role, agent)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def _require(role: str) -> object:
+    def dependency(caller: CallerDep) -> Caller:
+        if caller.role != role:
+            raise Forbidden(f"this needs the {role} role")
+        return caller
+
+    return Depends(dependency)
+
+
+def _require_agent(caller: CallerDep) -> Caller:
+    return caller
+
+
+AnyAgentDep = Annotated[Caller, Depends(_require_agent)]
+AdminDep = Annotated[Caller, _require(ADMIN)]
+TeacherDep = Annotated[Caller, _require("teacher")]
+StudentDep = Annotated[Caller, _require("student")]

@@ -1,0 +1,87 @@
+"""The only place that writes `application/problem+json` (RFC 9457).
+
+Domain errors (`M2KTError`), request-shape errors, HTTP errors of the router
+(404 for unknown paths, 405) and database outages all leave here as problem
+bodies; an unexpected exception is logged and answered as a bare 500 problem
+without internals.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from m2kt.constants import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
+from m2kt.errors import InvalidRequest, M2KTError, NotFound, ServiceUnavailable
+from m2kt.problem import problem_for
+
+logger = logging.getLogger(__name__)
+
+_HTTP_SLUGS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    409: "conflict",
+    413: "payload-too-large",
+}
+
+
+def problem_response(exc: M2KTError, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = problem_for(exc).model_dump()
+    if exc.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="m2kt"'}
+    return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "the request does not have the documented shape"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(M2KTError)
+    async def _domain(_: Request, exc: M2KTError) -> JSONResponse:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _shape(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(InvalidRequest(_validation_detail(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = _HTTP_SLUGS.get(exc.status_code, "invalid-request")
+        body = {
+            "type": f"{PROBLEM_BASE}/{slug}",
+            "title": str(exc.detail),
+            "status": exc.status_code,
+            "detail": str(exc.detail),
+        }
+        if exc.status_code == 404:
+            body["detail"] = NotFound("no such resource").detail
+        return JSONResponse(
+            body, status_code=exc.status_code, media_type=PROBLEM_MEDIA_TYPE, headers=exc.headers
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("database error", extra={"error": str(exc).splitlines()[0]})
+        return problem_response(ServiceUnavailable("the database is not answering; try again"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", extra={"path": request.url.path})
+        body = {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "internal error",
+        }
+        return JSONResponse(body, status_code=500, media_type=PROBLEM_MEDIA_TYPE)

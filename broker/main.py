@@ -1,0 +1,66 @@
+"""create_app(settings) -> FastAPI. Everything stateful lives on `app.state`, made in the lifespan."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from broker import api
+from broker.api import health
+from broker.db import Sessions, make_engine
+from broker.errors import install_problem_handlers
+from broker.events import Broadcaster, PostgresListener
+from broker.metrics import Metrics
+from broker.repositories import packets as packets_repo
+from broker.settings import BrokerSettings
+from broker.storage import BlobStore
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """The M2KT broker: verifies, stores and serves signed knowledge packets
+(PROTOCOL.md v1). Errors are RFC 9457 `application/problem+json`."""
+
+
+def _libpq_url(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def sweep_orphans(sessions: Sessions, store: BlobStore, grace_seconds: float) -> int:
+    """Delete blobs no packet references (left by a crash between blob write and commit)."""
+    with sessions.reader() as session:
+        referenced = packets_repo.referenced_blobs(session=session)
+    return store.sweep(referenced, grace_seconds)
+
+
+def create_app(settings: BrokerSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.database_url)
+        sessions = Sessions(engine)
+        store = BlobStore(settings.data_dir)
+        broadcaster = Broadcaster()
+        broadcaster.attach(asyncio.get_running_loop())
+        app.state.settings, app.state.sessions, app.state.store = settings, sessions, store
+        app.state.broadcaster, app.state.metrics = broadcaster, Metrics()
+        removed = sweep_orphans(sessions, store, settings.orphan_grace_seconds)
+        logger.info("broker ready", extra={"orphans_removed": removed, "sqlite": settings.is_sqlite})
+        listener = None
+        if engine.dialect.name == "postgresql":
+            listener = PostgresListener(_libpq_url(settings.database_url), broadcaster.notify)
+            listener.start()
+        try:
+            yield
+        finally:
+            if listener is not None:
+                listener.stop()
+            engine.dispose()
+
+    app = FastAPI(title="M2KT broker", version="1", description=DESCRIPTION, lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api.router)
+    return app

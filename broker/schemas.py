@@ -1,0 +1,146 @@
+"""Request and response models of the `/v1` API; ORM rows never leave the broker."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["accepted", "rolled_back", "rejected"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AgentIn(_In):
+    name: str = Field(max_length=64)
+    role: Literal["teacher", "student"]
+    public_key: str | None = Field(default=None, max_length=64)
+
+
+class KeyIn(_In):
+    public_key: str = Field(max_length=64)
+
+
+class ReportIn(_In):
+    verdict: Verdict
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    student_model: dict[str, Any] = Field(default_factory=dict)
+    safety_findings: list[Any] = Field(default_factory=list)
+    detail: str = Field(default="", max_length=65536)
+
+
+class QuarantineIn(_In):
+    reason: str = Field(min_length=1, max_length=4096)
+
+
+class AgentCreated(BaseModel):
+    name: str
+    role: str
+    token: str
+    keyid: str | None
+
+
+class KeyOut(BaseModel):
+    keyid: str
+    public_key: str
+    revoked: bool
+
+
+class AgentOut(BaseModel):
+    name: str
+    role: str
+    keys: list[KeyOut]
+
+
+class Published(BaseModel):
+    id: str
+    seq: int
+    topics: list[str]
+    created: bool
+
+
+class PacketSummary(BaseModel):
+    id: str
+    seq: int
+    teacher: str
+    topics: list[str]
+    status: Literal["published", "quarantined"]
+    received_at: str
+
+
+class ReportCounts(BaseModel):
+    count: int
+    accepted: int
+    rolled_back: int
+    rejected: int
+
+
+class PacketOut(PacketSummary):
+    statement: dict[str, Any]
+    reports: ReportCounts
+
+
+class TopicOut(BaseModel):
+    topic: str
+    packets: int
+    last_seq: int
+
+
+class PacketPage(BaseModel):
+    items: list[PacketSummary]
+    next_after: int
+
+
+class LogEntryOut(BaseModel):
+    index: int
+    kind: str
+    subject: str
+    body_sha256: str
+    prev_hash: str
+    hash: str
+    at: str
+
+
+class LogPage(BaseModel):
+    items: list[LogEntryOut]
+    next_after: int
+
+
+class ReportOut(BaseModel):
+    id: int
+    packet: str
+    student: str
+    verdict: Verdict
+    metrics: dict[str, Any]
+    student_model: dict[str, Any]
+    safety_findings: list[Any]
+    detail: str
+    created_at: str
+
+
+class QuarantineOut(BaseModel):
+    id: str
+    status: Literal["published", "quarantined"]
+    reason: str | None
+
+
+class ProvenanceKey(BaseModel):
+    keyid: str
+    public_key: str
+    revoked: bool
+
+
+class ProvenanceParent(BaseModel):
+    id: str
+    known: bool
+    teacher: str | None
+
+
+class ProvenanceOut(BaseModel):
+    id: str
+    seq: int
+    teacher: str
+    key: ProvenanceKey
+    parents: list[ProvenanceParent]
+    log: list[LogEntryOut]
+    bodies: dict[str, Any] = Field(description="log index -> the body whose sha256 is body_sha256")

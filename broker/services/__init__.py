@@ -1,0 +1,1 @@
+"""Business rules: the ordered publish checks, the hash-chained log, reports and quarantine."""

@@ -1,0 +1,78 @@
+"""The hash-chained event log (PROTOCOL §2, 'The event log').
+
+hash = sha256(prev_hash_bytes || JCS(entry without hash)). Each entry's
+`body_sha256` is the SHA-256 of the canonical JSON of what happened (the body is
+kept, and served in provenance), so a client can check both the chain and what
+each link claims. Appends happen only while the caller holds the head lock.
+"""
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from broker.clock import rfc3339
+from broker.models import Head, LogEntry
+from broker.repositories import log as log_repo
+from m2kt.jsonutil import canonical
+
+GENESIS = "0" * 64
+ENTRY_FIELDS = ("index", "kind", "subject", "body_sha256", "prev_hash", "hash", "at")
+
+
+class ChainBroken(Exception):
+    """The log does not verify; the message names the first bad entry."""
+
+
+def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
+    unsigned = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(unsigned)).hexdigest()
+
+
+def as_dict(entry: LogEntry) -> dict[str, Any]:
+    return {
+        "index": entry.index,
+        "kind": entry.kind,
+        "subject": entry.subject,
+        "body_sha256": entry.body_sha256,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+        "at": entry.at,
+    }
+
+
+def append(
+    *, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime
+) -> LogEntry:
+    """Append one entry after the locked head and move the head forward."""
+    body_bytes = canonical(body)
+    fields: dict[str, Any] = {
+        "index": head.last_index + 1,
+        "kind": kind,
+        "subject": subject,
+        "body_sha256": hashlib.sha256(body_bytes).hexdigest(),
+        "prev_hash": head.last_hash,
+        "at": rfc3339(at),
+    }
+    entry = LogEntry(**fields, hash=entry_hash(head.last_hash, fields), body=body_bytes.decode("utf-8"))
+    log_repo.add(session=session, entry=entry)
+    head.last_index, head.last_hash = entry.index, entry.hash
+    return entry
+
+
+def verify_chain(entries: list[dict[str, Any]], prev_hash: str = GENESIS, start: int = 1) -> str:
+    """Check consecutive entries; return the last hash.
+
+    Raises:
+        ChainBroken: an index gap, a wrong prev_hash, or a hash that does not recompute.
+    """
+    for expected_index, entry in enumerate(entries, start=start):
+        if entry["index"] != expected_index:
+            raise ChainBroken(f"expected index {expected_index}, found {entry['index']}")
+        if entry["prev_hash"] != prev_hash:
+            raise ChainBroken(f"entry {expected_index}: prev_hash does not match the previous hash")
+        if entry_hash(prev_hash, entry) != entry["hash"]:
+            raise ChainBroken(f"entry {expected_index}: hash does not recompute")
+        prev_hash = entry["hash"]
+    return prev_hash

@@ -1,0 +1,115 @@
+"""Publishing: PROTOCOL §2's ordered checks, then the all-or-nothing store.
+
+Order of events for a new packet: every check passes on the spooled upload;
+the payload and envelope blobs are made durable at their content addresses;
+then one transaction, holding the head lock, assigns `seq`, inserts the rows
+and appends the log entry. Readers see the packet only after that commit, and a
+crash before it leaves only unreferenced blobs, which start-up sweeps.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from broker import clock
+from broker.db import Sessions
+from broker.models import Agent, Packet
+from broker.repositories import agents as agents_repo
+from broker.repositories import log as log_repo
+from broker.repositories import packets as packets_repo
+from broker.services import eventlog
+from broker.storage import BlobStore, SpooledBlob
+from m2kt import keys
+from m2kt.errors import UnknownKey
+from m2kt.packet import OpenedPacket, open_packet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    id: str
+    seq: int
+    topics: list[str]
+    created: bool
+
+
+def _existing(session: Session, packet_id: str) -> PublishOutcome | None:
+    packet = packets_repo.get(session=session, packet_id=packet_id)
+    if packet is None:
+        return None
+    return PublishOutcome(packet.id, packet.seq, [t.topic for t in packet.topics], created=False)
+
+
+def _check(sessions: Sessions, teacher: Agent, envelope: bytes, payload: SpooledBlob) -> OpenedPacket:
+    with sessions.reader() as session:
+        trusted = {
+            k.keyid: keys.public_from_b64(k.public_key)
+            for k in agents_repo.active_keys(session=session, agent_id=teacher.id)
+        }
+    return open_packet(
+        envelope, payload.path, trusted, payload_sha256=payload.sha256, payload_size=payload.size
+    )
+
+
+def publish(
+    *, sessions: Sessions, store: BlobStore, teacher: Agent, envelope: bytes, payload: SpooledBlob
+) -> PublishOutcome:
+    """Check and store one packet; the same statement again answers `created=False`.
+
+    Raises:
+        M2KTError subclasses: the first PROTOCOL check that fails; nothing is stored then.
+    """
+    opened = _check(sessions, teacher, envelope, payload)
+    with sessions.reader() as session:
+        seen = _existing(session, opened.id)
+    if seen is not None:
+        payload.discard()
+        return seen
+    envelope_blob = store.spool_bytes(envelope)
+    store.commit(payload)
+    store.commit(envelope_blob)
+    topics = sorted(opened.manifest.topics)
+    with sessions.writer() as session, session.begin():
+        head = log_repo.lock_head(session=session)
+        seen = _existing(session, opened.id)
+        if seen is not None:
+            return seen
+        key = agents_repo.get_key(session=session, keyid=opened.keyid)
+        if key is None or key.revoked:
+            raise UnknownKey("the signing key was revoked while the packet was being checked")
+        now = clock.now()
+        seq = head.last_seq + 1
+        head.last_seq = seq
+        packet = Packet(
+            id=opened.id,
+            seq=seq,
+            teacher_id=teacher.id,
+            keyid=opened.keyid,
+            status="published",
+            statement=opened.statement_bytes.decode("utf-8"),
+            payload_sha256=payload.sha256,
+            payload_size=payload.size,
+            envelope_sha256=envelope_blob.sha256,
+            envelope_size=envelope_blob.size,
+            received_at=now,
+        )
+        packets_repo.insert(session=session, packet=packet, topics=topics)
+        body = {
+            "packet": opened.id,
+            "seq": seq,
+            "teacher": teacher.name,
+            "keyid": opened.keyid,
+            "topics": topics,
+            "payload_sha256": payload.sha256,
+            "envelope_sha256": envelope_blob.sha256,
+        }
+        eventlog.append(
+            session=session, head=head, kind="packet.publish", subject=opened.id, body=body, at=now
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_notify('m2kt_packets', :seq)"), {"seq": str(seq)})
+    logger.info("packet published", extra={"packet": opened.id, "seq": seq, "teacher": teacher.name})
+    return PublishOutcome(opened.id, seq, topics, created=True)

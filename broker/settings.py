@@ -1,0 +1,48 @@
+"""BrokerSettings: the only place the broker reads its environment."""
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from m2kt.constants import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
+
+_WEAK_TOKENS = {"changethis", "admin", "secret", "password", "changeme"}
+
+
+class BrokerSettings(BaseSettings):
+    """Settings from `M2KT_*` variables (PROTOCOL §3), validated once at start."""
+
+    model_config = SettingsConfigDict(env_prefix="M2KT_", extra="ignore")
+
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir")
+    data_dir: Path = Path(".m2kt")
+    admin_token: SecretStr | None = None
+    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
+    max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, gt=0)
+    max_json_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
+    # Unreferenced blobs younger than this survive start-up: another replica may be mid-publish.
+    orphan_grace_seconds: float = Field(default=600.0, ge=0)
+    log_json: bool = True
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < 16 or secret.lower() in _WEAK_TOKENS:
+            raise ValueError("M2KT_ADMIN_TOKEN must be at least 16 characters and not a placeholder")
+        return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> "BrokerSettings":
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'broker.db'}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,115 @@
+"""BlobStore: content-addressed payload and envelope files.
+
+A blob is written to `tmp/`, fsynced, then renamed to `blobs/<aa>/<sha256>` and
+the directory fsynced, all *before* the database rows that reference it commit.
+So a crash leaves either an unreferenced blob (swept at start) or a complete
+packet; never a row pointing at a missing or partial file.
+"""
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class SpooledBlob:
+    """A blob being received: bytes go to a temp file while its digest and size are counted."""
+
+    path: Path
+    fh: IO[bytes]
+    sha: "hashlib._Hash"
+    size: int = 0
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self.sha.hexdigest()
+
+    def finish(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def discard(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.tmp = root / "tmp"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.blobs / sha256[:2] / sha256
+
+    def spool(self) -> SpooledBlob:
+        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        return SpooledBlob(path=path, fh=path.open("xb"), sha=hashlib.sha256())
+
+    def spool_bytes(self, data: bytes) -> SpooledBlob:
+        blob = self.spool()
+        blob.write(data)
+        blob.finish()
+        return blob
+
+    def commit(self, blob: SpooledBlob) -> Path:
+        """Move a finished spooled blob to its content address (durably); idempotent."""
+        final = self.path(blob.sha256)
+        if final.exists():
+            blob.discard()
+            return final
+        final.parent.mkdir(exist_ok=True)
+        os.replace(blob.path, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def iter_chunks(self, sha256: str) -> Iterable[bytes]:
+        with self.path(sha256).open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+
+    def sweep(self, referenced: set[str], grace_seconds: float) -> int:
+        """Remove temp files and unreferenced blobs older than the grace period; return the count."""
+        cutoff = time.time() - grace_seconds
+        removed = 0
+        candidates = list(self.tmp.iterdir()) + [
+            p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()
+        ]
+        for path in candidates:
+            is_tmp = path.parent == self.tmp
+            if (is_tmp or path.name not in referenced) and path.stat().st_mtime <= cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info("removed unreferenced files", extra={"count": removed})
+        return removed

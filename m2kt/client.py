@@ -1,0 +1,232 @@
+"""BrokerClient: the one HTTP client of the agents, CLIs, demo and tests.
+
+Problem bodies come back as the same exception classes the broker raised
+(`m2kt.errors`), so a caller catches `UnknownKey`, not a status code. Every
+request has a timeout; only idempotent requests are retried, with bounded
+backoff. Publishing counts as idempotent: the same packet again is the same
+packet (PROTOCOL §1), so a retry after a lost acknowledgement is safe.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from m2kt.errors import TransportError
+from m2kt.problem import error_from_problem
+
+__all__ = ["BrokerClient", "PublishResult", "SSEvent"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+_RETRY_STATUS = {502, 503, 504}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    id: str
+    seq: int
+    topics: list[str]
+    created: bool
+
+
+@dataclass(frozen=True)
+class SSEvent:
+    id: str | None
+    event: str
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class BrokerClient:
+    """A typed client for PROTOCOL.md's `/v1` API.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8080``.
+        token: the agent's (or admin's) bearer token.
+        retries: extra attempts for idempotent requests after a transport error or 502/503/504.
+        transport: an httpx transport, e.g. ``httpx.ASGITransport(app)`` in tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        backoff: float = 0.25,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._retries, self._backoff = retries, backoff
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "BrokerClient":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
+        attempts = 1 + (self._retries if idempotent else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise TransportError(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+            else:
+                if response.status_code not in _RETRY_STATUS or last:
+                    return self._check(response)
+            delay = min(self._backoff * 2**attempt, 5.0)
+            logger.info("retrying %s %s in %.2fs", method, path, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check(response: httpx.Response) -> httpx.Response:
+        if response.is_success or response.status_code == 304:
+            return response
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        raise error_from_problem(body, response.status_code)
+
+    def _get_json(self, path: str, **params: Any) -> Any:
+        return self._request("GET", path, idempotent=True, params=params or None).json()
+
+    # -- agents -----------------------------------------------------------------------------
+    def create_agent(self, name: str, role: str, public_key: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if public_key is not None:
+            body["public_key"] = public_key
+        return dict(self._request("POST", "/v1/agents", idempotent=False, json=body).json())
+
+    def get_agent(self, name: str) -> dict[str, Any]:
+        return dict(self._get_json(f"/v1/agents/{name}"))
+
+    def add_key(self, name: str, public_key: str) -> dict[str, Any]:
+        path = f"/v1/agents/{name}/keys"
+        return dict(self._request("POST", path, idempotent=False, json={"public_key": public_key}).json())
+
+    def revoke_key(self, name: str, keyid: str) -> dict[str, Any]:
+        path = f"/v1/agents/{name}/keys/{keyid}/revoke"
+        return dict(self._request("POST", path, idempotent=True).json())
+
+    # -- packets ----------------------------------------------------------------------------
+    def publish(self, envelope: bytes, payload: bytes) -> PublishResult:
+        files = {
+            "envelope": ("envelope.json", envelope, "application/json"),
+            "payload": ("payload.safetensors", payload, "application/octet-stream"),
+        }
+        body = self._request("POST", "/v1/packets", idempotent=True, files=files).json()
+        return PublishResult(body["id"], body["seq"], list(body["topics"]), bool(body["created"]))
+
+    def get_packet(self, packet_id: str) -> dict[str, Any]:
+        return dict(self._get_json(f"/v1/packets/{packet_id}"))
+
+    def get_envelope(self, packet_id: str) -> bytes:
+        return self._request("GET", f"/v1/packets/{packet_id}/envelope", idempotent=True).content
+
+    def get_payload(self, packet_id: str) -> bytes:
+        return self._request("GET", f"/v1/packets/{packet_id}/payload", idempotent=True).content
+
+    def provenance(self, packet_id: str) -> dict[str, Any]:
+        return dict(self._get_json(f"/v1/packets/{packet_id}/provenance"))
+
+    def quarantine(self, packet_id: str, reason: str) -> dict[str, Any]:
+        path = f"/v1/packets/{packet_id}/quarantine"
+        return dict(self._request("POST", path, idempotent=True, json={"reason": reason}).json())
+
+    def lift_quarantine(self, packet_id: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/packets/{packet_id}/quarantine", idempotent=True).json())
+
+    # -- topics and events ------------------------------------------------------------------
+    def topics(self) -> list[dict[str, Any]]:
+        return list(self._get_json("/v1/topics"))
+
+    def topic_packets(self, topic: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        return dict(self._get_json(f"/v1/topics/{topic}/packets", after=after, limit=limit))
+
+    def iter_topic_packets(self, topic: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        while True:
+            page = self.topic_packets(topic, after=after, limit=500)
+            yield from page["items"]
+            if not page["items"]:
+                return
+            after = page["next_after"]
+
+    def events(
+        self, topic: str, last_event_id: str | None = None, read_timeout: float | None = 60.0
+    ) -> Iterator[SSEvent]:
+        """Yield SSE events of a topic until the stream ends (keep-alive comments are skipped)."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect or 5.0, read=read_timeout)
+        try:
+            with self._http.stream(
+                "GET", f"/v1/topics/{topic}/events", headers=headers, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    self._check(response)
+                yield from _parse_sse(response.iter_lines())
+        except httpx.TransportError as exc:
+            raise TransportError(f"event stream from {self.base_url} broke: {exc}") from exc
+
+    # -- reports and log --------------------------------------------------------------------
+    def report(self, packet_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        path = f"/v1/packets/{packet_id}/reports"
+        return dict(self._request("POST", path, idempotent=False, json=dict(body)).json())
+
+    def reports(self, packet_id: str) -> list[dict[str, Any]]:
+        return list(self._get_json(f"/v1/packets/{packet_id}/reports"))
+
+    def log(self, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        return dict(self._get_json("/v1/log", after=after, limit=limit))
+
+    def iter_log(self, after: int = 0) -> Iterator[dict[str, Any]]:
+        while True:
+            page = self.log(after=after, limit=500)
+            yield from page["items"]
+            if not page["items"]:
+                return
+            after = page["next_after"]
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[SSEvent]:
+    """The SSE line protocol (WHATWG): fields until a blank line dispatch one event."""
+    event_id: str | None = None
+    event, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield SSEvent(event_id, event, "\n".join(data))
+            event, data = "message", list[str]()
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "id":
+            event_id = value
+        elif name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)

@@ -1,0 +1,33 @@
+"""Protocol strings and limits of PROTOCOL.md v1, defined once.
+
+Every other module imports these names; no protocol literal is written twice.
+"""
+
+from typing import Final
+
+PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
+STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE: Final = "https://m2kt.dev/knowledge-packet/v1"
+PAYLOAD_NAME: Final = "payload.safetensors"
+PACKET_FORMAT: Final = 1
+
+PROBLEM_BASE: Final = "https://m2kt.dev/problems"
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+ENVELOPE_MEDIA_TYPE: Final = "application/vnd.dsse.envelope.v1+json"
+
+TOPIC_PATTERN: Final = r"[a-z0-9]+(\.[a-z0-9_-]+)*"
+TOPIC_MAX_LEN: Final = 128
+MAX_TOPICS: Final = 16
+MAX_CONCEPTS: Final = 4096
+PACKET_ID_PATTERN: Final = r"[0-9a-f]{64}"
+
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
+# The envelope only carries the manifest; a 4096-concept manifest is well under this.
+DEFAULT_MAX_ENVELOPE_BYTES: Final = 16 * 1024 * 1024
+# safetensors headers above this are refused before they are parsed.
+MAX_SAFETENSORS_HEADER_BYTES: Final = 16 * 1024 * 1024
+# JSON nesting deeper than this is refused (statements and envelopes are shallow).
+MAX_JSON_DEPTH: Final = 64
+
+PAGE_LIMIT_DEFAULT: Final = 100
+PAGE_LIMIT_MAX: Final = 500

@@ -1,0 +1,1 @@
+"""M2KT student agent."""
