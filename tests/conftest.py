@@ -79,11 +79,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         target = tmp_path / "broker.db"
         target.write_bytes(template.read_bytes())
         yield f"sqlite:///{target}"
-        return
-    template_name: str = request.getfixturevalue("pg_template")
+    else:
+        yield request.getfixturevalue("pg_database_url")
+
+
+@pytest.fixture
+def pg_database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, for tests that only make sense there (replicas)."""
     name = f"m2kt_t_{uuid.uuid4().hex[:12]}"
     with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield _pg_url(name)
     with _pg_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
