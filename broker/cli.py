@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from broker import logs
@@ -27,9 +28,10 @@ err = Console(stderr=True)
 def _settings() -> BrokerSettings:
     try:
         return BrokerSettings()
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        err.print(f"[red]error:[/] invalid settings: {first[-1] if first else exc}")
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = "M2KT_" + "_".join(str(p) for p in first["loc"]).upper()
+        err.print(f"[red]error:[/] {field}: {first['msg']}", soft_wrap=True)
         raise typer.Exit(code=2) from exc
 
 
@@ -74,7 +76,7 @@ def serve(
 
 
 def _fail(exc: M2KTError) -> typer.Exit:
-    err.print(f"[red]error:[/] {exc.detail}")
+    err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True)
     return typer.Exit(code=1)
 
 

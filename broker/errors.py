@@ -65,9 +65,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         }
         if exc.status_code == 404:
             body["detail"] = NotFound("no such resource").detail
-        return JSONResponse(
-            body, status_code=exc.status_code, media_type=PROBLEM_MEDIA_TYPE, headers=exc.headers
-        )
+        return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_MEDIA_TYPE, headers=exc.headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

@@ -18,9 +18,5 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
-        self.event_streams = Gauge(
-            "m2kt_event_streams_open", "Open SSE event streams", registry=self.registry
-        )
-        self.reports = Counter(
-            "m2kt_reports", "Student reports, by verdict", ["verdict"], registry=self.registry
-        )
+        self.event_streams = Gauge("m2kt_event_streams_open", "Open SSE event streams", registry=self.registry)
+        self.reports = Counter("m2kt_reports", "Student reports, by verdict", ["verdict"], registry=self.registry)

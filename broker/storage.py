@@ -102,9 +102,7 @@ class BlobStore:
         """Remove temp files and unreferenced blobs older than the grace period; return the count."""
         cutoff = time.time() - grace_seconds
         removed = 0
-        candidates = list(self.tmp.iterdir()) + [
-            p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()
-        ]
+        candidates = list(self.tmp.iterdir()) + [p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()]
         for path in candidates:
             is_tmp = path.parent == self.tmp
             if (is_tmp or path.name not in referenced) and path.stat().st_mtime <= cutoff:

@@ -68,9 +68,7 @@ class BrokerClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self._retries, self._backoff = retries, backoff
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -111,6 +109,13 @@ class BrokerClient:
 
     def _get_json(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, idempotent=True, params=params or None).json()
+
+    def ready(self) -> bool:
+        """True when the broker answers `/readyz` with 200 (no retries, no exception)."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
 
     # -- agents -----------------------------------------------------------------------------
     def create_agent(self, name: str, role: str, public_key: str | None = None) -> dict[str, Any]:
@@ -180,9 +185,7 @@ class BrokerClient:
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect or 5.0, read=read_timeout)
         try:
-            with self._http.stream(
-                "GET", f"/v1/topics/{topic}/events", headers=headers, timeout=timeout
-            ) as response:
+            with self._http.stream("GET", f"/v1/topics/{topic}/events", headers=headers, timeout=timeout) as response:
                 if not response.is_success:
                     response.read()
                     self._check(response)

@@ -64,9 +64,7 @@ def _tensor(name: str, raw: Any) -> TensorInfo:
         elements *= d
     info = TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
     if info.nbytes != elements * DTYPE_BITS[dtype] // 8:
-        raise InvalidPayload(
-            f"tensor {name!r}: {info.nbytes} bytes do not hold {dtype} of shape {tuple(shape)}"
-        )
+        raise InvalidPayload(f"tensor {name!r}: {info.nbytes} bytes do not hold {dtype} of shape {tuple(shape)}")
     return info
 
 

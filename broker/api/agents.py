@@ -15,9 +15,7 @@ Name = Path(max_length=64)
 
 @router.post("", status_code=201)
 def create_agent(body: AgentIn, _: AdminDep, sessions: SessionsDep) -> AgentCreated:
-    new = agents_service.create_agent(
-        sessions=sessions, name=body.name, role=body.role, public_key=body.public_key
-    )
+    new = agents_service.create_agent(sessions=sessions, name=body.name, role=body.role, public_key=body.public_key)
     return AgentCreated(name=new.name, role=new.role, token=new.token, keyid=new.keyid)
 
 
@@ -38,8 +36,6 @@ def add_key(body: KeyIn, _: AdminDep, sessions: SessionsDep, name: str = Name) -
 
 
 @router.post("/{name}/keys/{keyid}/revoke")
-def revoke_key(
-    _: AdminDep, sessions: SessionsDep, name: str = Name, keyid: str = Path(max_length=64)
-) -> KeyOut:
+def revoke_key(_: AdminDep, sessions: SessionsDep, name: str = Name, keyid: str = Path(max_length=64)) -> KeyOut:
     key = agents_service.revoke_key(sessions=sessions, name=name, keyid=keyid)
     return KeyOut(keyid=key.keyid, public_key=key.public_key, revoked=key.revoked)

@@ -100,15 +100,11 @@ def get_packet(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: Session
 
 def _blob(sessions: SessionsDep, store: StoreDep, packet_id: str, which: str) -> tuple[str, int]:
     with sessions.reader() as session:
-        return packets_service.get_blob_ref(
-            session=session, packet_id=params.packet_id(packet_id), which=which
-        )
+        return packets_service.get_blob_ref(session=session, packet_id=params.packet_id(packet_id), which=which)
 
 
 @router.get("/{packet_id}/envelope", response_class=Response)
-def get_envelope(
-    packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep
-) -> Response:
+def get_envelope(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep) -> Response:
     sha, _size = _blob(sessions, store, packet_id, "envelope")
     return Response(store.read(sha), media_type=ENVELOPE_MEDIA_TYPE)
 
@@ -132,16 +128,10 @@ def get_provenance(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: Ses
 
 
 @router.post("/{packet_id}/quarantine")
-def quarantine(
-    packet_id: params.PacketIdPath, body: QuarantineIn, _: AdminDep, sessions: SessionsDep
-) -> QuarantineOut:
-    return packets_service.set_quarantine(
-        sessions=sessions, packet_id=params.packet_id(packet_id), reason=body.reason
-    )
+def quarantine(packet_id: params.PacketIdPath, body: QuarantineIn, _: AdminDep, sessions: SessionsDep) -> QuarantineOut:
+    return packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=body.reason)
 
 
 @router.delete("/{packet_id}/quarantine")
 def lift_quarantine(packet_id: params.PacketIdPath, _: AdminDep, sessions: SessionsDep) -> QuarantineOut:
-    return packets_service.set_quarantine(
-        sessions=sessions, packet_id=params.packet_id(packet_id), reason=None
-    )
+    return packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=None)

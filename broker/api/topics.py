@@ -113,8 +113,6 @@ async def topic_events(
         cursor = int(last_event_id.strip())
     else:
         cursor = await run_in_threadpool(_current_seq, sessions)
-    stream = _stream(
-        request, sessions, broadcaster, metrics, topic, cursor, caller, settings.sse_keepalive_seconds
-    )
+    stream = _stream(request, sessions, broadcaster, metrics, topic, cursor, caller, settings.sse_keepalive_seconds)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

@@ -7,11 +7,7 @@ from broker.models import Packet, PacketTopic, Report
 
 
 def get(*, session: Session, packet_id: str) -> Packet | None:
-    stmt = (
-        select(Packet)
-        .where(Packet.id == packet_id)
-        .options(joinedload(Packet.teacher), selectinload(Packet.topics))
-    )
+    stmt = select(Packet).where(Packet.id == packet_id).options(joinedload(Packet.teacher), selectinload(Packet.topics))
     return session.scalar(stmt)
 
 
@@ -21,9 +17,7 @@ def insert(*, session: Session, packet: Packet, topics: list[str]) -> None:
     session.flush()
 
 
-def topic_page(
-    *, session: Session, topic: str, after: int, limit: int, include_quarantined: bool
-) -> list[Packet]:
+def topic_page(*, session: Session, topic: str, after: int, limit: int, include_quarantined: bool) -> list[Packet]:
     stmt = (
         select(Packet)
         .join(PacketTopic, PacketTopic.packet_id == Packet.id)

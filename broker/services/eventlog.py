@@ -42,9 +42,7 @@ def as_dict(entry: LogEntry) -> dict[str, Any]:
     }
 
 
-def append(
-    *, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime
-) -> LogEntry:
+def append(*, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime) -> LogEntry:
     """Append one entry after the locked head and move the head forward."""
     body_bytes = canonical(body)
     fields: dict[str, Any] = {

@@ -87,9 +87,7 @@ def submit_report(*, sessions: Sessions, student: Agent, packet_id: str, report:
             if reports_repo.find(session=session, packet_id=packet_id, student_id=student.id):
                 raise Conflict(f"{student.name} already reported on packet {packet_id}")
             now = clock.now()
-            row = Report(
-                packet_id=packet_id, student_id=student.id, verdict=report.verdict, body="", created_at=now
-            )
+            row = Report(packet_id=packet_id, student_id=student.id, verdict=report.verdict, body="", created_at=now)
             reports_repo.add(session=session, report=row)
             out = ReportOut(
                 id=row.id, packet=packet_id, student=student.name, created_at=clock.rfc3339(now),
@@ -140,9 +138,7 @@ def provenance(*, session: Session, packet_id: str) -> ProvenanceOut:
     for parent_id in json.loads(packet.statement)["predicate"].get("parents", []):
         parent = packets_repo.get(session=session, packet_id=parent_id)
         parents.append(
-            ProvenanceParent(
-                id=parent_id, known=parent is not None, teacher=parent.teacher.name if parent else None
-            )
+            ProvenanceParent(id=parent_id, known=parent is not None, teacher=parent.teacher.name if parent else None)
         )
     return ProvenanceOut(
         id=packet.id,

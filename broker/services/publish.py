@@ -49,9 +49,7 @@ def _check(sessions: Sessions, teacher: Agent, envelope: bytes, payload: Spooled
             k.keyid: keys.public_from_b64(k.public_key)
             for k in agents_repo.active_keys(session=session, agent_id=teacher.id)
         }
-    return open_packet(
-        envelope, payload.path, trusted, payload_sha256=payload.sha256, payload_size=payload.size
-    )
+    return open_packet(envelope, payload.path, trusted, payload_sha256=payload.sha256, payload_size=payload.size)
 
 
 def publish(
@@ -106,9 +104,7 @@ def publish(
             "payload_sha256": payload.sha256,
             "envelope_sha256": envelope_blob.sha256,
         }
-        eventlog.append(
-            session=session, head=head, kind="packet.publish", subject=opened.id, body=body, at=now
-        )
+        eventlog.append(session=session, head=head, kind="packet.publish", subject=opened.id, body=body, at=now)
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("SELECT pg_notify('m2kt_packets', :seq)"), {"seq": str(seq)})
     logger.info("packet published", extra={"packet": opened.id, "seq": seq, "teacher": teacher.name})

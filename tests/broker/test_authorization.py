@@ -33,8 +33,14 @@ def test_authorization_matrix(broker):
     pid, env, payload = factory.packet(teacher.key, topics=["a.x"])
     with broker.http(teacher.token) as http:
         assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
-    tokens = {"none": None, "malformed": "Basic abc", "wrong": "m2kt_" + "x" * 43, "student": student,
-              "teacher": teacher.token, "admin": broker.settings.admin_token.get_secret_value()}
+    tokens = {
+        "none": None,
+        "malformed": "Basic abc",
+        "wrong": "m2kt_" + "x" * 43,
+        "student": student,
+        "teacher": teacher.token,
+        "admin": broker.settings.admin_token.get_secret_value(),
+    }
     fmt = {"teacher": teacher.name, "keyid": teacher.keyid, "pid": pid}
     failures = []
     for method, template, body, allowed in ROUTES:

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import factory
-import rfc8785
 import httpx
 import numpy as np
+import rfc8785
 from conftest import ADMIN_TOKEN, free_port
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -45,16 +45,27 @@ def _big_packet(key, seed: int):
 
 def test_kill_9_during_publishes_loses_nothing_acknowledged(database_url, tmp_path):
     data = tmp_path / "data"
-    env = {**os.environ, "M2KT_DATABASE_URL": database_url, "M2KT_DATA_DIR": str(data),
-           "M2KT_ADMIN_TOKEN": ADMIN_TOKEN, "M2KT_ORPHAN_GRACE_SECONDS": "0", "M2KT_LOG_JSON": "false"}
+    env = {
+        **os.environ,
+        "M2KT_DATABASE_URL": database_url,
+        "M2KT_DATA_DIR": str(data),
+        "M2KT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "M2KT_ORPHAN_GRACE_SECONDS": "0",
+        "M2KT_LOG_JSON": "false",
+    }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "broker.log"
     proc = _start(env, port, log)
     key = Ed25519PrivateKey.generate()
     with BrokerClient(url, ADMIN_TOKEN) as admin:
-        token = admin.create_agent("crash-teacher", "teacher", factory.base64.b64encode(
-            key.public_key().public_bytes(factory.Encoding.Raw, factory.PublicFormat.Raw)).decode())["token"]
+        token = admin.create_agent(
+            "crash-teacher",
+            "teacher",
+            factory.base64.b64encode(
+                key.public_key().public_bytes(factory.Encoding.Raw, factory.PublicFormat.Raw)
+            ).decode(),
+        )["token"]
     acked: dict[str, tuple[bytes, bytes]] = {}
     cut_off: list[str] = []
     lock = threading.Lock()
@@ -117,4 +128,3 @@ def test_kill_9_during_publishes_loses_nothing_acknowledged(database_url, tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
-

@@ -94,7 +94,13 @@ def test_live_delivery_replay_and_keepalive(broker):
     assert [e["id"] for e in got] == [str(first["seq"]), str(second["seq"])]
     assert all(e["event"] == "packet" for e in got)
     assert got[0]["data"]["id"] == first["id"] and set(got[0]["data"]) == {
-        "id", "seq", "teacher", "topics", "status", "received_at"}
+        "id",
+        "seq",
+        "teacher",
+        "topics",
+        "status",
+        "received_at",
+    }
     assert sub.nothing_more()
     deadline = time.monotonic() + 5
     comments = []

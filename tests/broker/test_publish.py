@@ -83,7 +83,10 @@ def test_each_check_answers_its_own_problem_type(broker):
         return json.dumps({**env_obj, **changes}).encode()
 
     good_sig = env_obj["signatures"][0]
-    bad_sig = {"keyid": good_sig["keyid"], "sig": base64.b64encode(_flip(base64.b64decode(good_sig["sig"]), 5)).decode()}
+    bad_sig = {
+        "keyid": good_sig["keyid"],
+        "sig": base64.b64encode(_flip(base64.b64decode(good_sig["sig"]), 5)).decode(),
+    }
     cases = [
         ("not json", b"{nope", payload, "invalid-envelope"),
         ("foreign payloadType", with_env(payloadType="text/plain"), payload, "invalid-envelope"),
@@ -135,14 +138,28 @@ def test_statement_form_is_checked_before_the_key(broker):
         ("topic too long", {"topics": ["a." + "b" * 127]}, "invalid-manifest"),
         ("17 topics", {"topics": [f"t{i}" for i in range(17)]}, "invalid-manifest"),
         ("concept topic not listed", {"concepts": [{"key": "k", "name": "n", "topic": "other"}]}, "invalid-manifest"),
-        ("duplicate concept key", {"concepts": [{"key": "k", "name": "n", "topic": "modarith.parity"}] * 2},
-         "invalid-manifest"),
+        (
+            "duplicate concept key",
+            {"concepts": [{"key": "k", "name": "n", "topic": "modarith.parity"}] * 2},
+            "invalid-manifest",
+        ),
         ("negative anchors", {"anchors": {"count": -1}}, "invalid-manifest"),
-        ("weights digest not hex", {"teacher": {"agent": "a", "model": {
-            "architecture": "bert", "hidden_size": 4, "num_layers": 2, "weights_sha256": "xyz"}}}, "invalid-manifest"),
+        (
+            "weights digest not hex",
+            {
+                "teacher": {
+                    "agent": "a",
+                    "model": {"architecture": "bert", "hidden_size": 4, "num_layers": 2, "weights_sha256": "xyz"},
+                }
+            },
+            "invalid-manifest",
+        ),
         ("parent not an id", {"parents": ["../../etc/passwd"]}, "invalid-manifest"),
-        ("index names a missing tensor", {"tensors": {"C": {"role": "c"}, "R": {"role": "r"}, "X": {"role": "x"}}},
-         "invalid-payload"),
+        (
+            "index names a missing tensor",
+            {"tensors": {"C": {"role": "c"}, "R": {"role": "r"}, "X": {"role": "x"}}},
+            "invalid-payload",
+        ),
         ("index misses a tensor", {"tensors": {"C": {"role": "c"}}}, "invalid-payload"),
         ("tensor entry without role", {"tensors": {"C": {}, "R": {"role": "r"}}}, "invalid-manifest"),
     ],
@@ -170,7 +187,9 @@ def test_payload_size_limit_is_413_and_stores_nothing(database_url, tmp_path):
             r = http.post("/v1/packets", files=factory.files(factory.envelope_bytes(stmt, teacher.key), payload))
             assert r.status_code == 413 and problem_type(r) == "payload-too-large"
             assert http.get("/v1/topics").json() == []
-    leftovers = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.suffix != ".db" and "broker.db" not in p.name]
+    leftovers = [
+        p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.suffix != ".db" and "broker.db" not in p.name
+    ]
     assert leftovers == []
 
 
@@ -209,8 +228,12 @@ def test_key_rotation(broker):
     teacher = broker.teacher()
     new_key = Ed25519PrivateKey.generate()
     with broker.admin as admin:
-        added = admin.add_key(teacher.name, factory.base64.b64encode(
-            new_key.public_key().public_bytes(factory.Encoding.Raw, factory.PublicFormat.Raw)).decode())
+        added = admin.add_key(
+            teacher.name,
+            factory.base64.b64encode(
+                new_key.public_key().public_bytes(factory.Encoding.Raw, factory.PublicFormat.Raw)
+            ).decode(),
+        )
         admin.revoke_key(teacher.name, teacher.keyid)
     assert added["keyid"] == factory.keyid_of(new_key)
     _, env, payload = factory.packet(new_key)

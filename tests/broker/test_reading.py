@@ -86,8 +86,13 @@ def test_reports_one_per_student_and_counted(broker):
     teacher = broker.teacher()
     pid = _publish(broker, teacher, 1, ["a.x"])
     (s1, t1), (s2, t2) = broker.student(), broker.student()
-    body = {"verdict": "accepted", "metrics": {"agreement": 0.91}, "student_model": {"architecture": "gpt2"},
-            "safety_findings": [], "detail": "ok"}
+    body = {
+        "verdict": "accepted",
+        "metrics": {"agreement": 0.91},
+        "student_model": {"architecture": "gpt2"},
+        "safety_findings": [],
+        "detail": "ok",
+    }
     with broker.http(t1) as http:
         r = http.post(f"/v1/packets/{pid}/reports", json=body)
         assert r.status_code == 201, r.text
@@ -106,7 +111,11 @@ def test_reports_one_per_student_and_counted(broker):
         reports = http.get(f"/v1/packets/{pid}/reports").json()
         assert [(r["student"], r["verdict"]) for r in reports] == [(s1, "accepted"), (s2, "rolled_back")]
         assert http.get(f"/v1/packets/{pid}").json()["reports"] == {
-            "count": 2, "accepted": 1, "rolled_back": 1, "rejected": 0}
+            "count": 2,
+            "accepted": 1,
+            "rolled_back": 1,
+            "rejected": 0,
+        }
 
 
 def test_log_chain_recomputes_independently(broker):
@@ -132,7 +141,14 @@ def test_log_chain_recomputes_independently(broker):
         reports = http.get(f"/v1/packets/{pid}/reports").json()
     assert [e["index"] for e in entries] == list(range(1, len(entries) + 1))
     assert [e["kind"] for e in entries] == [
-        "agent.create", "key.add", "packet.publish", "agent.create", "report", "packet.quarantine", "key.revoke"]
+        "agent.create",
+        "key.add",
+        "packet.publish",
+        "agent.create",
+        "report",
+        "packet.quarantine",
+        "key.revoke",
+    ]
     prev = "0" * 64
     for e in entries:
         assert set(e) == {"index", "kind", "subject", "body_sha256", "prev_hash", "hash", "at"}
@@ -159,7 +175,9 @@ def test_provenance_lists_parents(broker):
         assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
         prov = http.get(f"/v1/packets/{pid}/provenance").json()
     assert prov["parents"] == [
-        {"id": parent, "known": True, "teacher": teacher.name}, {"id": unknown, "known": False, "teacher": None}]
+        {"id": parent, "known": True, "teacher": teacher.name},
+        {"id": unknown, "known": False, "teacher": None},
+    ]
 
 
 def test_agents_registry(broker):
@@ -185,7 +203,8 @@ def test_agents_registry(broker):
             r = http.post("/v1/agents", json=bad)
             assert r.status_code == 422 and r.json()["type"].endswith("invalid-request"), (bad, r.text)
         same_key = http.post(
-            "/v1/agents", json={"name": "carol", "role": "teacher", "public_key": body["keys"][0]["public_key"]})
+            "/v1/agents", json={"name": "carol", "role": "teacher", "public_key": body["keys"][0]["public_key"]}
+        )
         assert same_key.status_code == 409
         assert http.get("/v1/agents/carol").status_code == 404  # nothing half-made
 
