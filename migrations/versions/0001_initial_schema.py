@@ -92,9 +92,7 @@ def upgrade() -> None:
         sa.Column("packet_id", sa.String(length=64), nullable=False),
         sa.Column("topic", sa.String(length=128), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["packet_id"], ["packets.id"], name=op.f("fk_packet_topics_packet_id_packets")
-        ),
+        sa.ForeignKeyConstraint(["packet_id"], ["packets.id"], name=op.f("fk_packet_topics_packet_id_packets")),
         sa.PrimaryKeyConstraint("packet_id", "topic", name=op.f("pk_packet_topics")),
     )
     with op.batch_alter_table("packet_topics", schema=None) as batch_op:
