@@ -1,0 +1,34 @@
+"""Task families (symbolic reasoning with exact steps and derived concepts) and their registry.
+
+Importing this package registers the built-in families ``modarith`` and ``boolean``.
+"""
+
+from m2kt.ml.tasks.base import (
+    ENTRY_POINT_GROUP,
+    ConceptDef,
+    ConceptSpec,
+    StepSpec,
+    TaskBatch,
+    TaskFamily,
+    available_tasks,
+    get_task,
+    register_task,
+    task_from_spec,
+)
+from m2kt.ml.tasks.boolean import BooleanFormula
+from m2kt.ml.tasks.modarith import ModArith
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BooleanFormula",
+    "ConceptDef",
+    "ConceptSpec",
+    "ModArith",
+    "StepSpec",
+    "TaskBatch",
+    "TaskFamily",
+    "available_tasks",
+    "get_task",
+    "register_task",
+    "task_from_spec",
+]

@@ -1,0 +1,32 @@
+"""Teacher training: the shared ``m2kt.ml`` loop with the teacher's model defaults.
+
+``train_step`` and ``fit`` live in :mod:`m2kt.ml.train` (the student trains its
+read-outs with the same code); this module only fixes what a teacher run is.
+
+Demo settings (measured on 2 CPU cores): ``modarith`` with ``p=23`` (not the
+family default 47, which did not converge within minutes), 8000 training
+examples, :data:`DEMO_TRAIN`; the BERT teacher (d=128 x 4) reaches 0.999
+held-out accuracy in about 2 minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from m2kt.ml.models import ModelConfig
+from m2kt.ml.tasks.base import TaskBatch, TaskFamily
+from m2kt.ml.train import EpochLog, TrainConfig, TrainedModel, fit, train_model, train_step
+from teacher_agent.model import TEACHER_DEFAULT
+
+__all__ = ["DEMO_TASK_PARAMS", "DEMO_TRAIN", "fit", "train_step", "train_teacher"]
+
+DEMO_TASK_PARAMS = {"p": 23}
+DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99, max_seconds=400)
+
+
+def train_teacher(family: TaskFamily, train: TaskBatch, heldout: TaskBatch, *,
+                  model_config: ModelConfig = TEACHER_DEFAULT, train_config: TrainConfig | None = None,
+                  progress: bool = False, callback: Callable[[EpochLog], None] | None = None) -> TrainedModel:
+    """Build and train a teacher on ``train``; ``heldout`` is only evaluated on."""
+    return train_model(family, train, heldout, model_config=model_config, train_config=train_config,
+                       progress=progress, callback=callback)

@@ -1,0 +1,34 @@
+"""A tiny teacher trained once per session, shared by the extractor tests."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from m2kt.ml.models import ModelConfig, TaskModel, build_model
+from m2kt.ml.seed import seed_everything
+from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task
+from m2kt.ml.train import TrainConfig, TrainedModel, train_model
+
+TINY = ModelConfig(arch="bert", hidden_size=64, num_layers=3, num_heads=4, step_layer=2)
+
+
+@dataclass
+class TinyTeacher:
+    family: TaskFamily
+    trained: TrainedModel
+    untrained: TaskModel
+    splits: dict[str, TaskBatch]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher() -> TinyTeacher:
+    torch.set_num_threads(2)
+    family = get_task("modarith", p=13)
+    splits = family.generate_splits({"train": 1200, "eval": 200, "probe": 500, "heldout": 290}, seed=0)
+    trained = train_model(family, splits["train"], splits["eval"], model_config=TINY,
+                          train_config=TrainConfig(epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.9, seed=0))
+    seed_everything(0)
+    untrained, _ = build_model(family, TINY)
+    untrained.eval()
+    return TinyTeacher(family, trained, untrained, splits)
