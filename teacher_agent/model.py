@@ -20,8 +20,9 @@ __all__ = ["TEACHER_DEFAULT", "build_teacher", "load_teacher", "model_card", "sa
 TEACHER_DEFAULT = ModelConfig(arch="bert", hidden_size=128, num_layers=4, num_heads=4)
 
 
-def build_teacher(family: TaskFamily, config: ModelConfig = TEACHER_DEFAULT
-                  ) -> tuple[TaskModel, PreTrainedTokenizerFast]:
+def build_teacher(
+    family: TaskFamily, config: ModelConfig = TEACHER_DEFAULT
+) -> tuple[TaskModel, PreTrainedTokenizerFast]:
     """A fresh teacher for ``family`` (seed torch first for a reproducible init)."""
     return build_model(family, config)
 
@@ -38,5 +39,9 @@ def load_teacher(path: str | Path) -> tuple[TaskModel, PreTrainedTokenizerFast]:
 
 def model_card(model: TaskModel) -> dict[str, Any]:
     """The manifest's ``teacher.model`` object: architecture, sizes and weights digest."""
-    return {"architecture": model.config.arch, "hidden_size": model.hidden_size,
-            "num_layers": model.num_layers, "weights_sha256": weights_sha256(model)}
+    return {
+        "architecture": model.config.arch,
+        "hidden_size": model.hidden_size,
+        "num_layers": model.num_layers,
+        "weights_sha256": weights_sha256(model),
+    }

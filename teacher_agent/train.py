@@ -24,9 +24,23 @@ DEMO_TASK_PARAMS = {"p": 23}
 DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99, max_seconds=400)
 
 
-def train_teacher(family: TaskFamily, train: TaskBatch, heldout: TaskBatch, *,
-                  model_config: ModelConfig = TEACHER_DEFAULT, train_config: TrainConfig | None = None,
-                  progress: bool = False, callback: Callable[[EpochLog], None] | None = None) -> TrainedModel:
+def train_teacher(
+    family: TaskFamily,
+    train: TaskBatch,
+    heldout: TaskBatch,
+    *,
+    model_config: ModelConfig = TEACHER_DEFAULT,
+    train_config: TrainConfig | None = None,
+    progress: bool = False,
+    callback: Callable[[EpochLog], None] | None = None,
+) -> TrainedModel:
     """Build and train a teacher on ``train``; ``heldout`` is only evaluated on."""
-    return train_model(family, train, heldout, model_config=model_config, train_config=train_config,
-                       progress=progress, callback=callback)
+    return train_model(
+        family,
+        train,
+        heldout,
+        model_config=model_config,
+        train_config=train_config,
+        progress=progress,
+        callback=callback,
+    )

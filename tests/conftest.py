@@ -6,31 +6,19 @@ TEMPLATE), so each test starts empty without paying for migrations each time.
 Set M2KT_TEST_PG_URL to point at another server (default: the local one).
 """
 
-import base64
 import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
-import uvicorn
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port  # noqa: F401
 
 from broker.db import make_engine
-from broker.main import create_app
 from broker.migrate import upgrade
-from broker.settings import BrokerSettings
-from m2kt import keys
-from m2kt.client import BrokerClient
 
 PG_URL = os.environ.get("M2KT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -94,89 +82,6 @@ def pg_database_url(pg_template: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerThread:
-    """uvicorn serving an app on a free loopback port in a background thread."""
-
-    def __init__(self, settings: BrokerSettings) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_config=None, lifespan="on",
-            timeout_graceful_shutdown=1,
-        )  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("broker did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@dataclass
-class Teacher:
-    name: str
-    token: str
-    key: Ed25519PrivateKey
-    keyid: str
-
-
-@dataclass
-class Broker:
-    url: str
-    settings: BrokerSettings
-    backend: str
-
-    def client(self, token: str | None = None) -> BrokerClient:
-        return BrokerClient(self.url, token, retries=0)
-
-    @property
-    def admin(self) -> BrokerClient:
-        return self.client(ADMIN_TOKEN)
-
-    def teacher(self, name: str | None = None) -> Teacher:
-        key = Ed25519PrivateKey.generate()
-        name = name or f"teacher-{uuid.uuid4().hex[:8]}"
-        with self.admin as admin:
-            body = admin.create_agent(name, "teacher", keys.public_to_b64(key.public_key()))
-        return Teacher(name, body["token"], key, body["keyid"])
-
-    def student(self, name: str | None = None) -> tuple[str, str]:
-        name = name or f"student-{uuid.uuid4().hex[:8]}"
-        with self.admin as admin:
-            return name, admin.create_agent(name, "student")["token"]
-
-    def http(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-
-def broker_settings(database_url: str, data_dir: Path, **overrides: object) -> BrokerSettings:
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "data_dir": data_dir,
-        "admin_token": ADMIN_TOKEN,
-        "orphan_grace_seconds": 0,
-        "log_json": False,
-    }
-    values.update(overrides)
-    return BrokerSettings(**values)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def broker(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     overrides = getattr(request, "param", {}) or {}
@@ -184,6 +89,3 @@ def broker(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     with ServerThread(settings) as server:
         yield Broker(server.url, settings, "sqlite" if settings.is_sqlite else "postgresql")
 
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

@@ -104,8 +104,7 @@ def collect_hidden(
         for start in range(0, len(enc), batch_size):
             ids = enc.input_ids[start : start + batch_size]  # [B, n]
             mask = enc.attention_mask[start : start + batch_size]  # [B, n]
-            out = backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                           output_attentions=attentions)
+            out = backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=attentions)
             layers = out.hidden_states if include_embeddings else out.hidden_states[1:]
             states.append(torch.stack([gather_readout(h, mask, where) for h in layers], dim=1))  # [B, L, d]
             if attentions:
@@ -120,4 +119,3 @@ def collect_hidden(
         lengths=enc.attention_mask.sum(dim=1),
         include_embeddings=include_embeddings,
     )
-

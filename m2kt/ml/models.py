@@ -122,8 +122,9 @@ class ModelConfig:
         if d % cfg.num_heads:
             raise ValueError(f"ModelConfig.hidden_size={d} is not divisible by num_heads={cfg.num_heads}")
         if cfg.num_layers < 1 or not 0.0 <= cfg.dropout < 1.0 or not 1 <= (cfg.step_layer or 0) <= cfg.num_layers:
-            raise ValueError(f"ModelConfig invalid: num_layers={cfg.num_layers}, dropout={cfg.dropout}, "
-                             f"step_layer={cfg.step_layer}")
+            raise ValueError(
+                f"ModelConfig invalid: num_layers={cfg.num_layers}, dropout={cfg.dropout}, step_layer={cfg.step_layer}"
+            )
         return cfg
 
 
@@ -336,16 +337,12 @@ def build_model(
     """
     cfg = (config or ModelConfig()).resolved()
     tok = tokenizer or build_tokenizer(family.vocab(), model_max_length=cfg.max_length)
-    ids = TokenIds(
-        vocab_size=len(tok), pad=int(tok.pad_token_id), bos=int(tok.cls_token_id), eos=int(tok.sep_token_id)
-    )
+    ids = TokenIds(vocab_size=len(tok), pad=int(tok.pad_token_id), bos=int(tok.cls_token_id), eos=int(tok.sep_token_id))
     spec = _arch(cfg.arch)
     hf_config = spec.make_config(cfg, ids)
     hf_config._attn_implementation = "eager"  # returns attentions; faster than SDPA at our sizes on CPU
     backbone = spec.model_cls(hf_config, **spec.model_kwargs)
-    model = TaskModel(
-        backbone, cfg, family.spec(), family.n_classes, tuple(s.n_classes for s in family.step_specs)
-    )
+    model = TaskModel(backbone, cfg, family.spec(), family.n_classes, tuple(s.n_classes for s in family.step_specs))
     logger.info(
         "built %s d=%d L=%d (%d parameters)",
         cfg.arch,

@@ -88,7 +88,5 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 def encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> Encoded:
     """Tokenise all ``texts`` at once, right-padded to the longest: ``[N, n]`` ids and mask."""
-    enc = tokenizer(
-        list(texts), padding=True, truncation=True, return_tensors="pt", return_token_type_ids=False
-    )
+    enc = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", return_token_type_ids=False)
     return Encoded(enc["input_ids"].long(), enc["attention_mask"].long())

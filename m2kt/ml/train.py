@@ -83,9 +83,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"TrainConfig: epochs={self.epochs} and batch_size={self.batch_size} must be >= 1"
-            )
+            raise ValueError(f"TrainConfig: epochs={self.epochs} and batch_size={self.batch_size} must be >= 1")
         if not (self.lr > 0 and 0 <= self.warmup_frac < 1 and self.step_weight >= 0 and self.grad_clip >= 0):
             raise ValueError(
                 f"TrainConfig invalid: lr={self.lr}, warmup_frac={self.warmup_frac}, "
@@ -126,9 +124,7 @@ def lr_at(step: int, total: int, base_lr: float, warmup_frac: float) -> float:
     return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def task_loss(
-    out: TaskOutput, answers: torch.Tensor, steps: torch.Tensor, step_weight: float
-) -> torch.Tensor:
+def task_loss(out: TaskOutput, answers: torch.Tensor, steps: torch.Tensor, step_weight: float) -> torch.Tensor:
     """Answer cross-entropy plus ``step_weight`` x the mean step cross-entropy.
 
     answers: ``[B]``; steps: ``[B, S]`` matching ``out.step_logits``. Returns a scalar.
@@ -265,9 +261,7 @@ def fit(
                     group["lr"] = lr_at(step, total, config.lr, config.warmup_frac)
                 batch = train.select(order[i * config.batch_size : (i + 1) * config.batch_size])
                 losses.append(
-                    train_step(
-                        model, optimizer, batch, step_weight=config.step_weight, grad_clip=config.grad_clip
-                    )
+                    train_step(model, optimizer, batch, step_weight=config.step_weight, grad_clip=config.grad_clip)
                 )
                 step += 1
                 bar.advance(task)
@@ -305,9 +299,16 @@ class TrainedModel:
     majority_baseline: float
 
 
-def train_model(family: TaskFamily, train: TaskBatch, heldout: TaskBatch, *,
-                model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-                progress: bool = False, callback: Callable[[EpochLog], None] | None = None) -> TrainedModel:
+def train_model(
+    family: TaskFamily,
+    train: TaskBatch,
+    heldout: TaskBatch,
+    *,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    progress: bool = False,
+    callback: Callable[[EpochLog], None] | None = None,
+) -> TrainedModel:
     """Build a model for ``family`` from a config (seeded init) and fit it: the one-call path for agents.
 
     The init seed is ``train_config.seed``; weights come from torch's global generator,

@@ -145,10 +145,18 @@ class AttributionExtractor:
             scores[layer] = balanced_accuracy(sel > 0, labels[sel_idx])
         best = scores.argmax(0)  # [K]
         ks = torch.arange(n_concepts)
-        protos = torch.stack([class_prototypes(h[:, int(best[k])], labels[:, k : k + 1])[0]
-                              for k in range(n_concepts)])  # [K, 2, d]
-        return ctx.finish(f"{self.name}", best, per_layer_w[best, ks], per_layer_b[best, ks], protos, scores,
-                          extras={"mode": self.mode})
+        protos = torch.stack(
+            [class_prototypes(h[:, int(best[k])], labels[:, k : k + 1])[0] for k in range(n_concepts)]
+        )  # [K, 2, d]
+        return ctx.finish(
+            f"{self.name}",
+            best,
+            per_layer_w[best, ks],
+            per_layer_b[best, ks],
+            protos,
+            scores,
+            extras={"mode": self.mode},
+        )
 
 
 register_extractor("attribution", AttributionExtractor)

@@ -115,8 +115,9 @@ def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(both, (tpr + tnr) / 2, torch.where(pos > 0, tpr, tnr)).float()
 
 
-def direction_balanced_accuracy(states: torch.Tensor, labels: torch.Tensor, layers: torch.Tensor,
-                                directions: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
+def direction_balanced_accuracy(
+    states: torch.Tensor, labels: torch.Tensor, layers: torch.Tensor, directions: torch.Tensor, biases: torch.Tensor
+) -> torch.Tensor:
     """Balanced accuracy of K linear read-outs, each on its own layer.
 
     states: ``[N, L, d]``; labels: ``[N, K]``; layers: ``[K]`` long; directions: ``[K, d]``;
@@ -175,24 +176,42 @@ class ExtractionContext:
     def heldout_labels(self) -> torch.Tensor:
         return torch.from_numpy(self.heldout.concepts.copy())  # [N_heldout, K]
 
-    def finish(self, method: str, layers: torch.Tensor, directions: torch.Tensor, biases: torch.Tensor,
-               prototypes: torch.Tensor, layer_scores: torch.Tensor,
-               extras: dict[str, Any] | None = None) -> ExtractionResult:
+    def finish(
+        self,
+        method: str,
+        layers: torch.Tensor,
+        directions: torch.Tensor,
+        biases: torch.Tensor,
+        prototypes: torch.Tensor,
+        layer_scores: torch.Tensor,
+        extras: dict[str, Any] | None = None,
+    ) -> ExtractionResult:
         """Score K read-outs on the held-out split and package them as an :class:`ExtractionResult`.
 
         layers ``[K]``, directions ``[K, d]``, biases ``[K]``, prototypes ``[K, 2, d]``, layer_scores ``[L, K]``.
         """
         bacc = direction_balanced_accuracy(self.heldout_states, self.heldout_labels, layers, directions, biases)
         concepts = tuple(
-            ConceptDirection(key=s.key, name=s.name, topic=s.topic, layer=int(layers[k]),
-                             direction=directions[k].detach().clone(), bias=float(biases[k]),
-                             prototypes=prototypes[k].detach().clone(), balanced_accuracy=float(bacc[k]),
-                             method=method)
+            ConceptDirection(
+                key=s.key,
+                name=s.name,
+                topic=s.topic,
+                layer=int(layers[k]),
+                direction=directions[k].detach().clone(),
+                bias=float(biases[k]),
+                prototypes=prototypes[k].detach().clone(),
+                balanced_accuracy=float(bacc[k]),
+                method=method,
+            )
             for k, s in enumerate(self.concepts)
         )
         result = ExtractionResult(method, concepts, layer_scores.detach().clone(), extras or {})
-        logger.info("%s: mean held-out balanced accuracy %.3f over %d concepts", method,
-                    result.mean_balanced_accuracy, len(concepts))
+        logger.info(
+            "%s: mean held-out balanced accuracy %.3f over %d concepts",
+            method,
+            result.mean_balanced_accuracy,
+            len(concepts),
+        )
         return result
 
 

@@ -39,8 +39,9 @@ def cluster_members(x: torch.Tensor, k: int, algorithm: str, seed: int) -> torch
     if algorithm == "kmeans":
         assign = KMeans(n_clusters=k, n_init=4, random_state=seed % 2**32).fit_predict(data)
     elif algorithm == "spectral":
-        assign = SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=15,
-                                    random_state=seed % 2**32).fit_predict(data)
+        assign = SpectralClustering(
+            n_clusters=k, affinity="nearest_neighbors", n_neighbors=15, random_state=seed % 2**32
+        ).fit_predict(data)
     else:
         raise ValueError(f"ClusteringExtractor.algorithm must be 'kmeans' or 'spectral', got {algorithm!r}")
     return torch.from_numpy(np.eye(k, dtype=np.int64)[assign])  # [N, k]
@@ -88,15 +89,24 @@ class ClusteringExtractor:
         for layer in range(n_layers):
             x = states[:, layer]  # [N, d]
             z = (x - x.mean(0)) / x.std(0).clamp(min=1e-4)  # [N, d]
-            members = torch.cat([cluster_members(z, k, self.algorithm, derive_seed(ctx.seed, f"cluster.{layer}.{k}"))
-                                 for k in self.ks], dim=1)  # [N, C]
+            members = torch.cat(
+                [cluster_members(z, k, self.algorithm, derive_seed(ctx.seed, f"cluster.{layer}.{k}")) for k in self.ks],
+                dim=1,
+            )  # [N, C]
             score, sign = _match(members[sel_idx], labels[sel_idx])  # [C, K]
             layer_scores[layer] = score.max(0).values
             full_score, _ = _match(members, labels)
             for c in range(members.shape[1]):
                 k = int(full_score[c].argmax())
-                named.append({"layer": layer, "cluster": c, "size": int(members[:, c].sum()),
-                              "dominant": ctx.concepts[k].key, "match": float(full_score[c, k])})
+                named.append(
+                    {
+                        "layer": layer,
+                        "cluster": c,
+                        "size": int(members[:, c].sum()),
+                        "dominant": ctx.concepts[k].key,
+                        "match": float(full_score[c, k]),
+                    }
+                )
             for k in (score.max(0).values > best_score).nonzero().squeeze(1).tolist():
                 c = int(score[:, k].argmax())
                 inside = members[:, c].bool()
@@ -104,11 +114,19 @@ class ClusteringExtractor:
                 w = (centre_in - centre_out) * sign[c, k]  # points towards "concept holds"
                 directions[k] = w
                 biases[k] = -float(w @ (centre_in + centre_out) / 2)
-                protos[k] = torch.stack([centre_out, centre_in]) if sign[c, k] > 0 else torch.stack(
-                    [centre_in, centre_out])
+                protos[k] = (
+                    torch.stack([centre_out, centre_in]) if sign[c, k] > 0 else torch.stack([centre_in, centre_out])
+                )
                 layers[k], best_score[k] = layer, score[c, k]
-        return ctx.finish(self.name, layers, directions, biases, protos, layer_scores,
-                          extras={"clusters": named, "algorithm": self.algorithm})
+        return ctx.finish(
+            self.name,
+            layers,
+            directions,
+            biases,
+            protos,
+            layer_scores,
+            extras={"clusters": named, "algorithm": self.algorithm},
+        )
 
 
 register_extractor("clustering", ClusteringExtractor)

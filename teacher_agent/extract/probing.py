@@ -31,8 +31,9 @@ __all__ = ["ProbingExtractor", "fit_logistic", "split_index"]
 logger = logging.getLogger(__name__)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, max_iter: int = 100
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, max_iter: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit K class-balanced logistic regressions on shared inputs.
 
     Balancing the classes makes the probe optimise (a surrogate of) balanced
@@ -120,8 +121,9 @@ class ProbingExtractor:
             ks = (best == layer).nonzero().squeeze(1)
             w, b = _probe_layer(states[:, layer], labels[:, ks], self.l2)
             directions[ks], biases[ks] = w, b
-        protos = torch.stack([class_prototypes(states[:, int(best[k])], labels[:, k : k + 1])[0]
-                              for k in range(labels.shape[1])])  # [K, 2, d]
+        protos = torch.stack(
+            [class_prototypes(states[:, int(best[k])], labels[:, k : k + 1])[0] for k in range(labels.shape[1])]
+        )  # [K, 2, d]
         return ctx.finish(self.name, best, directions, biases, protos, scores)
 
 

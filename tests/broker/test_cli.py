@@ -18,7 +18,9 @@ def test_migrate_create_revoke(env, tmp_path):
     assert runner.invoke(app, ["migrate"], env=env).exit_code == 0
     key = keys.generate()
     pub = keys.save_keypair(key, tmp_path / "t.key")
-    result = runner.invoke(app, ["agents", "create", "--name", "t1", "--role", "teacher", "--public-key", str(pub)], env=env)
+    result = runner.invoke(
+        app, ["agents", "create", "--name", "t1", "--role", "teacher", "--public-key", str(pub)], env=env
+    )
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     assert token.startswith("m2kt_") and len(token) > 40

@@ -13,7 +13,7 @@ import factory
 import httpx
 import numpy as np
 import rfc8785
-from conftest import ADMIN_TOKEN, free_port
+from brokerkit import ADMIN_TOKEN, free_port
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from m2kt.client import BrokerClient

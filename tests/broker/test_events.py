@@ -8,7 +8,7 @@ import time
 import factory
 import httpx
 import pytest
-from conftest import Broker, ServerThread, broker_settings
+from brokerkit import Broker, ServerThread, broker_settings
 
 
 class Subscriber:

@@ -174,7 +174,7 @@ def test_manifest_rules(broker, label, change, expected):
 
 
 def test_payload_size_limit_is_413_and_stores_nothing(database_url, tmp_path):
-    from conftest import Broker, ServerThread, broker_settings
+    from brokerkit import Broker, ServerThread, broker_settings
 
     settings = broker_settings(database_url, tmp_path / "data", max_payload_bytes=1024)
     with ServerThread(settings) as server:

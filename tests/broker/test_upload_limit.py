@@ -3,7 +3,7 @@
 import select
 import socket
 
-from conftest import Broker, ServerThread, broker_settings
+from brokerkit import Broker, ServerThread, broker_settings
 
 
 def test_oversized_upload_is_refused_before_it_is_all_sent(database_url, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from conftest import free_port
+from brokerkit import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -101,8 +101,9 @@ def value_is(name: str, predicate: Callable[[IntArray], BoolArray]) -> Callable[
     return fn
 
 
-def compare_values(left: str, right: str, op: Callable[[IntArray, IntArray], BoolArray]
-                   ) -> Callable[[Values], BoolArray]:
+def compare_values(
+    left: str, right: str, op: Callable[[IntArray, IntArray], BoolArray]
+) -> Callable[[Values], BoolArray]:
     """Concept function: ``op(values[left], values[right])``."""
 
     def fn(values: Values) -> BoolArray:

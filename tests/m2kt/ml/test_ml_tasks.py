@@ -124,8 +124,10 @@ class ParityTask(TaskFamily):
     @property
     def concept_defs(self):
         return tuple(
-            task_base.ConceptDef(task_base.ConceptSpec(f"parity3.b{i}", f"bit {i}", "parity3.bits"),
-                                 task_base.value_is(f"b{i}", lambda x: x == 1))
+            task_base.ConceptDef(
+                task_base.ConceptSpec(f"parity3.b{i}", f"bit {i}", "parity3.bits"),
+                task_base.value_is(f"b{i}", lambda x: x == 1),
+            )
             for i in range(self.n_bits)
         )
 

@@ -29,8 +29,13 @@ def test_short_fit_on_boolean_beats_majority_by_far():
     model, tok = build_model(fam, ModelConfig(arch="llama", hidden_size=64, num_layers=3, num_heads=4))
     train, heldout = tensorize(tok, splits["train"]), tensorize(tok, splits["eval"])
     seen = []
-    result = fit(model, train, heldout, TrainConfig(epochs=12, batch_size=64, lr=3e-3, target_accuracy=0.95, seed=1),
-                 callback=seen.append)
+    result = fit(
+        model,
+        train,
+        heldout,
+        TrainConfig(epochs=12, batch_size=64, lr=3e-3, target_accuracy=0.95, seed=1),
+        callback=seen.append,
+    )
     base = majority_accuracy(splits["train"].answers, splits["eval"].answers)
     assert result.final is not None and len(seen) == len(result.history)
     assert result.final.accuracy > base + 0.2, (result.final, base)
