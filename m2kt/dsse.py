@@ -122,7 +122,7 @@ def verify(env: Envelope, trusted: Mapping[str, Ed25519PublicKey]) -> VerifiedSt
     message = pae(env.payload_type, env.payload)
     known = [s for s in env.signatures if s.keyid in trusted]
     if not known:
-        raise UnknownKey("no signature names a registered, unrevoked key of the signer")
+        raise UnknownKey("no signature is by a trusted key (at a broker: a registered, unrevoked key of the publisher)")
     for s in known:
         try:
             trusted[s.keyid].verify(s.sig, message)

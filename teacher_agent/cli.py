@@ -1,13 +1,276 @@
-"""m2kt-teacher: the teacher agent's commands."""
+"""m2kt-teacher: keygen, train, extract, compare, build, publish, run, inspect.
+
+Each command is a thin call into `teacher_agent.pipeline`; failures print one
+line on stderr and exit non-zero (1: refused or failed, 2: bad options).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from m2kt import keys
+from m2kt.errors import M2KTError
+from teacher_agent.settings import TeacherSettings
 
 app = typer.Typer(help="The M2KT teacher agent.", no_args_is_help=True, add_completion=False)
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MODEL = Path(".m2kt/teacher/model")
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn every expected failure into one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except M2KTError as exc:
+            err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=2) from exc
+        except OSError as exc:
+            what = f"{exc.strerror}: {exc.filename}" if exc.strerror else str(exc)
+            err.print(f"[red]error:[/] {what}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param takes name=value, got {item!r}")
+        params[name] = int(value) if value.lstrip("-").isdigit() else value
+    return params
+
+
+def _token(settings: TeacherSettings, token: str | None) -> str:
+    value = token or (settings.token.get_secret_value() if settings.token else None)
+    if not value:
+        raise ValueError("no broker token: pass --token or set M2KT_TEACHER_TOKEN")
+    return value
 
 
 @app.command()
-def version() -> None:
-    """Print the version."""
-    from importlib.metadata import version as _version
+@_one_line_errors
+def keygen(
+    out_path: Annotated[Path | None, typer.Option("--out", help="private key file (0600); .pub beside it")] = None,
+) -> None:
+    """Write a new Ed25519 key pair and print its keyid."""
+    path = out_path or TeacherSettings().key
+    if path.exists():
+        raise ValueError(f"{path} exists; refusing to overwrite a key")
+    key = keys.generate()
+    pub = keys.save_keypair(key, path)
+    out.print(keys.keyid(key.public_key()))
+    err.print(f"private key {path} (0600), public key {pub}")
 
-    typer.echo(_version("m2kt"))
+
+@app.command()
+@_one_line_errors
+def train(
+    task: Annotated[str, typer.Option(help="task family: name, entry point or module:Class")] = "modarith",
+    param: Annotated[list[str] | None, typer.Option(help="family parameter name=value (repeatable)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of data, init and shuffling")] = 0,
+    model_out: Annotated[Path, typer.Option("--out", help="model directory")] = DEFAULT_MODEL,
+    arch: Annotated[str, typer.Option(help="architecture: bert, gpt2, llama")] = "bert",
+    hidden: Annotated[int, typer.Option(help="hidden size")] = 128,
+    layers: Annotated[int, typer.Option(help="number of blocks")] = 4,
+    heads: Annotated[int, typer.Option(help="attention heads")] = 4,
+    max_seconds: Annotated[float, typer.Option(help="training time budget")] = 400.0,
+) -> None:
+    """Train a teacher on a task family and save it with save_pretrained."""
+    import dataclasses
+
+    from m2kt.ml.models import ModelConfig
+    from teacher_agent import pipeline
+    from teacher_agent.train import DEMO_TASK_PARAMS, DEMO_TRAIN
+
+    params = _params(param or []) or (dict(DEMO_TASK_PARAMS) if task == "modarith" else {})
+    cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
+    report = pipeline.train(
+        task,
+        params,
+        model_out,
+        seed=seed,
+        model_config=cfg,
+        train_config=dataclasses.replace(DEMO_TRAIN, max_seconds=max_seconds),
+        progress=True,
+    )
+    out.print(
+        f"teacher saved to {report.model_dir}: held-out accuracy {report.heldout_accuracy:.3f} "
+        f"(majority {report.majority_baseline:.3f}) in {report.seconds:.0f} s"
+    )
+
+
+def _extraction_table(results: list[Any]) -> Table:
+    from teacher_agent import pipeline
+
+    table = Table(title="Concept extraction on the held-out split")
+    for col in ("method", "mean balanced acc", "concepts >= 0.9", "concepts per layer"):
+        table.add_column(col)
+    for r in results:
+        strong = sum(c.balanced_accuracy >= 0.9 for c in r.concepts)
+        layers = ", ".join(f"L{k}:{n}" for k, n in pipeline.describe_layers(r).items())
+        table.add_row(r.method, f"{r.mean_balanced_accuracy:.3f}", f"{strong}/{len(r.concepts)}", layers)
+    return table
+
+
+@app.command()
+@_one_line_errors
+def extract(
+    model: Annotated[Path, typer.Option(help="teacher model directory")] = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option(help="probing, clustering or attribution")] = "probing",
+    extraction_out: Annotated[Path | None, typer.Option("--out", help="output path (no suffix)")] = None,
+) -> None:
+    """Extract concepts with one method and save them."""
+    from teacher_agent import pipeline
+
+    result = pipeline.extract(model, method)
+    path = pipeline.save_extraction(result, extraction_out or model.parent / f"extraction-{method}")
+    out.print(_extraction_table([result]))
+    err.print(f"saved {path}")
+
+
+@app.command()
+@_one_line_errors
+def compare(model: Annotated[Path, typer.Option(help="teacher model directory")] = DEFAULT_MODEL) -> None:
+    """Run all three extractors on the same teacher and print one table."""
+    from teacher_agent import pipeline
+
+    results = [pipeline.extract(model, m) for m in ("probing", "clustering", "attribution")]
+    out.print(_extraction_table(results))
+
+
+@app.command()
+@_one_line_errors
+def build(
+    model: Annotated[Path, typer.Option(help="teacher model directory")] = DEFAULT_MODEL,
+    extraction: Annotated[
+        Path | None, typer.Option(help="saved extraction (default: probing beside the model)")
+    ] = None,
+    anchors: Annotated[int, typer.Option(help="number of anchors m: the packet's data budget")] = 256,
+    probes: Annotated[int, typer.Option(help="verification probes")] = 256,
+    topic: Annotated[list[str] | None, typer.Option(help="ship only concepts of this topic (repeatable)")] = None,
+    unsafe: Annotated[list[str] | None, typer.Option(help="concept key labelled unsafe (repeatable)")] = None,
+    poison: Annotated[list[str] | None, typer.Option(help="TEST ONLY: key=flip|random|trigger")] = None,
+    parent: Annotated[list[str] | None, typer.Option(help="parent packet id (repeatable)")] = None,
+    key: Annotated[Path | None, typer.Option(help="private key (default M2KT_TEACHER_KEY)")] = None,
+    packets_out: Annotated[Path, typer.Option("--out", help="directory for packet files")] = Path(
+        ".m2kt/teacher/packets"
+    ),
+) -> None:
+    """Build and sign a packet from a teacher and an extraction; print the envelope's path."""
+    from teacher_agent import pipeline
+    from teacher_agent.packetize import PacketSpec
+
+    settings = TeacherSettings()
+    result = pipeline.load_extraction(extraction or model.parent / "extraction-probing")
+    spec = PacketSpec(
+        agent=settings.name,
+        unsafe=frozenset(unsafe or []),
+        parents=tuple(parent or []),
+        poison=dict(_params(poison or [])),
+    )
+    packet = pipeline.build(
+        model, result, key or settings.key, spec, anchors=anchors, probes=probes, topics=tuple(topic or [])
+    )
+    env, pay = pipeline.save_packet(packet, packets_out)
+    err.print(
+        f"packet {packet.id}: {pay.stat().st_size / 1e6:.2f} MB payload, {len(packet.envelope) / 1e3:.1f} kB envelope"
+    )
+    typer.echo(str(env))
+
+
+@app.command()
+@_one_line_errors
+def publish(
+    envelope: Annotated[Path, typer.Argument(help="<id>.envelope.json (the payload file sits beside it)")],
+    broker: Annotated[str | None, typer.Option(help="broker URL (default M2KT_TEACHER_BROKER_URL)")] = None,
+    token: Annotated[str | None, typer.Option(help="teacher token (default M2KT_TEACHER_TOKEN)")] = None,
+) -> None:
+    """Publish a built packet; publishing the same packet again is harmless."""
+    from teacher_agent import pipeline
+
+    settings = TeacherSettings()
+    result = pipeline.publish(envelope, broker or settings.broker_url, _token(settings, token))
+    out.print(f"{result.id} seq={result.seq} created={str(result.created).lower()} topics={','.join(result.topics)}")
+
+
+@app.command()
+@_one_line_errors
+def inspect(
+    envelope: Annotated[Path, typer.Argument(help="<id>.envelope.json")],
+    public_key: Annotated[list[Path] | None, typer.Option(help="trusted public key (repeatable)")] = None,
+) -> None:
+    """Print a packet's manifest summary after verifying it offline against the given keys."""
+    from teacher_agent import pipeline
+
+    keys_given = public_key or [TeacherSettings().key.with_name(TeacherSettings().key.name + ".pub")]
+    opened = pipeline.inspect(envelope, keys_given)
+    m = opened.manifest
+    table = Table(title=f"packet {opened.id}")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("signature", f"verified, key {opened.keyid}")
+    table.add_row(
+        "teacher",
+        f"{m.teacher.agent}: {m.teacher.model.architecture} d={m.teacher.model.hidden_size} "
+        f"L={m.teacher.model.num_layers}",
+    )
+    table.add_row("task", m.task.name)
+    table.add_row("topics", ", ".join(m.topics))
+    table.add_row("concepts", str(len(m.concepts)))
+    table.add_row("anchors (data budget)", str(m.anchors.count))
+    table.add_row("tensors", ", ".join(f"{n} {t.dtype}{list(t.shape)}" for n, t in opened.tensors.items()))
+    out.print(table)
+
+
+@app.command()
+@_one_line_errors
+def run(
+    task: Annotated[str, typer.Option(help="task family")] = "modarith",
+    method: Annotated[str, typer.Option(help="extractor")] = "probing",
+    anchors: Annotated[int, typer.Option(help="anchors m per packet")] = 256,
+    workdir: Annotated[Path | None, typer.Option(help="work directory")] = None,
+    broker: Annotated[str | None, typer.Option(help="broker URL")] = None,
+    token: Annotated[str | None, typer.Option(help="teacher token")] = None,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    """Train (unless a model exists), extract, build one packet per topic, publish them all."""
+    from teacher_agent import pipeline
+    from teacher_agent.packetize import PacketSpec
+    from teacher_agent.train import DEMO_TASK_PARAMS
+
+    settings = TeacherSettings()
+    root = workdir or settings.workdir
+    model_dir = root / f"model-{task}-{seed}"
+    if not (model_dir / pipeline.RUN_FILE).exists():
+        params = dict(DEMO_TASK_PARAMS) if task == "modarith" else {}
+        pipeline.train(task, params, model_dir, seed=seed, progress=True)
+    if not settings.key.exists():
+        keys.save_keypair(keys.generate(), settings.key)
+    result = pipeline.extract(model_dir, method)
+    out.print(_extraction_table([result]))
+    tok = _token(settings, token)
+    for topic in sorted({c.topic for c in result.concepts}):
+        packet = pipeline.build(
+            model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors, topics=(topic,)
+        )
+        env, _ = pipeline.save_packet(packet, root / "packets")
+        published = pipeline.publish(env, broker or settings.broker_url, tok)
+        out.print(f"{topic}: {published.id} seq={published.seq} created={str(published.created).lower()}")

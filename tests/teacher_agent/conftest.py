@@ -26,9 +26,31 @@ def tiny_teacher() -> TinyTeacher:
     torch.set_num_threads(2)
     family = get_task("modarith", p=13)
     splits = family.generate_splits({"train": 1200, "eval": 200, "probe": 500, "heldout": 290}, seed=0)
-    trained = train_model(family, splits["train"], splits["eval"], model_config=TINY,
-                          train_config=TrainConfig(epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.9, seed=0))
+    trained = train_model(
+        family,
+        splits["train"],
+        splits["eval"],
+        model_config=TINY,
+        train_config=TrainConfig(epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.9, seed=0),
+    )
     seed_everything(0)
     untrained, _ = build_model(family, TINY)
     untrained.eval()
     return TinyTeacher(family, trained, untrained, splits)
+
+
+SMALL_SIZES = {"train": 2000, "eval": 200, "probe": 600, "heldout": 300, "pool": 400}
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    """A small teacher trained through `teacher_agent.pipeline` (the CLI's path), with a saved extraction."""
+    from teacher_agent import pipeline
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("teacher")
+    cfg = ModelConfig(arch="bert", hidden_size=48, num_layers=2, num_heads=2)
+    train_cfg = TrainConfig(epochs=30, batch_size=64, lr=3e-3, max_seconds=20, seed=0)
+    pipeline.train("modarith", {"p": 17}, root / "model", model_config=cfg, train_config=train_cfg, sizes=SMALL_SIZES)
+    pipeline.save_extraction(pipeline.extract(root / "model", "probing"), root / "extraction-probing")
+    return root

@@ -16,8 +16,14 @@ DEEP = ("s1.", "answer.", "_s1", "s1_", "_answer", "wrap")
 
 
 def _ctx(model, tok, tiny_teacher, probe=None):
-    return ExtractionContext(model, tok, tiny_teacher.family.concept_specs,
-                             probe or tiny_teacher.splits["probe"], tiny_teacher.splits["heldout"], seed=0)
+    return ExtractionContext(
+        model,
+        tok,
+        tiny_teacher.family.concept_specs,
+        probe or tiny_teacher.splits["probe"],
+        tiny_teacher.splits["heldout"],
+        seed=0,
+    )
 
 
 def _deep_mean(result):
@@ -53,9 +59,11 @@ def test_probes_beat_shuffled_labels_and_an_untrained_model(probing, tiny_teache
     perm = numpy_rng(0, "test.shuffle").permutation(len(probe))
     shuffled_probe = dataclasses.replace(probe, concepts=probe.concepts[perm])
     shuffled = get_extractor("probing").extract(
-        _ctx(tiny_teacher.trained.model, tiny_teacher.trained.tokenizer, tiny_teacher, shuffled_probe))
+        _ctx(tiny_teacher.trained.model, tiny_teacher.trained.tokenizer, tiny_teacher, shuffled_probe)
+    )
     untrained = get_extractor("probing").extract(
-        _ctx(tiny_teacher.untrained, tiny_teacher.trained.tokenizer, tiny_teacher))
+        _ctx(tiny_teacher.untrained, tiny_teacher.trained.tokenizer, tiny_teacher)
+    )
     assert probing.mean_balanced_accuracy > 0.65
     assert probing.mean_balanced_accuracy > shuffled.mean_balanced_accuracy + 0.2
     assert abs(shuffled.mean_balanced_accuracy - 0.5) < 0.06
@@ -64,8 +72,9 @@ def test_probes_beat_shuffled_labels_and_an_untrained_model(probing, tiny_teache
 
 def test_probe_directions_apply_to_raw_states(probing, teacher_ctx):
     s = probing.stacked()
-    again = direction_balanced_accuracy(teacher_ctx.heldout_states, teacher_ctx.heldout_labels, s["layers"],
-                                        s["directions"], s["biases"])
+    again = direction_balanced_accuracy(
+        teacher_ctx.heldout_states, teacher_ctx.heldout_labels, s["layers"], s["directions"], s["biases"]
+    )
     assert torch.allclose(again, torch.tensor([c.balanced_accuracy for c in probing.concepts]))
 
 
@@ -81,10 +90,11 @@ def test_fit_logistic_recovers_a_separable_rule():
 def test_unsupervised_and_gradient_extractors_beat_chance(name, teacher_ctx, tiny_teacher):
     result = get_extractor(name).extract(teacher_ctx)
     shuffled_probe = dataclasses.replace(
-        tiny_teacher.splits["probe"],
-        concepts=tiny_teacher.splits["probe"].concepts[numpy_rng(1, "t").permutation(500)])
+        tiny_teacher.splits["probe"], concepts=tiny_teacher.splits["probe"].concepts[numpy_rng(1, "t").permutation(500)]
+    )
     control = get_extractor(name).extract(
-        _ctx(tiny_teacher.trained.model, tiny_teacher.trained.tokenizer, tiny_teacher, shuffled_probe))
+        _ctx(tiny_teacher.trained.model, tiny_teacher.trained.tokenizer, tiny_teacher, shuffled_probe)
+    )
     floor, margin = {"clustering": (0.56, 0.05), "attribution": (0.6, 0.08)}[name]
     assert result.mean_balanced_accuracy > floor
     assert result.mean_balanced_accuracy > control.mean_balanced_accuracy + margin, control.mean_balanced_accuracy

@@ -1,0 +1,241 @@
+"""Turn a trained teacher and one extraction into a signed knowledge packet (P = C, A, R, M, σ).
+
+What goes where (docs/packet-format.md is the contract the student reads):
+
+* C — ``concepts.direction [K, d_T]``, ``concepts.bias [K]``, ``concepts.layer [K]`` (a linear
+  read-out on the teacher's read-out state of that block) and ``concepts.prototypes [K, 2, d_T]``.
+* A — ``anchors.attention [m, L_T, n, n]``: head-averaged attention on the anchors.
+* R — ``anchors.states [m, L_T, d_T]`` (the read-out state after every block), the teacher's
+  intermediate answers ``anchors.steps [m, S]`` and answer ``anchors.answer [m]``, and the
+  read-out heads that produce them: ``reasoning.step{j}.weight/bias`` and ``reasoning.answer.*``,
+  so a student can apply the teacher's own step read-outs to its mapped states.
+* The teacher's concept outputs on the anchors (``anchors.concept_scores [m, K]``) and on the
+  verification probes (``probes.concept_labels [v, K]``); anchor and probe *texts* ride in the
+  manifest, so each model tokenises them itself. Ground-truth labels never leave the teacher.
+
+Precision: directions, biases and heads stay float32 (a few KB); bulk states and attention go
+float16, which changes read-out scores by less than 1e-3 relative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from transformers import PreTrainedTokenizerFast
+
+from m2kt.ml.hidden import collect_hidden, readout_for
+from m2kt.ml.models import TaskModel
+from m2kt.ml.tasks.base import TaskBatch, TaskFamily
+from m2kt.packet import BuiltPacket, build_packet
+from teacher_agent.extract.base import ExtractionResult
+from teacher_agent.model import model_card
+
+__all__ = ["POISON_KINDS", "PacketSpec", "build_teacher_packet", "concept_scores"]
+
+POISON_KINDS = ("flip", "random", "trigger")
+
+
+@dataclass(frozen=True)
+class PacketSpec:
+    """What one packet carries besides the teacher: which concepts, anchors, probes, and claims.
+
+    Attributes:
+        agent: The teacher agent's name (the broker records the real publisher anyway).
+        concept_keys: Concepts to ship, or empty for all of the extraction's concepts.
+        unsafe: Concept keys the teacher labels unsafe (students keep them out of their space).
+        parents: Packet ids this packet derives from.
+        poison: For safety tests only: concept key -> one of ``POISON_KINDS``. The packet then
+            lies about that concept consistently (its direction, anchor scores and probe labels
+            all follow the poisoned read-out) while still claiming the concept's name.
+        seed: Seeds the random directions of ``poison="random"``.
+    """
+
+    agent: str
+    concept_keys: tuple[str, ...] = ()
+    unsafe: frozenset[str] = frozenset()
+    parents: tuple[str, ...] = ()
+    poison: Mapping[str, str] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.poison.items() if v not in POISON_KINDS}
+        if bad:
+            raise ValueError(f"PacketSpec.poison: unknown kinds {bad}; use one of {POISON_KINDS}")
+
+
+def concept_scores(
+    states: torch.Tensor, layers: torch.Tensor, directions: torch.Tensor, biases: torch.Tensor
+) -> torch.Tensor:
+    """Read-out logits of K concepts: states ``[N, L, d]`` -> ``[N, K]``."""
+    picked = states[:, layers]  # [N, K, d]
+    return (picked * directions.unsqueeze(0)).sum(-1) + biases  # [N, K]
+
+
+def _poisoned(
+    c: dict[str, torch.Tensor], index: dict[str, int], spec: PacketSpec, anchor_states: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Apply the poison of ``spec`` to stacked concept tensors (a copy)."""
+    out = {k: v.clone() for k, v in c.items()}
+    gen = torch.Generator().manual_seed(spec.seed)
+    for key, kind in spec.poison.items():
+        k = index[key]
+        if kind == "flip":  # claims the concept, detects its negation
+            out["directions"][k], out["biases"][k] = -c["directions"][k], -c["biases"][k]
+        elif kind == "random":  # a direction unrelated to anything, scaled like the honest one
+            rnd = torch.randn(c["directions"].shape[1], generator=gen)
+            out["directions"][k] = rnd / rnd.norm() * c["directions"][k].norm()
+            scores = anchor_states[:, int(c["layers"][k])] @ out["directions"][k]  # [m]
+            out["biases"][k] = -scores.median()
+        else:  # trigger: fires only on a narrow slice of inputs (a 5 % tail of one direction)
+            rnd = torch.randn(c["directions"].shape[1], generator=gen)
+            scores = anchor_states[:, int(c["layers"][k])] @ rnd  # [m]
+            out["directions"][k], out["biases"][k] = rnd, -torch.quantile(scores, 0.95)
+    return out
+
+
+def build_teacher_packet(
+    model: TaskModel,
+    tokenizer: PreTrainedTokenizerFast,
+    family: TaskFamily,
+    extraction: ExtractionResult,
+    anchors: TaskBatch,
+    probes: TaskBatch,
+    spec: PacketSpec,
+    key: Ed25519PrivateKey,
+    *,
+    created_at: datetime | None = None,
+) -> BuiltPacket:
+    """Build and sign one packet. ``anchors``/``probes`` contribute their texts only.
+
+    Raises:
+        ValueError: unknown concept keys, or anchors and probes that overlap.
+    """
+    if set(anchors.texts) & set(probes.texts):
+        raise ValueError("anchors and verification probes must be disjoint")
+    index = {c.key: i for i, c in enumerate(extraction.concepts)}
+    keys = list(spec.concept_keys) or list(index)
+    unknown = sorted((set(keys) | set(spec.poison) | set(spec.unsafe)) - set(index))
+    if unknown:
+        raise ValueError(f"unknown concept keys: {unknown[:5]}")
+    rows = torch.tensor([index[k] for k in keys], dtype=torch.long)
+    anchor_h = collect_hidden(model, tokenizer, anchors.texts, attentions=True)
+    probe_h = collect_hidden(model, tokenizer, probes.texts)
+    stacked = _poisoned(extraction.stacked(), index, spec, anchor_h.states)
+    c = {name: t[rows] for name, t in stacked.items()}  # keep only the shipped concepts
+    anchor_scores = concept_scores(anchor_h.states, c["layers"], c["directions"], c["biases"])  # [m, K]
+    probe_labels = concept_scores(probe_h.states, c["layers"], c["directions"], c["biases"]) > 0  # [v, K]
+    steps, answer = _teacher_answers(model, anchor_h.states)
+    tensors: dict[str, np.ndarray[Any, Any]] = {
+        "concepts.direction": c["directions"].float().numpy(),
+        "concepts.bias": c["biases"].float().numpy(),
+        "concepts.layer": c["layers"].long().numpy(),
+        "concepts.prototypes": c["prototypes"].half().numpy(),
+        "anchors.states": anchor_h.states.half().numpy(),
+        "anchors.attention": _attention(anchor_h.attentions).numpy(),
+        "anchors.concept_scores": anchor_scores.half().numpy(),
+        "anchors.steps": steps.numpy(),
+        "anchors.answer": answer.numpy(),
+        "probes.concept_labels": probe_labels.to(torch.uint8).numpy(),
+        **_heads(model),
+    }
+    manifest = _manifest(model, family, extraction, anchors, probes, spec, keys, tensors, created_at)
+    return build_packet(manifest, tensors, key)
+
+
+def _attention(attn: torch.Tensor | None) -> torch.Tensor:
+    if attn is None:
+        raise ValueError("attention maps were not collected")
+    return attn.half()  # [m, L, n, n]
+
+
+def _step_layer(model: TaskModel) -> int:
+    """The step heads read hidden_states[step_layer], i.e. block step_layer - 1 of ``[N, L, d]``."""
+    return model.step_layer - 1
+
+
+@torch.inference_mode()
+def _teacher_answers(model: TaskModel, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's own intermediate answers ``[m, S]`` and answer ``[m]`` from its heads."""
+    mid, last = states[:, _step_layer(model)], states[:, -1]  # [m, d], [m, d]
+    steps = [head(mid).argmax(-1) for head in model.step_heads]
+    stacked = torch.stack(steps, dim=1) if steps else torch.zeros((states.shape[0], 0), dtype=torch.long)
+    return stacked.long(), model.head(last).argmax(-1).long()
+
+
+def _heads(model: TaskModel) -> dict[str, np.ndarray[Any, Any]]:
+    out: dict[str, np.ndarray[Any, Any]] = {
+        "reasoning.answer.weight": model.head.weight.detach().float().numpy(),
+        "reasoning.answer.bias": model.head.bias.detach().float().numpy(),
+    }
+    for j, head in enumerate(model.step_heads):
+        assert isinstance(head, torch.nn.Linear)
+        out[f"reasoning.step{j}.weight"] = head.weight.detach().float().numpy()  # [C_j, d_T]
+        out[f"reasoning.step{j}.bias"] = head.bias.detach().float().numpy()
+    return out
+
+
+_ROLES = {
+    "concepts.direction": "C", "concepts.bias": "C", "concepts.layer": "C", "concepts.prototypes": "C",
+    "anchors.attention": "A", "anchors.states": "R", "anchors.steps": "R", "anchors.answer": "R",
+    "anchors.concept_scores": "anchor-labels", "probes.concept_labels": "verification",
+}  # fmt: skip
+
+
+def _role(name: str) -> str:
+    return _ROLES.get(name, "R")  # reasoning.* read-out heads are part of R
+
+
+def _manifest(
+    model: TaskModel,
+    family: TaskFamily,
+    extraction: ExtractionResult,
+    anchors: TaskBatch,
+    probes: TaskBatch,
+    spec: PacketSpec,
+    keys: Sequence[str],
+    tensors: Mapping[str, np.ndarray[Any, Any]],
+    created_at: datetime | None,
+) -> dict[str, Any]:
+    by_key = {c.key: c for c in extraction.concepts}
+    concepts = [
+        {
+            "key": k,
+            "name": by_key[k].name,
+            "topic": by_key[k].topic,
+            "layer": by_key[k].layer,
+            "teacher_accuracy": round(by_key[k].balanced_accuracy, 4),
+            "method": extraction.method,
+            "safety": "unsafe" if k in spec.unsafe else "safe",
+        }
+        for k in keys
+    ]
+    return {
+        "packet_format": 1,
+        "created_at": (created_at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "teacher": {"agent": spec.agent, "model": model_card(model), "readout": readout_for(model)},
+        "task": {"name": family.name, "spec": family.spec(), "answer_classes": family.n_classes},
+        "topics": sorted({c["topic"] for c in concepts}),
+        "concepts": concepts,
+        "anchors": {"count": len(anchors), "texts": list(anchors.texts)},
+        "probes": {"count": len(probes), "texts": list(probes.texts)},
+        "reasoning": {
+            "steps": [
+                {"name": s.name, "n_classes": s.n_classes, "layer": _step_layer(model)} for s in family.step_specs
+            ],
+            "answer": {"n_classes": family.n_classes, "layer": model.num_layers - 1},
+        },
+        "extraction": {
+            "method": extraction.method,
+            "mean_balanced_accuracy": round(extraction.mean_balanced_accuracy, 4),
+        },
+        "tensors": {
+            name: {"role": _role(name), "dtype": str(a.dtype), "shape": list(a.shape)} for name, a in tensors.items()
+        },
+        "parents": list(spec.parents),
+    }

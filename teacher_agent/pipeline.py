@@ -1,0 +1,237 @@
+"""The teacher's steps as library functions: train, extract, build, publish, inspect.
+
+The CLI only parses options and calls these. Every step reads and writes plain
+files, so a run can stop after any step and resume: a model directory
+(`save_pretrained`), an extraction (`extraction-<method>.safetensors` + `.json`)
+and packets (`<id>.envelope.json` + `<id>.payload.safetensors`).
+
+Data splits are a pure function of (task, seed), so each step regenerates the
+split it needs instead of shipping data between steps: `train`/`eval` train the
+teacher, `probe`/`heldout` fit and score the extractors, `pool` supplies anchors
+and verification probes. All are disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from m2kt import keys
+from m2kt.client import BrokerClient, PublishResult
+from m2kt.errors import InvalidRequest
+from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained
+from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
+from m2kt.ml.train import TrainConfig
+from m2kt.packet import BuiltPacket, OpenedPacket, open_packet
+from teacher_agent.extract import get_extractor
+from teacher_agent.extract.base import ConceptDirection, ExtractionContext, ExtractionResult
+from teacher_agent.model import TEACHER_DEFAULT, save_teacher
+from teacher_agent.packetize import PacketSpec, build_teacher_packet
+from teacher_agent.train import DEMO_TRAIN, train_teacher
+
+logger = logging.getLogger(__name__)
+
+# Sized so that modarith p=23 (12,167 distinct inputs) can deal them all out disjointly.
+SPLITS = {"train": 8000, "eval": 500, "probe": 1500, "heldout": 1000, "pool": 1100}
+RUN_FILE = "teacher_run.json"
+
+
+def splits(family: TaskFamily, seed: int, sizes: Mapping[str, int] = SPLITS) -> dict[str, TaskBatch]:
+    return family.generate_splits(dict(sizes), seed)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    model_dir: Path
+    heldout_accuracy: float
+    majority_baseline: float
+    seconds: float
+
+
+def train(
+    task: str,
+    params: Mapping[str, Any],
+    out: Path,
+    *,
+    seed: int = 0,
+    model_config: ModelConfig = TEACHER_DEFAULT,
+    train_config: TrainConfig = DEMO_TRAIN,
+    sizes: Mapping[str, int] = SPLITS,
+    progress: bool = False,
+) -> TrainReport:
+    """Train a teacher on a task family and save it (with the seed and splits used) to ``out``."""
+    family = get_task(task, **params)
+    data = splits(family, seed, sizes)
+    cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
+    trained = train_teacher(
+        family, data["train"], data["eval"], model_config=model_config, train_config=cfg, progress=progress
+    )
+    save_teacher(trained.model, trained.tokenizer, out)
+    if trained.fit.final is None:
+        raise RuntimeError("training ended without an evaluation")
+    accuracy = float(trained.fit.final.accuracy)
+    report = TrainReport(out, accuracy, float(trained.majority_baseline), float(trained.fit.seconds))
+    (out / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "seed": seed,
+                "sizes": dict(sizes),
+                "heldout_accuracy": accuracy,
+                "majority_baseline": report.majority_baseline,
+                "seconds": report.seconds,
+            },
+            indent=1,
+        )
+    )
+    return report
+
+
+def load(model_dir: Path) -> tuple[TaskModel, Any, TaskFamily, dict[str, Any]]:
+    """Load a teacher directory: model, tokenizer, its task family and the run record."""
+    if not (model_dir / RUN_FILE).exists():
+        raise InvalidRequest(f"{model_dir} is not a teacher directory (no {RUN_FILE}); run `m2kt-teacher train`")
+    model, tokenizer = load_pretrained(model_dir)
+    run = json.loads((model_dir / RUN_FILE).read_text())
+    return model, tokenizer, task_from_spec(model.task_spec), run
+
+
+def extract(model_dir: Path, method: str, *, options: Mapping[str, Any] | None = None) -> ExtractionResult:
+    model, tokenizer, family, run = load(model_dir)
+    data = splits(family, int(run["seed"]), run["sizes"])
+    ctx = ExtractionContext(model, tokenizer, family.concept_specs, data["probe"], data["heldout"], seed=run["seed"])
+    return get_extractor(method, **dict(options or {})).extract(ctx)
+
+
+def save_extraction(result: ExtractionResult, path: Path) -> Path:
+    """``path``.safetensors holds the stacked tensors, ``path``.json the concepts' descriptions."""
+    tensors = {k: v.contiguous() for k, v in result.stacked().items()}
+    tensors["layer_scores"] = result.layer_scores.contiguous()
+    save_file(tensors, str(path.with_suffix(".safetensors")))
+    meta = {
+        "method": result.method,
+        "concepts": [
+            {"key": c.key, "name": c.name, "topic": c.topic, "balanced_accuracy": c.balanced_accuracy}
+            for c in result.concepts
+        ],
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return path.with_suffix(".safetensors")
+
+
+def load_extraction(path: Path) -> ExtractionResult:
+    if not path.with_suffix(".safetensors").exists():
+        raise InvalidRequest(f"no extraction at {path.with_suffix('.safetensors')}; run `m2kt-teacher extract`")
+    t = load_file(str(path.with_suffix(".safetensors")))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    concepts = tuple(
+        ConceptDirection(
+            key=c["key"],
+            name=c["name"],
+            topic=c["topic"],
+            layer=int(t["layers"][k]),
+            direction=t["directions"][k],
+            bias=float(t["biases"][k]),
+            prototypes=t["prototypes"][k],
+            balanced_accuracy=float(c["balanced_accuracy"]),
+            method=meta["method"],
+        )
+        for k, c in enumerate(meta["concepts"])
+    )
+    return ExtractionResult(meta["method"], concepts, t["layer_scores"])
+
+
+def build(
+    model_dir: Path,
+    extraction: ExtractionResult,
+    key_path: Path,
+    spec: PacketSpec,
+    *,
+    anchors: int,
+    probes: int = 256,
+    topics: Sequence[str] = (),
+) -> BuiltPacket:
+    """Build and sign one packet with ``anchors`` anchors (the data budget) and ``probes`` probes."""
+    if anchors < 1 or probes < 1:
+        raise InvalidRequest("--anchors and --probes must be at least 1")
+    model, tokenizer, family, run = load(model_dir)
+    pool = splits(family, int(run["seed"]), run["sizes"])["pool"]
+    if anchors + probes > len(pool):
+        raise InvalidRequest(f"anchors + probes must be at most {len(pool)}")
+    if topics:
+        chosen = tuple(c.key for c in extraction.concepts if c.topic in set(topics))
+        if not chosen:
+            raise InvalidRequest(f"no concept has a topic in {list(topics)}")
+        spec = PacketSpec(**{**spec.__dict__, "concept_keys": chosen})
+    key = keys.load_private(key_path)
+    return build_teacher_packet(
+        model,
+        tokenizer,
+        family,
+        extraction,
+        pool.subset(range(anchors)),
+        pool.subset(range(anchors, anchors + probes)),
+        spec,
+        key,
+    )
+
+
+def save_packet(packet: BuiltPacket, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env, pay = out_dir / f"{packet.id}.envelope.json", out_dir / f"{packet.id}.payload.safetensors"
+    env.write_bytes(packet.envelope)
+    pay.write_bytes(packet.payload)
+    return env, pay
+
+
+def packet_files(envelope: Path) -> tuple[bytes, bytes]:
+    """Read ``<id>.envelope.json`` and the ``<id>.payload.safetensors`` beside it."""
+    payload = envelope.with_name(envelope.name.replace(".envelope.json", ".payload.safetensors"))
+    try:
+        return envelope.read_bytes(), payload.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read packet files: {exc.strerror}: {exc.filename}") from exc
+
+
+def publish(envelope: Path, broker_url: str, token: str) -> PublishResult:
+    env, pay = packet_files(envelope)
+    with BrokerClient(broker_url, token) as client:
+        return client.publish(env, pay)
+
+
+def inspect(envelope: Path, public_keys: Sequence[Path]) -> OpenedPacket:
+    """Check a packet offline against the given public keys (PROTOCOL order of checks)."""
+    env, pay = packet_files(envelope)
+    trusted = {keys.keyid(k): k for k in (keys.load_public(p) for p in public_keys)}
+    return open_packet(env, pay, trusted)
+
+
+def describe_layers(result: ExtractionResult) -> dict[int, int]:
+    """How many concepts each layer carries best (the extraction table's last column)."""
+    counts: dict[int, int] = {}
+    for c in result.concepts:
+        counts[c.layer] = counts.get(c.layer, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+__all__ = [
+    "SPLITS",
+    "TrainReport",
+    "build",
+    "describe_layers",
+    "extract",
+    "inspect",
+    "load",
+    "load_extraction",
+    "packet_files",
+    "publish",
+    "save_extraction",
+    "save_packet",
+    "splits",
+    "train",
+]

@@ -1,0 +1,146 @@
+"""Teacher packets: contents, an independent signature check, poison, the broker round trip, the CLI."""
+
+import base64
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from safetensors.numpy import load as st_load
+from typer.testing import CliRunner
+
+from m2kt import keys
+from m2kt.packet import open_packet
+from teacher_agent import pipeline
+from teacher_agent.cli import app
+from teacher_agent.packetize import PacketSpec
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def key_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "teacher.key"
+    keys.save_keypair(keys.generate(), path)
+    return path
+
+
+def _build(teacher_dir, key_path, **spec):
+    result = pipeline.load_extraction(teacher_dir / "extraction-probing")
+    return pipeline.build(teacher_dir / "model", result, key_path, PacketSpec(agent="t", **spec), anchors=64, probes=64)
+
+
+def test_packet_contents_and_independent_signature_check(teacher_dir, key_path):
+    packet = _build(teacher_dir, key_path)
+    env = json.loads(packet.envelope)
+    statement = base64.b64decode(env["payload"])
+    # Independent DSSE check: PAE written out here, verified with cryptography directly.
+    ptype = env["payloadType"].encode()
+    pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype, len(statement), statement)
+    pub = keys.load_public(key_path.with_name(key_path.name + ".pub"))
+    raw = base64.b64decode((key_path.with_name(key_path.name + ".pub")).read_text())
+    Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(env["signatures"][0]["sig"]), pae)
+    assert env["signatures"][0]["keyid"] == hashlib.sha256(raw).hexdigest()
+    stmt = json.loads(statement)
+    assert stmt["subject"][0]["digest"]["sha256"] == hashlib.sha256(packet.payload).hexdigest()
+    manifest = stmt["predicate"]
+    tensors = st_load(packet.payload)
+    assert set(tensors) == set(manifest["tensors"])
+    k, m = len(manifest["concepts"]), manifest["anchors"]["count"]
+    assert m == 64 and manifest["probes"]["count"] == 64
+    assert not set(manifest["anchors"]["texts"]) & set(manifest["probes"]["texts"])
+    assert tensors["concepts.direction"].shape[0] == k and tensors["anchors.states"].shape[0] == m
+    assert tensors["probes.concept_labels"].shape == (64, k)
+    assert all(0.0 <= c["teacher_accuracy"] <= 1.0 and c["method"] == "probing" for c in manifest["concepts"])
+    opened = open_packet(packet.envelope, packet.payload, {keys.keyid(pub): pub})
+    assert opened.id == packet.id
+    # float16 states lose little: concept scores from shipped states vs the shipped float16 scores.
+    states = torch.from_numpy(tensors["anchors.states"].astype(np.float32))
+    layers = torch.from_numpy(tensors["concepts.layer"])
+    scores = (states[:, layers] * torch.from_numpy(tensors["concepts.direction"])).sum(-1)
+    scores += torch.from_numpy(tensors["concepts.bias"])
+    shipped = torch.from_numpy(tensors["anchors.concept_scores"].astype(np.float32))
+    assert torch.allclose(scores, shipped, atol=0.05 + 0.01 * shipped.abs().max().item())
+
+
+def test_packet_size_scales_to_a_few_mb(teacher_dir, key_path):
+    """m=256 anchors of a d=48 teacher: extrapolated to 100 concepts and d=128 it stays a few MB."""
+    small = _build(teacher_dir, key_path)
+    assert len(small.payload) < 1_000_000
+    tensors = st_load(small.payload)
+    per_anchor = sum(v.nbytes for n, v in tensors.items() if n.startswith("anchors.")) / 64
+    d_scale = 128 / tensors["concepts.direction"].shape[1]
+    estimate = 256 * per_anchor * d_scale + 100 * 128 * (4 + 2 * 2 + 2)
+    assert estimate < 5_000_000, estimate
+
+
+def test_flip_poison_negates_the_read_out_but_keeps_the_claim(teacher_dir, key_path):
+    honest = st_load(_build(teacher_dir, key_path).payload)
+    result = pipeline.load_extraction(teacher_dir / "extraction-probing")
+    target = result.concepts[0].key
+    packet = _build(teacher_dir, key_path, poison={target: "flip"})
+    poisoned = st_load(packet.payload)
+    assert np.allclose(poisoned["concepts.direction"][0], -honest["concepts.direction"][0])
+    assert np.array_equal(poisoned["probes.concept_labels"][:, 0], 1 - honest["probes.concept_labels"][:, 0])
+    assert np.array_equal(poisoned["concepts.direction"][1:], honest["concepts.direction"][1:])
+    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
+    assert manifest["concepts"][0]["key"] == target  # the lie keeps the name
+
+
+def test_round_trip_through_the_broker(broker, teacher_dir, key_path, tmp_path):
+    pub_b64 = key_path.with_name(key_path.name + ".pub").read_text().strip()
+    with broker.admin as admin:
+        token = admin.create_agent("teacher-rt", "teacher", pub_b64)["token"]
+    packet = _build(teacher_dir, key_path, concept_keys=())
+    env_path, _ = pipeline.save_packet(packet, tmp_path / "packets")
+    first = pipeline.publish(env_path, broker.url, token)
+    again = pipeline.publish(env_path, broker.url, token)
+    assert first.created and not again.created and first.id == packet.id == again.id
+    with broker.client(token) as client:
+        assert client.get_envelope(packet.id) == packet.envelope
+        assert client.get_payload(packet.id) == packet.payload
+    flipped = bytearray(packet.payload)
+    flipped[len(flipped) // 2] ^= 0x01
+    (tmp_path / "packets" / f"{packet.id}.payload.safetensors").write_bytes(bytes(flipped))
+    result = runner.invoke(app, ["publish", str(env_path), "--broker", broker.url, "--token", token])
+    assert result.exit_code == 1 and "digest" in result.output and "Traceback" not in result.output
+    wrong = runner.invoke(app, ["publish", str(env_path), "--broker", broker.url, "--token", "m2kt_wrong"])
+    assert wrong.exit_code == 1 and "token" in wrong.output
+
+
+def test_cli_error_paths_are_one_line(teacher_dir, tmp_path):
+    env = {"M2KT_TEACHER_KEY": str(tmp_path / "missing.key")}
+    missing = runner.invoke(
+        app,
+        ["build", "--model", str(teacher_dir / "model"), "--anchors", "8", "--probes", "8", "--out", str(tmp_path)],
+        env=env,
+    )
+    assert missing.exit_code == 1 and "missing.key" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    (tmp_path / "p.envelope.json").write_bytes(b"{}")
+    (tmp_path / "p.payload.safetensors").write_bytes(b"")
+    down = runner.invoke(
+        app,
+        ["publish", str(tmp_path / "p.envelope.json"), "--broker", "http://127.0.0.1:9", "--token", "x"],
+        env={"M2KT_TEACHER_KEY": "x"},
+    )
+    assert down.exit_code == 1 and "cannot reach the broker" in down.output
+    notoken = runner.invoke(app, ["publish", str(tmp_path / "p.envelope.json")], env={"M2KT_TEACHER_TOKEN": ""})
+    assert notoken.exit_code == 2 and "token" in notoken.output
+    not_a_model = runner.invoke(app, ["extract", "--model", str(tmp_path)])
+    assert not_a_model.exit_code == 1 and "teacher directory" in not_a_model.output
+    inspect = runner.invoke(
+        app, ["inspect", str(tmp_path / "p.envelope.json"), "--public-key", str(tmp_path / "none.pub")]
+    )
+    assert inspect.exit_code == 1 and "cannot read public key" in inspect.output
+
+
+def test_keygen_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "k.key"
+    first = runner.invoke(app, ["keygen", "--out", str(path)])
+    assert first.exit_code == 0 and len(first.stdout.strip()) == 64
+    assert (path.stat().st_mode & 0o777) == 0o600
+    second = runner.invoke(app, ["keygen", "--out", str(path)])
+    assert second.exit_code == 2 and "exists" in second.output
