@@ -208,7 +208,10 @@ def publish(
 
     settings = TeacherSettings()
     result = pipeline.publish(envelope, broker or settings.broker_url, _token(settings, token))
-    out.print(f"{result.id} seq={result.seq} created={str(result.created).lower()} topics={','.join(result.topics)}")
+    out.print(
+        f"{result.id} seq={result.seq} created={str(result.created).lower()} topics={','.join(result.topics)}",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -273,4 +276,6 @@ def run(
         )
         env, _ = pipeline.save_packet(packet, root / "packets")
         published = pipeline.publish(env, broker or settings.broker_url, tok)
-        out.print(f"{topic}: {published.id} seq={published.seq} created={str(published.created).lower()}")
+        out.print(
+            f"{topic}: {published.id} seq={published.seq} created={str(published.created).lower()}", soft_wrap=True
+        )
