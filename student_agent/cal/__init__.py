@@ -1,0 +1,1 @@
+"""The Concept Alignment Layer: config, forms (registry), pure loss terms, checkpoints."""

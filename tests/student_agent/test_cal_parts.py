@@ -1,0 +1,96 @@
+"""CAL building blocks: config validation, forms, loss terms, and versioned checkpoints."""
+
+import hashlib
+
+import pytest
+import torch
+
+from student_agent.cal import losses
+from student_agent.cal.checkpoint import CheckpointStore
+from student_agent.cal.config import CALConfig
+from student_agent.cal.layers import build_cal, freeze
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"form": "nope"}, {"direction": "sideways"}, {"in_dim": 0}, {"rank": 0}, {"dropout": 1.0}],
+)
+def test_config_refuses_bad_values_naming_the_field(bad):
+    base = {"in_dim": 8, "out_dim": 4}
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        CALConfig(**{**base, **bad})
+
+
+@pytest.mark.parametrize("form", ["mlp_skip", "lowrank"])
+def test_forms_map_shapes_and_round_trip_config(form):
+    cfg = CALConfig(form=form, in_dim=12, out_dim=5, hidden=16, rank=3)
+    assert CALConfig.from_json(cfg.to_json()) == cfg
+    assert build_cal(cfg)(torch.randn(7, 12)).shape == (7, 5)
+
+
+def test_lowrank_form_has_the_rank_it_claims():
+    cal = build_cal(CALConfig(form="lowrank", in_dim=20, out_dim=20, rank=3))
+    jacobian = cal.up.weight @ cal.down.weight  # [20, 20]
+    assert torch.linalg.matrix_rank(jacobian) == 3
+
+
+def test_freeze_stops_gradients():
+    model = freeze(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5)))
+    assert not model.training and all(not p.requires_grad for p in model.parameters())
+
+
+def test_losses_are_zero_at_the_target_and_positive_away():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    assert losses.geometric_loss(x, x) == 0 and losses.geometric_loss(x, y) > 0
+    assert losses.relational_loss(x, 3 * x) < 1e-6 and losses.relational_loss(x, y) > 0.1
+    w, b = torch.randn(4, 8, generator=g), torch.zeros(4)
+    own = (x @ w.T).argmax(-1)
+    assert losses.reasoning_loss(10 * x, w, b, own) < losses.reasoning_loss(10 * x, w, b, (own + 1) % 4)
+    unsafe = torch.randn(2, 8, generator=g)
+    u = torch.nn.functional.normalize(unsafe[:1], dim=-1)  # [1, 8]
+    orth = x - (x @ u.T) @ u  # x without its component along the first unsafe direction
+    assert losses.safety_loss(x, unsafe) > 0 and losses.safety_loss(x, torch.zeros(0, 8)) == 0
+    assert losses.safety_loss(orth, unsafe[:1]) < 1e-10
+
+
+def test_losses_check_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        losses.geometric_loss(torch.zeros(3, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="does not read"):
+        losses.reasoning_loss(torch.zeros(3, 4), torch.zeros(2, 5), torch.zeros(2), torch.zeros(3, dtype=torch.long))
+
+
+def test_composite_honours_zero_weights():
+    terms = {"geo": torch.tensor(2.0), "reason": torch.tensor(3.0)}
+    assert losses.composite(terms, {"geo": 1.0, "reason": 0.0}) == 2.0
+    assert losses.composite(terms, {"geo": 0.5, "reason": 2.0}) == 7.0
+    with pytest.raises(ValueError, match="switched off"):
+        losses.composite(terms, {"geo": 0.0})
+    with pytest.raises(ValueError, match="unknown"):
+        losses.composite(terms, {"safety": 1.0})
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_rollback_restores_the_previous_checkpoint_byte_for_byte(tmp_path):
+    store = CheckpointStore(tmp_path / "cal")
+    cfg = CALConfig(in_dim=6, out_dim=4, hidden=8)
+    torch.manual_seed(0)
+    first = build_cal(cfg)
+    v1 = store.save(first, cfg)
+    store.activate(v1)
+    before = [_digest(p) for p in store.files(v1)]
+    x = torch.randn(5, 6)
+    expected = first(x)
+    second = build_cal(cfg)
+    v2 = store.save(second, cfg)
+    store.activate(v2)
+    assert not torch.allclose(store.load()[0](x), expected)
+    store.activate(v1)  # the verifier said no
+    assert store.current() == v1 and [_digest(p) for p in store.files(v1)] == before
+    assert torch.equal(store.load()[0](x), expected)
+    with pytest.raises(ValueError, match="no CAL checkpoint"):
+        store.activate(99)
