@@ -3,6 +3,7 @@
 A plain module (not conftest) so test files can import it by one unambiguous name.
 """
 
+import os
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -20,6 +22,23 @@ from m2kt import keys
 from m2kt.client import BrokerClient
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+PG_URL = os.environ.get("M2KT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pg_admin() -> psycopg.Connection:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL)
+    return psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        dbname=url.database, autocommit=True,
+    )  # fmt: skip
+
+
+def pg_url(name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
 
 
 def free_port() -> int:

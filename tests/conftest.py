@@ -6,48 +6,29 @@ TEMPLATE), so each test starts empty without paying for migrations each time.
 Set M2KT_TEST_PG_URL to point at another server (default: the local one).
 """
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port  # noqa: F401
+from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port, pg_admin, pg_url  # noqa: F401
 
 from broker.db import make_engine
 from broker.migrate import upgrade
 
-PG_URL = os.environ.get("M2KT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _pg_admin() -> psycopg.Connection:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(PG_URL)
-    return psycopg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        dbname=url.database, autocommit=True,
-    )  # fmt: skip
-
-
-def _pg_url(name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     name = f"m2kt_tpl_{uuid.uuid4().hex[:10]}"
-    with _pg_admin() as conn:
+    with pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    engine = make_engine(_pg_url(name))
+    engine = make_engine(pg_url(name))
     upgrade(engine)
     engine.dispose()
     yield name
-    with _pg_admin() as conn:
+    with pg_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -75,10 +56,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def pg_database_url(pg_template: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database, for tests that only make sense there (replicas)."""
     name = f"m2kt_t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as conn:
+    with pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    yield _pg_url(name)
-    with _pg_admin() as conn:
+    yield pg_url(name)
+    with pg_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -88,4 +69,3 @@ def broker(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     settings = broker_settings(database_url, tmp_path / "data", **overrides)
     with ServerThread(settings) as server:
         yield Broker(server.url, settings, "sqlite" if settings.is_sqlite else "postgresql")
-
