@@ -53,9 +53,12 @@ def test_save_load_round_trip_is_exact(tmp_path, arch):
     loaded, tok2 = load_pretrained(tmp_path / arch)
     with torch.inference_mode():
         after = loaded(enc.input_ids, enc.attention_mask)
-    assert torch.equal(before.logits, after.logits)
-    assert all(torch.equal(a, b) for a, b in zip(before.step_logits, after.step_logits, strict=True))
+    # weights must be bit-identical; outputs only to float rounding, because a reloaded tensor may
+    # have a different memory layout and BLAS then sums in a different order (seen with GPT-2 in CI)
     assert weights_sha256(loaded) == digest
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=1e-5)
+    for a, b in zip(after.step_logits, before.step_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert json.loads((tmp_path / arch / "m2kt_model.json").read_text())["weights_sha256"] == digest
     # the digest sees every weight, heads included
     with torch.no_grad():
