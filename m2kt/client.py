@@ -179,9 +179,13 @@ class BrokerClient:
             after = page["next_after"]
 
     def events(
-        self, topic: str, last_event_id: str | None = None, read_timeout: float | None = 60.0
+        self, topic: str, last_event_id: str | None = None, read_timeout: float | None = 60.0, keepalives: bool = False
     ) -> Iterator[SSEvent]:
-        """Yield SSE events of a topic until the stream ends (keep-alive comments are skipped)."""
+        """Yield SSE events of a topic until the stream ends.
+
+        Keep-alive comments are skipped, or yielded as ``SSEvent(None, "keep-alive", "")`` with
+        ``keepalives=True`` so a long-lived reader can look up between packets.
+        """
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect or 5.0, read=read_timeout)
         try:
@@ -189,7 +193,7 @@ class BrokerClient:
                 if not response.is_success:
                     response.read()
                     self._check(response)
-                yield from _parse_sse(response.iter_lines())
+                yield from _parse_sse(response.iter_lines(), keepalives)
         except httpx.TransportError as exc:
             raise TransportError(f"event stream from {self.base_url} broke: {exc}") from exc
 
@@ -213,7 +217,7 @@ class BrokerClient:
             after = page["next_after"]
 
 
-def _parse_sse(lines: Iterator[str]) -> Iterator[SSEvent]:
+def _parse_sse(lines: Iterator[str], keepalives: bool = False) -> Iterator[SSEvent]:
     """The SSE line protocol (WHATWG): fields until a blank line dispatch one event."""
     event_id: str | None = None
     event, data = "message", list[str]()
@@ -224,6 +228,8 @@ def _parse_sse(lines: Iterator[str]) -> Iterator[SSEvent]:
             event, data = "message", list[str]()
             continue
         if line.startswith(":"):
+            if keepalives:
+                yield SSEvent(None, "keep-alive", "")
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value

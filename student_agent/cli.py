@@ -1,13 +1,159 @@
-"""m2kt-student: the student agent's commands."""
+"""m2kt-student: train, run (subscribe and integrate), query, status.
+
+Settings come from the environment (``M2KT_STUDENT_*``, see `student_agent.settings`); options
+override them. Failures print one line on stderr and exit non-zero (1: refused, 2: bad options).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from m2kt.client import BrokerClient
+from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.ml.models import ModelConfig
+from student_agent.settings import StudentSettings
 
 app = typer.Typer(help="The M2KT student agent.", no_args_is_help=True, add_completion=False)
+out = Console(soft_wrap=True)
+
+
+def _token(settings: StudentSettings) -> str:
+    if settings.token:
+        return settings.token.get_secret_value()
+    if settings.token_file:
+        mode = settings.token_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ValueError(f"{settings.token_file} is readable by others (mode {mode:o}); chmod 600 it")
+        return settings.token_file.read_text().strip()
+    raise ValueError("no broker token: set M2KT_STUDENT_TOKEN or M2KT_STUDENT_TOKEN_FILE")
 
 
 @app.command()
-def version() -> None:
-    """Print the version."""
-    from importlib.metadata import version as _version
+@one_line_errors
+def train(
+    task: Annotated[str, typer.Option(help="task family: name, entry point or module:Class")] = "modarith",
+    param: Annotated[list[str] | None, typer.Option(help="family parameter name=value (repeatable)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of data, init and shuffling")] = 0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="model directory (default: state dir/model)")] = None,
+    arch: Annotated[str, typer.Option(help="architecture: bert, gpt2, llama")] = "llama",
+    hidden: Annotated[int, typer.Option(help="hidden size")] = 64,
+    layers: Annotated[int, typer.Option(help="number of blocks")] = 3,
+    heads: Annotated[int, typer.Option(help="attention heads")] = 4,
+    max_seconds: Annotated[float, typer.Option(help="training time budget")] = 300.0,
+) -> None:
+    """Train the student's own model on the base task (never on concept labels) and save it."""
+    from student_agent.model import STUDENT_TRAIN, train_student
 
-    typer.echo(_version("m2kt"))
+    target = out_dir or StudentSettings().resolved_model_dir
+    cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
+    train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "max_seconds": max_seconds})
+    student = train_student(task, parse_params(param or []), target, seed=seed, model_config=cfg,
+                            train_config=train_cfg, progress=True)  # fmt: skip
+    out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
+              f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s")  # fmt: skip
+
+
+@app.command()
+@one_line_errors
+def run(
+    topic: Annotated[list[str] | None, typer.Option(help="concept topic to follow (repeatable)")] = None,
+    trust: Annotated[list[str] | None, typer.Option(help="keyid to accept signatures from (repeatable)")] = None,
+    max_packets: Annotated[int, typer.Option(help="stop after handling this many packets (0: never)")] = 0,
+    idle_exit: Annotated[float, typer.Option(help="stop after this many idle seconds (0: never)")] = 0.0,
+) -> None:
+    """Subscribe to topics and integrate every packet: verify, fit the CAL, audit, report."""
+    from student_agent.agent import StudentAgent
+    from student_agent.cal.fit import FitConfig
+    from student_agent.model import load_student
+
+    settings = StudentSettings()
+    fit_config = FitConfig(alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma, lam=settings.lam,
+                           form=settings.cal_form, direction=settings.cal_direction)  # fmt: skip
+    topics = list(topic or settings.topics)
+    if not topics:
+        raise ValueError("no topics: pass --topic or set M2KT_STUDENT_TOPICS")
+    token = _token(settings)
+    student = load_student(settings.resolved_model_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handled, last = 0, time.monotonic()
+    stopping = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    def stop() -> bool:
+        idle = idle_exit and time.monotonic() - last > idle_exit
+        return stopping or bool(max_packets and handled >= max_packets) or bool(idle)
+
+    def connect() -> BrokerClient:
+        return BrokerClient(settings.broker_url, token)
+
+    def done(outcome: Any) -> None:
+        nonlocal handled, last
+        handled, last = handled + 1, time.monotonic()
+        out.print(f"packet {outcome.packet_id} {outcome.verdict}: {outcome.detail}", highlight=False)
+
+    with connect() as client:
+        agent = StudentAgent(student, client, settings.state_dir, trusted_keys=tuple(trust or settings.trusted_keys),
+                             unlabelled=settings.unlabelled, fit_config=fit_config)  # fmt: skip
+        try:
+            agent.run(topics, connect, stop=stop, on_outcome=done)
+        except KeyboardInterrupt:
+            err.print("interrupted; state saved")
+
+
+@app.command()
+@one_line_errors
+def query(
+    text: Annotated[list[str], typer.Argument(help="input texts, e.g. '3 + 4 * 5'")],
+    topic: Annotated[list[str] | None, typer.Option(help="only concepts of this topic (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Print the transferred concepts' probabilities for the texts (frozen student + its CALs)."""
+    from student_agent.model import load_student
+    from student_agent.query import TransferredConcepts
+
+    settings = StudentSettings()
+    known = TransferredConcepts(load_student(settings.resolved_model_dir), settings.state_dir)
+    answers = known.predict(text, topic or [])
+    if as_json:
+        out.print_json(json.dumps([{"text": a.text, "probabilities": a.probabilities} for a in answers]))
+        return
+    table = Table("concept", *(a.text for a in answers), title=f"transferred concepts (CAL v{known.version})")
+    for key in answers[0].probabilities if answers else []:
+        table.add_row(key, *(f"{a.probabilities[key]:.2f}" for a in answers))
+    out.print(table)
+
+
+@app.command()
+@one_line_errors
+def status() -> None:
+    """Print what the student has integrated and handled."""
+    from student_agent.agent import CAL_DIR, STATE_FILE
+    from student_agent.cal.checkpoint import CheckpointStore
+    from student_agent.state import StudentState
+
+    settings = StudentSettings()
+    state = StudentState.load(settings.state_dir / STATE_FILE)
+    store = CheckpointStore(settings.state_dir / CAL_DIR)
+    verdicts: dict[str, int] = {}
+    for h in state.handled.values():
+        verdicts[h["verdict"]] = verdicts.get(h["verdict"], 0) + 1
+    out.print(f"CAL version: {store.current()}; cursors: {state.cursors}; handled: {verdicts}")
+    table = Table("packet", "teacher", "topics", "concepts", "mean agreement", title="integrated packets")
+    for e in store.index()["entries"]:
+        table.add_row(e["packet_id"][:16], e["teacher"], ", ".join(e["topics"]), str(len(e["concepts"])),
+                      str(e.get("mean_agreement")))  # fmt: skip
+    out.print(table)

@@ -6,56 +6,21 @@ line on stderr and exit non-zero (1: refused or failed, 2: bad options).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from m2kt import keys
-from m2kt.errors import M2KTError
+from m2kt.cliutil import err, one_line_errors, parse_params
 from teacher_agent.settings import TeacherSettings
 
 app = typer.Typer(help="The M2KT teacher agent.", no_args_is_help=True, add_completion=False)
 out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MODEL = Path(".m2kt/teacher/model")
-
-
-def _one_line_errors(fn: F) -> F:
-    """Turn every expected failure into one line on stderr and an exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except M2KTError as exc:
-            err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=1) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=2) from exc
-        except OSError as exc:
-            what = f"{exc.strerror}: {exc.filename}" if exc.strerror else str(exc)
-            err.print(f"[red]error:[/] {what}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=1) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param takes name=value, got {item!r}")
-        params[name] = int(value) if value.lstrip("-").isdigit() else value
-    return params
 
 
 def _token(settings: TeacherSettings, token: str | None) -> str:
@@ -66,7 +31,7 @@ def _token(settings: TeacherSettings, token: str | None) -> str:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def keygen(
     out_path: Annotated[Path | None, typer.Option("--out", help="private key file (0600); .pub beside it")] = None,
 ) -> None:
@@ -81,7 +46,7 @@ def keygen(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def train(
     task: Annotated[str, typer.Option(help="task family: name, entry point or module:Class")] = "modarith",
     param: Annotated[list[str] | None, typer.Option(help="family parameter name=value (repeatable)")] = None,
@@ -100,7 +65,7 @@ def train(
     from teacher_agent import pipeline
     from teacher_agent.train import DEMO_TASK_PARAMS, DEMO_TRAIN
 
-    params = _params(param or []) or (dict(DEMO_TASK_PARAMS) if task == "modarith" else {})
+    params = parse_params(param or []) or (dict(DEMO_TASK_PARAMS) if task == "modarith" else {})
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
     report = pipeline.train(
         task,
@@ -131,7 +96,7 @@ def _extraction_table(results: list[Any]) -> Table:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def extract(
     model: Annotated[Path, typer.Option(help="teacher model directory")] = DEFAULT_MODEL,
     method: Annotated[str, typer.Option(help="probing, clustering or attribution")] = "probing",
@@ -147,7 +112,7 @@ def extract(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def compare(model: Annotated[Path, typer.Option(help="teacher model directory")] = DEFAULT_MODEL) -> None:
     """Run all three extractors on the same teacher and print one table."""
     from teacher_agent import pipeline
@@ -157,7 +122,7 @@ def compare(model: Annotated[Path, typer.Option(help="teacher model directory")]
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def build(
     model: Annotated[Path, typer.Option(help="teacher model directory")] = DEFAULT_MODEL,
     extraction: Annotated[
@@ -184,7 +149,7 @@ def build(
         agent=settings.name,
         unsafe=frozenset(unsafe or []),
         parents=tuple(parent or []),
-        poison=dict(_params(poison or [])),
+        poison=dict(parse_params(poison or [])),
     )
     packet = pipeline.build(
         model, result, key or settings.key, spec, anchors=anchors, probes=probes, topics=tuple(topic or [])
@@ -197,7 +162,7 @@ def build(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def publish(
     envelope: Annotated[Path, typer.Argument(help="<id>.envelope.json (the payload file sits beside it)")],
     broker: Annotated[str | None, typer.Option(help="broker URL (default M2KT_TEACHER_BROKER_URL)")] = None,
@@ -215,7 +180,7 @@ def publish(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def inspect(
     envelope: Annotated[Path, typer.Argument(help="<id>.envelope.json")],
     public_key: Annotated[list[Path] | None, typer.Option(help="trusted public key (repeatable)")] = None,
@@ -244,7 +209,7 @@ def inspect(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def run(
     task: Annotated[str, typer.Option(help="task family")] = "modarith",
     method: Annotated[str, typer.Option(help="extractor")] = "probing",

@@ -1,68 +1,117 @@
-"""CAL checkpoints: weights as safetensors, the config as JSON beside them, versioned by number.
+"""Versioned CAL checkpoints: what the student has integrated, and the way back.
 
-Rollback restores the previous version's files byte for byte: a checkpoint is never rewritten,
-`current` is a small pointer file replaced atomically, and loading never re-serialises.
+Layout under ``root``::
+
+    readers/<packet_id>.safetensors   one fitted reader (CAL + read-outs) per packet, written once
+    v0001/index.json                  a version: the list of integrated packets and their configs
+    current                           the version in use (replaced atomically)
+
+A new packet is *staged* as a new version (the previous version's entries plus the new one),
+checked, then activated or discarded. Files are never rewritten, so discarding a staged
+version leaves every byte of the store as it was: that is the rollback.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from student_agent.cal.config import CALConfig
-from student_agent.cal.layers import build_cal
+__all__ = ["CheckpointStore"]
 
-WEIGHTS, CONFIG, POINTER = "cal.safetensors", "cal.json", "current"
+POINTER, INDEX, READERS = "current", "index.json", "readers"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 class CheckpointStore:
-    """``root/v0001/{cal.safetensors,cal.json}``, ``root/current`` names the version in use."""
-
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        (root / READERS).mkdir(parents=True, exist_ok=True)
 
     def versions(self) -> list[int]:
-        return sorted(int(p.name[1:]) for p in self.root.glob("v[0-9]*") if (p / WEIGHTS).exists())
+        return sorted(int(p.name[1:]) for p in self.root.glob("v[0-9]*") if (p / INDEX).exists())
 
     def current(self) -> int | None:
         pointer = self.root / POINTER
         return int(pointer.read_text()) if pointer.exists() else None
 
-    def save(self, cal: nn.Module, cfg: CALConfig, metadata: dict[str, str] | None = None) -> int:
-        """Write a new version (not yet current)."""
+    def index(self, version: int | None = None) -> dict[str, Any]:
+        """A version's index (the current one by default; an empty index when there is none)."""
+        chosen = self.current() if version is None else version
+        if chosen is None:
+            return {"version": 0, "entries": []}
+        data: dict[str, Any] = json.loads((self._folder(chosen) / INDEX).read_text())
+        return data
+
+    def stage(self, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> int:
+        """Write a new version = the current entries (minus an older entry of the same packet) + ``entry``."""
+        packet_id = str(entry["packet_id"])
+        reader = self.reader_path(packet_id)
+        if reader.exists():
+            raise ValueError(f"packet {packet_id} already has a reader; discard its staged version first")
+        tmp = reader.with_name(reader.name + ".tmp")
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, reader)
         version = max(self.versions(), default=0) + 1
-        folder = self.root / f"v{version:04d}"
+        entries = [e for e in self.index()["entries"] if e["packet_id"] != packet_id] + [dict(entry)]
+        folder = self._folder(version)
         folder.mkdir()
-        state = {k: v.detach().contiguous() for k, v in cal.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS), metadata=metadata)
-        (folder / CONFIG).write_text(cfg.to_json())
+        _write_atomic(folder / INDEX, json.dumps({"version": version, "entries": entries}, indent=1).encode())
         return version
 
     def activate(self, version: int | None) -> None:
-        """Point `current` at a version (None: no CAL at all), atomically."""
-        tmp = self.root / (POINTER + ".tmp")
+        """Point ``current`` at a version (None: nothing integrated), atomically."""
         if version is None:
             (self.root / POINTER).unlink(missing_ok=True)
             return
         if version not in self.versions():
             raise ValueError(f"no CAL checkpoint v{version:04d}")
-        tmp.write_text(str(version))
-        os.replace(tmp, self.root / POINTER)
+        _write_atomic(self.root / POINTER, str(version).encode())
 
-    def files(self, version: int) -> tuple[Path, Path]:
-        folder = self.root / f"v{version:04d}"
-        return folder / WEIGHTS, folder / CONFIG
+    def discard(self, version: int) -> None:
+        """Remove a staged version that never became current, with the reader only it introduced."""
+        if version == self.current():
+            raise ValueError(f"v{version:04d} is current; activate another version first")
+        introduced = {e["packet_id"] for e in self.index(version)["entries"]}
+        for other in self.versions():
+            if other != version:
+                introduced -= {e["packet_id"] for e in self.index(other)["entries"]}
+        for packet_id in introduced:
+            self.reader_path(packet_id).unlink(missing_ok=True)
+        shutil.rmtree(self._folder(version))
 
-    def load(self, version: int | None = None) -> tuple[nn.Module, CALConfig]:
-        chosen = self.current() if version is None else version
-        if chosen is None:
-            raise ValueError("no CAL is active")
-        weights, config = self.files(chosen)
-        cfg = CALConfig.from_json(config.read_text())
-        cal = build_cal(cfg)
-        cal.load_state_dict(load_file(str(weights)))
-        return cal, cfg
+    def sweep(self) -> None:
+        """Discard staged versions newer than ``current`` (a crash between stage and decision)."""
+        current = self.current() or 0
+        for version in self.versions():
+            if version > current:
+                self.discard(version)
+        for tmp in self.root.rglob("*.tmp"):
+            tmp.unlink()
+
+    def reader_path(self, packet_id: str) -> Path:
+        return self.root / READERS / f"{packet_id}.safetensors"
+
+    def load_reader(self, packet_id: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.reader_path(packet_id)))
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the store with its bytes (for byte-identity checks)."""
+        return {str(p.relative_to(self.root)): p.read_bytes() for p in sorted(self.root.rglob("*")) if p.is_file()}
+
+    def _folder(self, version: int) -> Path:
+        return self.root / f"v{version:04d}"

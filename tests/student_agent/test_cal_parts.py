@@ -1,7 +1,5 @@
 """CAL building blocks: config validation, forms, loss terms, and versioned checkpoints."""
 
-import hashlib
-
 import pytest
 import torch
 
@@ -71,26 +69,34 @@ def test_composite_honours_zero_weights():
         losses.composite(terms, {"safety": 1.0})
 
 
-def _digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_rollback_restores_the_previous_checkpoint_byte_for_byte(tmp_path):
+def test_discarding_a_staged_version_leaves_the_store_byte_for_byte(tmp_path):
     store = CheckpointStore(tmp_path / "cal")
-    cfg = CALConfig(in_dim=6, out_dim=4, hidden=8)
     torch.manual_seed(0)
-    first = build_cal(cfg)
-    v1 = store.save(first, cfg)
+    first = build_cal(CALConfig(in_dim=6, out_dim=4, hidden=8))
+    v1 = store.stage({"packet_id": "a" * 64}, first.state_dict())
     store.activate(v1)
-    before = [_digest(p) for p in store.files(v1)]
+    before = store.files()
+    v2 = store.stage({"packet_id": "b" * 64}, build_cal(CALConfig(in_dim=6, out_dim=4, hidden=8)).state_dict())
+    assert [e["packet_id"] for e in store.index(v2)["entries"]] == ["a" * 64, "b" * 64]
+    assert store.files() != before
+    store.discard(v2)  # the verifier said no
+    assert store.current() == v1 and store.files() == before
+    restored = build_cal(CALConfig(in_dim=6, out_dim=4, hidden=8))
+    restored.load_state_dict(store.load_reader("a" * 64))
     x = torch.randn(5, 6)
-    expected = first(x)
-    second = build_cal(cfg)
-    v2 = store.save(second, cfg)
-    store.activate(v2)
-    assert not torch.allclose(store.load()[0](x), expected)
-    store.activate(v1)  # the verifier said no
-    assert store.current() == v1 and [_digest(p) for p in store.files(v1)] == before
-    assert torch.equal(store.load()[0](x), expected)
+    assert torch.equal(restored(x), first(x))
+    with pytest.raises(ValueError, match="is current"):
+        store.discard(v1)
     with pytest.raises(ValueError, match="no CAL checkpoint"):
         store.activate(99)
+
+
+def test_sweep_drops_versions_staged_before_a_crash(tmp_path):
+    store = CheckpointStore(tmp_path / "cal")
+    v1 = store.stage({"packet_id": "a" * 64}, {"w": torch.ones(2)})
+    store.activate(v1)
+    before = store.files()
+    store.stage({"packet_id": "b" * 64}, {"w": torch.zeros(2)})  # crashed before the decision
+    (store.root / "current.tmp").write_text("junk")
+    store.sweep()
+    assert store.files() == before and store.versions() == [v1]

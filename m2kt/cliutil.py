@@ -1,0 +1,52 @@
+"""What every M2KT command line shares: one-line errors and ``name=value`` parameters."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from m2kt.errors import M2KTError
+
+__all__ = ["err", "one_line_errors", "parse_params"]
+
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn every expected failure into one line on stderr and an exit code, never a traceback.
+
+    Exit codes: 1 refused or failed (M2KT errors, files), 2 bad options or values.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except M2KTError as exc:
+            err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=2) from exc
+        except OSError as exc:
+            what = f"{exc.strerror}: {exc.filename}" if exc.strerror else str(exc)
+            err.print(f"[red]error:[/] {what}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["p=23", "name=x"]`` -> ``{"p": 23, "name": "x"}`` (integers where they look like one)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param takes name=value, got {item!r}")
+        params[name] = int(value) if value.lstrip("-").isdigit() else value
+    return params

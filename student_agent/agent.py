@@ -1,0 +1,271 @@
+"""The student agent: take one packet from summary to report, exactly once.
+
+For each packet: verify it itself (`verify`), fit a CAL on the frozen student (`cal.fit`),
+stage it as a new checkpoint version, audit it (`audit`), then activate the version or
+discard it (rollback: the store is left byte for byte as it was), and report the verdict to
+the broker. The state file marks the packet handled only after the broker has the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2kt.client import BrokerClient
+from m2kt.errors import Conflict, M2KTError
+from m2kt.ml.models import weights_sha256
+from student_agent.audit import AuditConfig, Decision, audit
+from student_agent.cal.checkpoint import CheckpointStore
+from student_agent.cal.fit import ConceptReader, FitConfig, fit_cal
+from student_agent.features import Observation, observe
+from student_agent.knowledge import Knowledge
+from student_agent.model import Student
+from student_agent.state import StudentState
+from student_agent.verify import Rejection, fetch_and_verify
+
+__all__ = ["Outcome", "StudentAgent", "reader_entry"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE, CAL_DIR = "state.json", "cal"
+
+
+@dataclass
+class Outcome:
+    packet_id: str
+    verdict: str
+    detail: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    fit_seconds: float | None = None
+
+
+def reader_entry(kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint index entry of one integrated packet (what a query needs to rebuild it)."""
+    return {
+        "packet_id": kn.packet_id,
+        "teacher": kn.teacher,
+        "teacher_weights": kn.teacher_weights,
+        "topics": list(kn.topics),
+        "concepts": [{"key": c.key, "name": c.name, "topic": c.topic} for c in kn.concepts],
+        "cal": asdict(reader.cal_config),
+        "shape": {
+            "d_student": int(reader.student_norm.mean.shape[0]),
+            "n_layers_t": reader.shape_t[0],
+            "d_t": reader.shape_t[1],
+            "k": len(kn.concepts),
+        },  # fmt: skip
+        "mean_agreement": metrics.get("mean_agreement"),
+    }
+
+
+class StudentAgent:
+    """One student: its frozen model, its state directory and its broker connection."""
+
+    def __init__(
+        self,
+        student: Student,
+        client: BrokerClient,
+        state_dir: Path,
+        *,
+        trusted_keys: tuple[str, ...] = (),
+        unlabelled: int = 4000,
+        fit_config: FitConfig | None = None,
+        audit_config: AuditConfig | None = None,
+    ) -> None:
+        self.student, self.client, self.state_dir = student, client, state_dir
+        self.trusted_keys = trusted_keys
+        self.n_unlabelled = unlabelled
+        self.fit_config, self.audit_config = fit_config or FitConfig(), audit_config or AuditConfig()
+        self.state = StudentState.load(state_dir / STATE_FILE)
+        self.store = CheckpointStore(state_dir / CAL_DIR)
+        self.store.sweep()  # a version staged before a crash was never decided: drop it
+
+    # -- the student's own inputs (no labels of any kind) --------------------------------------
+    @cached_property
+    def unlabelled(self) -> Observation:
+        texts = self.student.split("train").texts[: self.n_unlabelled]
+        return observe(self.student.model, self.student.tokenizer, texts)
+
+    @cached_property
+    def held_back(self) -> Observation:
+        """Inputs the CAL never fits on: the reasoning check and the base-task check use them."""
+        return observe(self.student.model, self.student.tokenizer, self.student.split("eval").texts)
+
+    # -- one packet ------------------------------------------------------------------------
+    def handle(self, summary: dict[str, Any]) -> Outcome | None:
+        """Verify, fit, audit, decide and report one packet; None if it was handled before."""
+        packet_id, seq = str(summary["id"]), int(summary["seq"])
+        topics = [str(t) for t in summary.get("topics", [])]
+        if self.state.is_handled(packet_id):
+            return None
+        integrated = {e["packet_id"]: e for e in self.store.index()["entries"]}
+        if packet_id in integrated:  # fitted and activated before a crash, report not acknowledged
+            entry = integrated[packet_id]
+            outcome = Outcome(packet_id, "accepted", "integrated before a restart",
+                              {"mean_agreement": entry.get("mean_agreement")})  # fmt: skip
+        else:
+            outcome = self._integrate(summary)
+        self._report(outcome)
+        self.state.mark_handled(packet_id, outcome.verdict, seq, topics)
+        logger.info("packet %s: %s (%s)", packet_id[:12], outcome.verdict, outcome.detail)
+        return outcome
+
+    def _integrate(self, summary: dict[str, Any]) -> Outcome:
+        packet_id = str(summary["id"])
+        try:
+            verified = fetch_and_verify(self.client, summary, self.trusted_keys)
+        except Rejection as exc:
+            return Outcome(packet_id, "rejected", f"{exc.reason}: {exc.detail}", {"reason": exc.reason})
+        kn = verified.knowledge
+        model, tok = self.student.model, self.student.tokenizer
+        digest_before = weights_sha256(model)
+        base_before = self.held_back
+        anchors = observe(model, tok, kn.anchor_texts)
+        fitted = fit_cal(kn, anchors, self.unlabelled, self.fit_config)
+        probes = observe(model, tok, kn.probe_texts)
+        base_after = observe(model, tok, self.student.split("eval").texts)
+        decision = audit(fitted.reader, kn, probes, base_before, base_before, base_after, self.audit_config)
+        decision.metrics["fit_seconds"] = round(fitted.seconds, 2)
+        decision.metrics["anchors"] = len(kn.anchor_texts)
+        decision.metrics["loss_terms"] = fitted.losses
+        digest_after = weights_sha256(model)
+        decision.metrics["student_weights_unchanged"] = digest_before == digest_after
+        if digest_before != digest_after:
+            decision = Decision("rolled_back", decision.metrics, decision.findings, "the student's weights changed")
+        self._commit(kn, fitted.reader, decision)
+        return Outcome(
+            packet_id, decision.verdict, decision.detail, decision.metrics, decision.findings, fitted.seconds
+        )
+
+    def _commit(self, kn: Knowledge, reader: ConceptReader, decision: Decision) -> None:
+        """Stage the new version, prove it loads to the same reader, then activate or discard it."""
+        version = self.store.stage(reader_entry(kn, reader, decision.metrics), reader.state_dict())
+        reloaded = load_reader(self.store, self.store.index(version)["entries"][-1])
+        probe = torch.randn(4, reader.student_norm.mean.shape[0])
+        if not torch.equal(reloaded(probe), reader(probe)):
+            decision.verdict, decision.detail = "rolled_back", "the staged checkpoint does not reproduce the CAL"
+        if decision.verdict == "accepted":
+            self.store.activate(version)
+        else:
+            self.store.discard(version)
+
+    def _report(self, outcome: Outcome) -> None:
+        body = {
+            "verdict": outcome.verdict,
+            "metrics": outcome.metrics,
+            "student_model": self.student.model_card(),
+            "safety_findings": outcome.findings,
+            "detail": outcome.detail[:4000],
+        }
+        try:
+            self.client.report(outcome.packet_id, body)
+        except Conflict:
+            logger.info("packet %s: reported before a restart", outcome.packet_id[:12])
+
+    # -- the subscription --------------------------------------------------------------------
+    def catch_up(self, topic: str) -> list[Outcome]:
+        """Page the topic from the cursor and handle what is new (also the fallback to streaming)."""
+        done = []
+        for summary in self.client.iter_topic_packets(topic, after=self.state.cursors.get(topic, 0)):
+            outcome = self.handle(summary)
+            if outcome is not None:
+                done.append(outcome)
+            self.state.advance(topic, int(summary["seq"]))
+        return done
+
+    def run(
+        self,
+        topics: list[str],
+        connect: Callable[[], BrokerClient],
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        read_timeout: float = 30.0,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        """Follow ``topics`` until ``stop()``; packets are handled one at a time, in arrival order.
+
+        One reader thread per topic holds an event stream open from the topic's cursor
+        (``Last-Event-ID``), and pages ``/packets?after=`` whenever the stream breaks before
+        reconnecting; the main thread handles what they queue. Cursors advance only after a
+        packet is handled, so a restart resumes where handling stopped.
+        """
+        for topic in topics:
+            self.state.cursors.setdefault(topic, 0)
+        self.state.save()
+        inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        halt = threading.Event()
+        readers = [
+            threading.Thread(
+                target=_read_topic,
+                args=(topic, self.state.cursors[topic], connect, inbox, halt, read_timeout, retry_seconds),
+                name=f"m2kt-student-{topic}",
+                daemon=True,
+            )  # fmt: skip
+            for topic in topics
+        ]
+        for thread in readers:
+            thread.start()
+        try:
+            while not stop():
+                try:
+                    topic, summary = inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                outcome = self.handle(summary)
+                self.state.advance(topic, int(summary["seq"]))
+                if outcome is not None and on_outcome is not None:
+                    on_outcome(outcome)
+        finally:
+            halt.set()
+            for thread in readers:
+                thread.join(timeout=read_timeout + 5)
+
+
+def _read_topic(
+    topic: str,
+    cursor: int,
+    connect: Callable[[], BrokerClient],
+    inbox: queue.Queue[tuple[str, dict[str, Any]]],
+    halt: threading.Event,
+    read_timeout: float,
+    retry_seconds: float,
+) -> None:
+    """Queue every packet of ``topic`` after ``cursor``, once, in seq order, until ``halt``."""
+    with connect() as client:
+        while not halt.is_set():
+            try:
+                for summary in client.iter_topic_packets(topic, after=cursor):  # the paging fallback
+                    inbox.put((topic, summary))
+                    cursor = max(cursor, int(summary["seq"]))
+                for event in client.events(topic, str(cursor), read_timeout=read_timeout, keepalives=True):
+                    if halt.is_set():
+                        return
+                    if event.event == "packet":
+                        summary = event.json()
+                        if int(summary["seq"]) > cursor:
+                            inbox.put((topic, summary))
+                            cursor = int(summary["seq"])
+            except (M2KTError, ValueError, KeyError) as exc:  # a broken stream or an outage: page again
+                logger.warning("topic %s: %s; retrying in %.1fs", topic, exc, retry_seconds)
+                halt.wait(retry_seconds)
+
+
+def load_reader(store: CheckpointStore, entry: dict[str, Any]) -> ConceptReader:
+    from student_agent.cal.config import CALConfig
+
+    shape = entry["shape"]
+    reader = ConceptReader(CALConfig(**entry["cal"]), shape["d_student"], shape["n_layers_t"], shape["d_t"], shape["k"])
+    reader.load_state_dict(store.load_reader(entry["packet_id"]))
+    reader.eval()
+    reader.requires_grad_(False)
+    return reader

@@ -1,0 +1,119 @@
+"""What M2KT is measured against, on the same frozen student: linear read-outs and latent translation.
+
+* `fit_readout`: the student's own multi-label logistic read-out on labelled states. With the
+  teacher's labels on m anchors it is *KD at equal data*; on n examples it is KD; on ground
+  truth it is the student's oracle probe.
+* `fit_translation`: ridge or orthogonal Procrustes from the student's states into teacher
+  space on the same anchors, then the teacher's read-outs (latent-space translation).
+* `balanced_accuracy`: the benchmark's measure, per concept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LinearReadout", "balanced_accuracy", "fit_readout", "fit_translation"]
+
+
+class LinearReadout(nn.Module):
+    """Standardize, then one logistic read-out per concept: ``[N, D] -> [N, K]`` logits."""
+
+    mean: Tensor
+    std: Tensor
+    weight: Tensor
+    bias: Tensor
+
+    def __init__(self, mean: Tensor, std: Tensor, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = ((x - self.mean) / self.std) @ self.weight.T + self.bias
+        return out
+
+
+def fit_readout(x: Tensor, labels: Tensor, *, l2: float = 1e-2, steps: int = 300) -> LinearReadout:
+    """Balanced logistic regression for every column of ``labels`` ``[N, K]`` (0/1) at once.
+
+    Classes are re-weighted per concept (the measure is balanced accuracy); L2 scales with 1/N
+    as in the usual regularised-likelihood form, so small n is not over-fitted. Full-batch L-BFGS.
+    """
+    mean = x.mean(0)
+    std = x.std(0).clamp_min(1e-3) if x.shape[0] > 1 else torch.ones(x.shape[1])
+    z = (x - mean) / std
+    y = labels.float()
+    pos = y.mean(0).clamp(1e-3, 1 - 1e-3)  # [K]
+    w_pos, w_neg = 0.5 / pos, 0.5 / (1 - pos)
+    weights = y * w_pos + (1 - y) * w_neg  # [N, K]
+    weight = torch.zeros(y.shape[1], z.shape[1], requires_grad=True)
+    bias = torch.zeros(y.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(z @ weight.T + bias, y, reduction="none") * weights).mean()
+        loss = loss + l2 * weight.pow(2).sum() / (max(z.shape[0], 1) * y.shape[1])  # l2 per example
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return LinearReadout(mean, std, weight.detach(), bias.detach())
+
+
+def fit_translation(
+    student: Tensor,
+    teacher: Tensor,
+    directions: Tensor,
+    biases: Tensor,
+    layers: Tensor,
+    *,
+    method: str = "ridge",
+    l2: float = 1.0,
+) -> nn.Module:
+    """Map student ``[m, D_S]`` to teacher ``[m, L_T, d_T]`` states by ridge or Procrustes."""
+    s_mean, s_std = student.mean(0), student.std(0).clamp_min(1e-3)
+    t_flat = teacher.flatten(1)
+    t_mean, t_std = t_flat.mean(0), t_flat.std(0).clamp_min(1e-3)
+    xs, xt = (student - s_mean) / s_std, (t_flat - t_mean) / t_std
+    if method == "ridge":
+        a = xs.T @ xs + l2 * torch.eye(xs.shape[1])
+        w = torch.linalg.solve(a, xs.T @ xt)  # [D_S, D_T]
+    elif method == "procrustes":
+        d = max(xs.shape[1], xt.shape[1])
+        ps, pt = F.pad(xs, (0, d - xs.shape[1])), F.pad(xt, (0, d - xt.shape[1]))
+        u, _, vh = torch.linalg.svd(ps.T @ pt)
+        scale = (ps @ (u @ vh)).norm() ** 2
+        rot = (u @ vh) * ((ps @ (u @ vh) * pt).sum() / scale.clamp_min(1e-9))
+        w = rot[: xs.shape[1], : xt.shape[1]]
+    else:
+        raise ValueError(f"unknown translation {method!r}: use ridge or procrustes")
+    return _Translated(s_mean, s_std, w, t_mean, t_std, teacher.shape[1:], directions, biases, layers)
+
+
+class _Translated(nn.Module):
+    def __init__(self, s_mean: Tensor, s_std: Tensor, w: Tensor, t_mean: Tensor, t_std: Tensor,
+                 shape: torch.Size, directions: Tensor, biases: Tensor, layers: Tensor) -> None:  # fmt: skip
+        super().__init__()
+        self.s_mean, self.s_std, self.w, self.t_mean, self.t_std = s_mean, s_std, w, t_mean, t_std
+        self.shape, self.directions, self.biases, self.layers = tuple(shape), directions, biases, layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = (((x - self.s_mean) / self.s_std) @ self.w * self.t_std + self.t_mean).view(-1, *self.shape)
+        out: Tensor = (h[:, self.layers] * self.directions).sum(-1) + self.biases
+        return out
+
+
+def balanced_accuracy(pred: Tensor, truth: Tensor) -> Tensor:
+    """Per-column balanced accuracy of 0/1 predictions ``[N, K]``; a one-class column scores its accuracy."""
+    p, t = pred.bool(), truth.bool()
+    pos, neg = t.sum(0), (~t).sum(0)
+    tpr = (p & t).sum(0) / pos.clamp_min(1)
+    tnr = (~p & ~t).sum(0) / neg.clamp_min(1)
+    acc = (p == t).float().mean(0)
+    both = (pos > 0) & (neg > 0)
+    return torch.where(both, (tpr + tnr) / 2, acc)

@@ -1,0 +1,219 @@
+"""A verified packet, read into what the student fits on (docs/packet-format.md).
+
+`open_packet` has already checked the signature, the payload digest and the protocol's
+manifest rules; this module checks the agents' part of the contract: the manifest keys the
+teacher writes and every tensor's dtype and shape against K, m, v, S, L_T and d_T. A packet
+that is signed but inconsistent is refused here with `PacketContentError`, before any training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load as load_safetensors
+
+from m2kt.packet import OpenedPacket
+
+__all__ = ["ConceptInfo", "Knowledge", "PacketContentError"]
+
+
+class PacketContentError(ValueError):
+    """A signed packet whose content breaks docs/packet-format.md."""
+
+
+class _Lax(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ConceptInfo(_Lax):
+    key: str
+    name: str
+    topic: str
+    layer: int = Field(ge=0)
+    teacher_accuracy: float = Field(ge=0.0, le=1.0)
+    method: str
+    safety: str = Field(pattern="^(safe|unsafe)$")
+
+
+class _Texts(_Lax):
+    count: int = Field(ge=1)
+    texts: list[str] = Field(min_length=1)
+
+
+class _Step(_Lax):
+    name: str
+    n_classes: int = Field(ge=2)
+    layer: int = Field(ge=0)
+
+
+class _Answer(_Lax):
+    n_classes: int = Field(ge=2)
+    layer: int = Field(ge=0)
+
+
+class _Reasoning(_Lax):
+    steps: list[_Step]
+    answer: _Answer
+
+
+class _TaskPart(_Lax):
+    name: str
+    spec: dict[str, Any]
+
+
+class _TeacherPart(_Lax):
+    agent: str
+    readout: str = Field(pattern="^(first|last)$")
+    model: dict[str, Any]
+
+
+class _AgentManifest(_Lax):
+    teacher: _TeacherPart
+    task: _TaskPart
+    concepts: list[ConceptInfo] = Field(min_length=1)
+    anchors: _Texts
+    probes: _Texts
+    reasoning: _Reasoning
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Everything one packet teaches, as tensors (float32 unless said).
+
+    Attributes:
+        directions ``[K, d_T]``, biases ``[K]``, layers ``[K]`` long: the teacher's concept read-outs.
+        prototypes ``[K, 2, d_T]``: mean teacher state where concept k does not / does hold.
+        anchor_states ``[m, L_T, d_T]``, anchor_scores ``[m, K]``, anchor_steps ``[m, S]`` long,
+        anchor_answer ``[m]`` long; step_heads: ``(weight [C_j, d_T], bias [C_j])`` per step;
+        answer_head likewise; probe_labels ``[v, K]`` bool.
+    """
+
+    packet_id: str
+    teacher: str
+    teacher_weights: str
+    task_spec: dict[str, Any]
+    concepts: tuple[ConceptInfo, ...]
+    anchor_texts: tuple[str, ...]
+    probe_texts: tuple[str, ...]
+    step_layers: tuple[int, ...]
+    answer_layer: int
+    directions: torch.Tensor
+    biases: torch.Tensor
+    layers: torch.Tensor
+    prototypes: torch.Tensor
+    anchor_states: torch.Tensor
+    anchor_scores: torch.Tensor
+    anchor_steps: torch.Tensor
+    anchor_answer: torch.Tensor
+    step_heads: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    answer_head: tuple[torch.Tensor, torch.Tensor]
+    probe_labels: torch.Tensor
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(c.key for c in self.concepts)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(sorted({c.topic for c in self.concepts}))
+
+    @property
+    def unsafe(self) -> torch.Tensor:
+        """``[K]`` bool: concepts the teacher labels unsafe."""
+        return torch.tensor([c.safety == "unsafe" for c in self.concepts], dtype=torch.bool)
+
+    @classmethod
+    def from_packet(cls, opened: OpenedPacket, payload: bytes) -> Knowledge:
+        """Read a verified packet; raise `PacketContentError` on anything inconsistent."""
+        try:
+            man = _AgentManifest.model_validate(opened.statement.predicate)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise PacketContentError(f"manifest {where}: {err['msg']}") from None
+        try:
+            t = load_safetensors(payload)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise PacketContentError(f"payload is not readable safetensors: {exc}") from None
+        return cls._checked(opened.id, man, t)
+
+    @classmethod
+    def _checked(cls, packet_id: str, man: _AgentManifest, t: dict[str, torch.Tensor]) -> Knowledge:
+        k, m, v = len(man.concepts), man.anchors.count, man.probes.count
+        if len(man.anchors.texts) != m or len(man.probes.texts) != v:
+            raise PacketContentError("anchors/probes: count differs from the number of texts")
+        states = _get(t, "anchors.states", ndim=3)
+        _, n_layers, d = states.shape
+        s = len(man.reasoning.steps)
+        want = {
+            "concepts.direction": (k, d),
+            "concepts.bias": (k,),
+            "concepts.layer": (k,),
+            "concepts.prototypes": (k, 2, d),
+            "anchors.states": (m, n_layers, d),
+            "anchors.concept_scores": (m, k),
+            "anchors.steps": (m, s),
+            "anchors.answer": (m,),
+            "probes.concept_labels": (v, k),
+            "reasoning.answer.weight": (man.reasoning.answer.n_classes, d),
+            "reasoning.answer.bias": (man.reasoning.answer.n_classes,),
+        }
+        for j, step in enumerate(man.reasoning.steps):
+            want[f"reasoning.step{j}.weight"] = (step.n_classes, d)
+            want[f"reasoning.step{j}.bias"] = (step.n_classes,)
+        for name, shape in want.items():
+            got = tuple(_get(t, name).shape)
+            if got != shape:
+                raise PacketContentError(f"tensor {name}: shape {list(got)}, expected {list(shape)}")
+        layers = t["concepts.layer"].long()
+        used = [*layers.tolist(), *(st.layer for st in man.reasoning.steps), man.reasoning.answer.layer]
+        if any(not 0 <= x < n_layers for x in used):
+            raise PacketContentError(f"a concept or head reads a block outside 0..{n_layers - 1}")
+        if [c.layer for c in man.concepts] != layers.tolist():
+            raise PacketContentError("concepts[].layer differs from the concepts.layer tensor")
+        integral = ("concepts.layer", "anchors.steps", "anchors.answer", "probes.concept_labels")
+        floats = {name: t[name].float() for name in want if name not in integral}
+        bad = [name for name, x in floats.items() if not torch.isfinite(x).all()]
+        if bad:
+            raise PacketContentError(f"tensor {bad[0]} holds NaN or infinity")
+        steps, answer = t["anchors.steps"].long(), t["anchors.answer"].long()
+        for j, step in enumerate(man.reasoning.steps):
+            if steps.numel() and not 0 <= int(steps[:, j].min()) <= int(steps[:, j].max()) < step.n_classes:
+                raise PacketContentError(f"anchors.steps[:, {j}] holds a class outside 0..{step.n_classes - 1}")
+        if not 0 <= int(answer.min()) <= int(answer.max()) < man.reasoning.answer.n_classes:
+            raise PacketContentError("anchors.answer holds a class outside the answer classes")
+        return cls(
+            packet_id=packet_id,
+            teacher=man.teacher.agent,
+            teacher_weights=str(man.teacher.model.get("weights_sha256", "")),
+            task_spec=man.task.spec,
+            concepts=tuple(man.concepts),
+            anchor_texts=tuple(man.anchors.texts),
+            probe_texts=tuple(man.probes.texts),
+            step_layers=tuple(st.layer for st in man.reasoning.steps),
+            answer_layer=man.reasoning.answer.layer,
+            directions=floats["concepts.direction"],
+            biases=floats["concepts.bias"],
+            layers=layers,
+            prototypes=floats["concepts.prototypes"],
+            anchor_states=floats["anchors.states"],
+            anchor_scores=floats["anchors.concept_scores"],
+            anchor_steps=steps,
+            anchor_answer=answer,
+            step_heads=tuple(
+                (floats[f"reasoning.step{j}.weight"], floats[f"reasoning.step{j}.bias"]) for j in range(s)
+            ),
+            answer_head=(floats["reasoning.answer.weight"], floats["reasoning.answer.bias"]),
+            probe_labels=t["probes.concept_labels"].bool(),
+        )
+
+
+def _get(t: dict[str, torch.Tensor], name: str, ndim: int | None = None) -> torch.Tensor:
+    if name not in t:
+        raise PacketContentError(f"payload has no tensor {name}")
+    if ndim is not None and t[name].ndim != ndim:
+        raise PacketContentError(f"tensor {name} has {t[name].ndim} dimensions, expected {ndim}")
+    return t[name]

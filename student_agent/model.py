@@ -1,0 +1,102 @@
+"""The student's own model: a different family and width than the teacher, trained here, then frozen.
+
+The default student is Llama-style, d=64 x 3 blocks (the demo teacher is BERT-style,
+d=128 x 4). It learns the base task from the same task generator with our shared
+training loop and never sees a concept label. A student directory is a
+``save_pretrained`` model directory plus ``student_run.json`` (seed and split sizes),
+so its unlabelled inputs and evaluation data can be regenerated instead of stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerFast
+
+from m2kt.errors import InvalidRequest
+from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, save_pretrained
+from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
+from m2kt.ml.train import TrainConfig, train_model
+from student_agent.cal.layers import freeze
+
+__all__ = ["RUN_FILE", "STUDENT_DEFAULT", "STUDENT_SIZES", "STUDENT_TRAIN", "Student", "load_student", "train_student"]
+
+STUDENT_DEFAULT = ModelConfig(arch="llama", hidden_size=64, num_layers=3, num_heads=4)
+STUDENT_TRAIN = TrainConfig(epochs=120, batch_size=128, lr=3e-3, target_accuracy=0.99, max_seconds=300)
+# The same split names and sizes as the teacher's, so that (task, seed) deals the same disjoint
+# splits: the student trains on `train`, which never overlaps anchors, probes or held-out data.
+STUDENT_SIZES = {"train": 8000, "eval": 500, "probe": 1500, "heldout": 1000, "pool": 1100}
+RUN_FILE = "student_run.json"
+
+
+@dataclass(frozen=True)
+class Student:
+    """A loaded, frozen student: model, tokenizer, its task family and training record."""
+
+    model: TaskModel
+    tokenizer: PreTrainedTokenizerFast
+    family: TaskFamily
+    run: dict[str, Any]
+    path: Path
+
+    def split(self, name: str) -> TaskBatch:
+        return self.family.generate_splits(dict(self.run["sizes"]), int(self.run["seed"]))[name]
+
+    def model_card(self) -> dict[str, Any]:
+        """What a report's ``student_model`` says: architecture, sizes, weights digest."""
+        from m2kt.ml.models import weights_sha256
+
+        return {
+            "architecture": self.model.config.arch,
+            "hidden_size": self.model.hidden_size,
+            "num_layers": self.model.num_layers,
+            "weights_sha256": weights_sha256(self.model),
+            "base_task_accuracy": self.run.get("heldout_accuracy"),
+        }
+
+
+def train_student(
+    task: str,
+    params: Mapping[str, Any],
+    out: Path,
+    *,
+    seed: int = 0,
+    model_config: ModelConfig = STUDENT_DEFAULT,
+    train_config: TrainConfig = STUDENT_TRAIN,
+    sizes: Mapping[str, int] = STUDENT_SIZES,
+    progress: bool = False,
+) -> Student:
+    """Train a student on the base task (answers and steps only) and save it to ``out``."""
+    family = get_task(task, **params)
+    data = family.generate_splits(dict(sizes), seed)
+    cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
+    trained = train_model(family, data["train"], data["eval"], model_config=model_config, train_config=cfg,
+                          progress=progress)  # fmt: skip
+    save_pretrained(trained.model, trained.tokenizer, out)
+    final = trained.fit.final
+    if final is None:
+        raise RuntimeError("training ended without an evaluation")
+    run = {
+        "seed": seed,
+        "sizes": dict(sizes),
+        "heldout_accuracy": round(float(final.accuracy), 4),
+        "step_accuracy": [round(float(a), 4) for a in final.step_accuracy],
+        "majority_baseline": round(float(trained.majority_baseline), 4),
+        "seconds": round(float(trained.fit.seconds), 1),
+    }
+    (out / RUN_FILE).write_text(json.dumps(run, indent=1))
+    return load_student(out)
+
+
+def load_student(path: Path) -> Student:
+    """Load a student directory with ``from_pretrained`` and freeze it."""
+    if not (path / RUN_FILE).exists():
+        raise InvalidRequest(f"{path} is not a student directory (no {RUN_FILE}); run `m2kt-student train`")
+    model, tokenizer = load_pretrained(path)
+    freeze(model)
+    run = json.loads((path / RUN_FILE).read_text())
+    return Student(model, tokenizer, task_from_spec(model.task_spec), run, path)

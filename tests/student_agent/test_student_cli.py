@@ -1,0 +1,53 @@
+"""m2kt-student's failures are one line and an exit code, never a traceback."""
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from student_agent.cli import app
+
+
+@pytest.fixture
+def env(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("M2KT_STUDENT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("M2KT_STUDENT_MODEL_DIR", str(pair.student.path))
+    monkeypatch.delenv("M2KT_STUDENT_TOKEN", raising=False)
+    monkeypatch.delenv("M2KT_STUDENT_TOPICS", raising=False)
+    return tmp_path
+
+
+def _one_line(result, code: int, needle: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output, result.output
+
+
+def test_run_without_topics_or_token_says_what_is_missing(env, monkeypatch):
+    runner = CliRunner()
+    _one_line(runner.invoke(app, ["run"]), 2, "no topics")
+    _one_line(runner.invoke(app, ["run", "--topic", "modarith.range"]), 2, "no broker token")
+    token = env / "token"
+    token.write_text("secret")
+    os.chmod(token, 0o644)
+    monkeypatch.setenv("M2KT_STUDENT_TOKEN_FILE", str(token))
+    _one_line(runner.invoke(app, ["run", "--topic", "modarith.range"]), 2, "chmod 600")
+
+
+def test_query_before_anything_is_integrated_is_refused(env):
+    _one_line(CliRunner().invoke(app, ["query", "3 + 4 * 5"]), 1, "nothing integrated yet")
+
+
+def test_status_of_a_fresh_student(env):
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 0 and "CAL version: None" in result.output
+
+
+def test_a_missing_model_directory_is_one_line(env, monkeypatch):
+    monkeypatch.setenv("M2KT_STUDENT_MODEL_DIR", str(env / "nowhere"))
+    _one_line(CliRunner().invoke(app, ["query", "1 + 2 * 3"]), 1, "not a student directory")
+
+
+def test_a_bad_cal_setting_is_one_line(env, monkeypatch):
+    monkeypatch.setenv("M2KT_STUDENT_CAL_FORM", "transformer")
+    _one_line(CliRunner().invoke(app, ["run", "--topic", "modarith.range"]), 2, "FitConfig.form")
