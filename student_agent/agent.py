@@ -29,7 +29,7 @@ from student_agent.features import Observation, observe
 from student_agent.knowledge import Knowledge
 from student_agent.model import Student
 from student_agent.state import StudentState
-from student_agent.verify import Rejection, fetch_and_verify
+from student_agent.verify import Rejection, check_task, fetch_and_verify
 
 __all__ = ["Outcome", "StudentAgent", "reader_entry"]
 
@@ -123,6 +123,7 @@ class StudentAgent:
         packet_id = str(summary["id"])
         try:
             verified = fetch_and_verify(self.client, summary, self.trusted_keys)
+            check_task(verified.knowledge, self.student.model.task_spec)
         except Rejection as exc:
             return Outcome(packet_id, "rejected", f"{exc.reason}: {exc.detail}", {"reason": exc.reason})
         kn = verified.knowledge

@@ -8,8 +8,9 @@ packet-format contract. Every failure is a `Rejection` with a reason that goes i
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -77,3 +78,16 @@ def fetch_and_verify(client: BrokerClient, summary: dict[str, object], trust_lis
     if verified.opened.id != packet_id:
         raise Rejection("invalid-envelope", f"the envelope's statement is packet {verified.opened.id}, not {packet_id}")
     return verified
+
+
+def check_task(kn: Knowledge, student_task: Mapping[str, Any]) -> None:
+    """A CAL can only be fitted for the task the student solves: same family, same parameters.
+
+    Raises:
+        Rejection: ``task-mismatch`` (e.g. a packet for ``modarith`` p=23 at a student of p=47).
+    """
+    theirs = (kn.task_spec.get("name"), kn.task_spec.get("params", {}))
+    ours = (student_task.get("name"), student_task.get("params", {}))
+    if theirs != ours:
+        raise Rejection("task-mismatch", f"the packet teaches task {theirs[0]} {theirs[1]}; "
+                                         f"this student solves {ours[0]} {ours[1]}")  # fmt: skip

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from m2kt.ml.models import ModelConfig
-from m2kt.ml.tasks.base import TaskBatch, TaskFamily
+from m2kt.ml.tasks.base import CLI_DEFAULT_PARAMS, TaskBatch, TaskFamily
 from m2kt.ml.train import EpochLog, TrainConfig, TrainedModel, fit, train_model, train_step
 from teacher_agent.model import TEACHER_DEFAULT
 
 __all__ = ["DEMO_TASK_PARAMS", "DEMO_TRAIN", "fit", "train_step", "train_teacher"]
 
-DEMO_TASK_PARAMS = {"p": 23}
+DEMO_TASK_PARAMS = CLI_DEFAULT_PARAMS["modarith"]
 DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99, max_seconds=400)
 
 

@@ -100,3 +100,17 @@ def test_sweep_drops_versions_staged_before_a_crash(tmp_path):
     (store.root / "current.tmp").write_text("junk")
     store.sweep()
     assert store.files() == before and store.versions() == [v1]
+
+
+def test_a_packet_for_another_task_is_rejected_before_fitting():
+    from types import SimpleNamespace
+
+    from m2kt.ml.tasks import get_task
+    from student_agent.verify import Rejection, check_task
+
+    p23, p47 = get_task("modarith", p=23).spec(), get_task("modarith", p=47).spec()
+    check_task(SimpleNamespace(task_spec=p23), p23)  # same task: fine
+    for other in (p47, get_task("boolean").spec()):
+        with pytest.raises(Rejection) as exc:
+            check_task(SimpleNamespace(task_spec=other), p23)
+        assert exc.value.reason == "task-mismatch"

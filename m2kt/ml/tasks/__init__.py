@@ -4,6 +4,7 @@ Importing this package registers the built-in families ``modarith`` and ``boolea
 """
 
 from m2kt.ml.tasks.base import (
+    CLI_DEFAULT_PARAMS,
     ENTRY_POINT_GROUP,
     ConceptDef,
     ConceptSpec,
@@ -11,6 +12,7 @@ from m2kt.ml.tasks.base import (
     TaskBatch,
     TaskFamily,
     available_tasks,
+    default_params,
     get_task,
     register_task,
     task_from_spec,
@@ -19,6 +21,7 @@ from m2kt.ml.tasks.boolean import BooleanFormula
 from m2kt.ml.tasks.modarith import ModArith
 
 __all__ = [
+    "CLI_DEFAULT_PARAMS",
     "ENTRY_POINT_GROUP",
     "BooleanFormula",
     "ConceptDef",
@@ -28,6 +31,7 @@ __all__ = [
     "TaskBatch",
     "TaskFamily",
     "available_tasks",
+    "default_params",
     "get_task",
     "register_task",
     "task_from_spec",

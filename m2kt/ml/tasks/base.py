@@ -261,6 +261,16 @@ class TaskFamily(ABC):
         return out
 
 
+# What the agents' CLIs use when no parameters are given, so that a teacher and a student started
+# with defaults solve the same task: sized to train in minutes on 2 CPU cores (modarith's own
+# default p=47 does not converge in that time).
+CLI_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {"modarith": {"p": 23}}
+
+
+def default_params(task: str) -> dict[str, Any]:
+    return dict(CLI_DEFAULT_PARAMS.get(task, {}))
+
+
 TaskFactory = Callable[..., TaskFamily]
 _REGISTRY: dict[str, TaskFactory] = {}
 
