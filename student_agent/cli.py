@@ -19,6 +19,8 @@ from rich.table import Table
 
 from m2kt.client import BrokerClient
 from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.credentials import enroll as enroll_agent
+from m2kt.credentials import read_token_file
 from m2kt.ml.models import ModelConfig
 from student_agent.settings import StudentSettings
 
@@ -30,11 +32,23 @@ def _token(settings: StudentSettings) -> str:
     if settings.token:
         return settings.token.get_secret_value()
     if settings.token_file:
-        mode = settings.token_file.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ValueError(f"{settings.token_file} is readable by others (mode {mode:o}); chmod 600 it")
-        return settings.token_file.read_text().strip()
+        return read_token_file(settings.token_file)
     raise ValueError("no broker token: set M2KT_STUDENT_TOKEN or M2KT_STUDENT_TOKEN_FILE")
+
+
+@app.command()
+@one_line_errors
+def enroll() -> None:
+    """Register this student with the broker once; keep the token in the token file."""
+    settings = StudentSettings()
+    if not settings.token_file:
+        raise ValueError("set M2KT_STUDENT_TOKEN_FILE: where to keep the token the broker issues")
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if not admin and not settings.token_file.exists():
+        raise ValueError("set M2KT_STUDENT_ADMIN_TOKEN for the first enrolment")
+    created = enroll_agent(settings.broker_url, admin, settings.name, "student", settings.token_file)
+    state = "enrolled" if created else "already enrolled"
+    out.print(f"student {settings.name} {state}; token in {settings.token_file}")
 
 
 @app.command()
@@ -49,15 +63,20 @@ def train(
     layers: Annotated[int, typer.Option(help="number of blocks")] = 3,
     heads: Annotated[int, typer.Option(help="attention heads")] = 4,
     max_seconds: Annotated[float, typer.Option(help="training time budget")] = 300.0,
+    if_missing: Annotated[bool, typer.Option(help="do nothing if the model directory holds a student")] = False,
 ) -> None:
     """Train the student's own model on the base task (never on concept labels) and save it."""
-    from student_agent.model import STUDENT_TRAIN, train_student
+    from m2kt.ml.tasks import default_params
+    from student_agent.model import RUN_FILE, STUDENT_TRAIN, train_student
 
     target = out_dir or StudentSettings().resolved_model_dir
+    if if_missing and (target / RUN_FILE).exists():
+        out.print(f"student {target} exists; not retraining")
+        return
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
     train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "max_seconds": max_seconds})
-    student = train_student(task, parse_params(param or []), target, seed=seed, model_config=cfg,
-                            train_config=train_cfg, progress=True)  # fmt: skip
+    params = parse_params(param or []) or default_params(task)
+    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=True)
     out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
               f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s")  # fmt: skip
 

@@ -19,7 +19,8 @@ class StudentSettings(BaseSettings):
 
     broker_url: str = "http://127.0.0.1:8080"
     token: SecretStr | None = None
-    token_file: Path | None = None
+    token_file: Path | None = None  # mode 0600; written by `m2kt-student enroll`
+    admin_token: SecretStr | None = None  # only for `enroll`, only until the token file exists
     name: str = "student"
     state_dir: Path = Path(".m2kt/student")
     model_dir: Path | None = None

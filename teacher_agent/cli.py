@@ -15,6 +15,8 @@ from rich.table import Table
 
 from m2kt import keys
 from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.credentials import enroll as enroll_agent
+from m2kt.credentials import read_token_file
 from teacher_agent.settings import TeacherSettings
 
 app = typer.Typer(help="The M2KT teacher agent.", no_args_is_help=True, add_completion=False)
@@ -25,9 +27,29 @@ DEFAULT_MODEL = Path(".m2kt/teacher/model")
 
 def _token(settings: TeacherSettings, token: str | None) -> str:
     value = token or (settings.token.get_secret_value() if settings.token else None)
+    if not value and settings.token_file:
+        value = read_token_file(settings.token_file)
     if not value:
-        raise ValueError("no broker token: pass --token or set M2KT_TEACHER_TOKEN")
+        raise ValueError("no broker token: pass --token or set M2KT_TEACHER_TOKEN or M2KT_TEACHER_TOKEN_FILE")
     return value
+
+
+@app.command()
+@one_line_errors
+def enroll() -> None:
+    """Register this teacher and its public key with the broker once; keep the token in the token file."""
+    settings = TeacherSettings()
+    if not settings.token_file:
+        raise ValueError("set M2KT_TEACHER_TOKEN_FILE: where to keep the token the broker issues")
+    if not settings.key.exists():
+        keys.save_keypair(keys.generate(), settings.key)
+    public = keys.public_to_b64(keys.load_private(settings.key).public_key())
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if not admin and not settings.token_file.exists():
+        raise ValueError("set M2KT_TEACHER_ADMIN_TOKEN for the first enrolment")
+    created = enroll_agent(settings.broker_url, admin, settings.name, "teacher", settings.token_file, public)
+    state = "enrolled" if created else "already enrolled"
+    out.print(f"teacher {settings.name} {state}; token in {settings.token_file}")
 
 
 @app.command()
@@ -62,10 +84,11 @@ def train(
     import dataclasses
 
     from m2kt.ml.models import ModelConfig
+    from m2kt.ml.tasks import default_params
     from teacher_agent import pipeline
-    from teacher_agent.train import DEMO_TASK_PARAMS, DEMO_TRAIN
+    from teacher_agent.train import DEMO_TRAIN
 
-    params = parse_params(param or []) or (dict(DEMO_TASK_PARAMS) if task == "modarith" else {})
+    params = parse_params(param or []) or default_params(task)
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
     report = pipeline.train(
         task,
@@ -220,27 +243,24 @@ def run(
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
     """Train (unless a model exists), extract, build one packet per topic, publish them all."""
+    from m2kt.ml.tasks import default_params
     from teacher_agent import pipeline
     from teacher_agent.packetize import PacketSpec
-    from teacher_agent.train import DEMO_TASK_PARAMS
+    from teacher_agent.train import DEMO_TRAIN
 
     settings = TeacherSettings()
     root = workdir or settings.workdir
     model_dir = root / f"model-{task}-{seed}"
     if not (model_dir / pipeline.RUN_FILE).exists():
-        params = dict(DEMO_TASK_PARAMS) if task == "modarith" else {}
-        pipeline.train(task, params, model_dir, seed=seed, progress=True)
+        params = default_params(task)
+        budget = DEMO_TRAIN.__class__(**{**DEMO_TRAIN.__dict__, "max_seconds": settings.train_seconds})
+        pipeline.train(task, params, model_dir, seed=seed, train_config=budget, progress=True)
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
-    tok = _token(settings, token)
-    for topic in sorted({c.topic for c in result.concepts}):
-        packet = pipeline.build(
-            model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors, topics=(topic,)
-        )
-        env, _ = pipeline.save_packet(packet, root / "packets")
-        published = pipeline.publish(env, broker or settings.broker_url, tok)
-        out.print(
-            f"{topic}: {published.id} seq={published.seq} created={str(published.created).lower()}", soft_wrap=True
-        )
+    done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
+                                   out_dir=root / "packets", broker_url=broker or settings.broker_url,
+                                   token=_token(settings, token))  # fmt: skip
+    for topic, packet_id, now in done:
+        out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)

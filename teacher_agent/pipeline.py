@@ -204,6 +204,49 @@ def publish(envelope: Path, broker_url: str, token: str) -> PublishResult:
         return client.publish(env, pay)
 
 
+PUBLISHED_FILE = "published.json"
+
+
+def publish_topics(
+    model_dir: Path,
+    extraction: ExtractionResult,
+    key_path: Path,
+    spec: PacketSpec,
+    *,
+    anchors: int,
+    out_dir: Path,
+    broker_url: str,
+    token: str,
+) -> list[tuple[str, str, bool]]:
+    """Build and publish one packet per topic; a topic this model already published is skipped.
+
+    The record (``out_dir/published.json``, keyed by the model's weights digest, extractor,
+    anchors and topic) makes a restarted teacher service idempotent: packets carry their
+    creation time, so rebuilding one would publish a new packet with the same knowledge.
+
+    Returns:
+        ``(topic, packet id, published now)`` per topic.
+    """
+    record_path = out_dir / PUBLISHED_FILE
+    record: dict[str, str] = json.loads(record_path.read_text()) if record_path.exists() else {}
+    digest = json.loads((model_dir / "m2kt_model.json").read_text())["weights_sha256"]
+    done = []
+    for topic in sorted({c.topic for c in extraction.concepts}):
+        slot = f"{digest}:{extraction.method}:{anchors}:{topic}"
+        if slot in record:
+            done.append((topic, record[slot], False))
+            continue
+        packet = build(model_dir, extraction, key_path, spec, anchors=anchors, topics=(topic,))
+        envelope, _ = save_packet(packet, out_dir)
+        published = publish(envelope, broker_url, token)
+        record[slot] = published.id
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(record_path)
+        done.append((topic, published.id, True))
+    return done
+
+
 def inspect(envelope: Path, public_keys: Sequence[Path]) -> OpenedPacket:
     """Check a packet offline against the given public keys (PROTOCOL order of checks)."""
     env, pay = packet_files(envelope)

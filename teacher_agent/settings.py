@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -11,6 +11,9 @@ class TeacherSettings(BaseSettings):
 
     broker_url: str = "http://127.0.0.1:8080"
     token: SecretStr | None = None
+    token_file: Path | None = None  # mode 0600; written by `m2kt-teacher enroll`
+    admin_token: SecretStr | None = None  # only for `enroll`, only until the token file exists
     key: Path = Path(".m2kt/teacher/teacher.key")
     workdir: Path = Path(".m2kt/teacher")
     name: str = "teacher"
+    train_seconds: float = Field(default=400.0, gt=0)  # `run`: training budget when no model exists yet
