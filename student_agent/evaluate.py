@@ -1,0 +1,39 @@
+"""Measuring transferred concepts against ground truth, for the demo, the benchmark and tests.
+
+The student never sees a concept label while it learns. An evaluator that owns the task
+generator does: it labels held-out inputs and scores the student's read-outs on them with
+balanced accuracy (the concepts are imbalanced; plain accuracy would reward a constant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from m2kt.ml.tasks import TaskBatch, TaskFamily
+from student_agent.baselines import LinearReadout, balanced_accuracy, fit_readout
+from student_agent.features import Observation
+from student_agent.knowledge import Knowledge
+
+__all__ = ["concept_truth", "kd_equal_data", "scores"]
+
+
+def concept_truth(family: TaskFamily, batch: TaskBatch, keys: Sequence[str]) -> Tensor:
+    """``[N, K]`` bool: the generator's labels of ``batch`` for the concept ``keys``, in that order."""
+    specs = [c.key for c in family.concept_specs]
+    missing = [k for k in keys if k not in specs]
+    if missing:
+        raise ValueError(f"the task family {family.name!r} has no concepts {missing}")
+    return torch.as_tensor(batch.concepts[:, [specs.index(k) for k in keys]]).bool()
+
+
+def scores(logits: Tensor, truth: Tensor) -> Tensor:
+    """``[K]`` balanced accuracy of ``logits > 0`` (``[N, K]``) against ``truth``."""
+    return balanced_accuracy(logits > 0, truth)
+
+
+def kd_equal_data(kn: Knowledge, anchors: Observation) -> LinearReadout:
+    """The KD baseline at equal data: the student's read-out on the packet's m anchors' teacher labels alone."""
+    return fit_readout(anchors.flat, kn.anchor_scores > 0)
