@@ -1,0 +1,186 @@
+"""One seed of the protocol on one setup: M2KT and every baseline on the same frozen student.
+
+Every M2KT number goes through the real wire format: the teacher builds and signs a packet,
+the student opens it (signature, digest, manifest) and reads it with `Knowledge.from_packet`.
+The seed draws the anchors (nested: the first m of one permutation of the teacher's pool),
+the KD samples and the CAL's initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.transfer.setups import Setup
+from m2kt import keys
+from m2kt.packet import open_packet
+from student_agent.audit import AuditConfig, audit
+from student_agent.baselines import fit_readout, fit_translation
+from student_agent.cal.fit import FitConfig, fit_cal
+from student_agent.evaluate import kd_equal_data, scores
+from student_agent.features import Observation, observe
+from student_agent.knowledge import Knowledge
+from teacher_agent.packetize import POISON_KINDS, PacketSpec, build_teacher_packet
+
+__all__ = ["ABLATIONS", "kd_sizes", "n_match", "run_seed"]
+
+# name -> FitConfig changes (or the extractor that built the packet)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_geo": {"alpha": 0.0},
+    "no_struct": {"beta": 0.0},
+    "no_reason": {"gamma": 0.0},
+    "low_rank": {"form": "low_rank"},
+    "teacher_to_student": {"direction": "teacher_to_student"},
+    "extractor_clustering": {"extractor": "clustering"},
+    "extractor_attribution": {"extractor": "attribution"},
+}
+POISON_SHARE = 0.2
+
+
+def kd_sizes(pool: int) -> list[int]:
+    """16, 32, ... doubling up to the pool, and the whole pool."""
+    sizes = [n for n in (2**i for i in range(4, 30)) if n < pool]
+    return [*sizes, pool]
+
+
+def n_match(kd: Mapping[int, float], target: float) -> float | None:
+    """KD examples needed to reach ``target``, interpolated on log n; None if KD never gets there."""
+    pts = sorted(kd.items())
+    if pts[0][1] >= target:
+        return float(pts[0][0])
+    for (n0, a0), (n1, a1) in zip(pts, pts[1:], strict=False):
+        if a0 < target <= a1:
+            t = (target - a0) / (a1 - a0)
+            return float(math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))))
+    return None
+
+
+class _Packets:
+    """Builds, signs and opens packets of one setup, the way a student receives them."""
+
+    def __init__(self, setup: Setup, seed: int, probes: int) -> None:
+        self.setup, self.key = setup, keys.generate()
+        self.trusted = {keys.keyid(self.key.public_key()): self.key.public_key()}
+        perm = np.random.default_rng(seed).permutation(len(setup.pool.texts))
+        self.probes = setup.pool.subset(perm[:probes].tolist())
+        self.order = perm[probes:].tolist()
+
+    def knowledge(self, m: int, *, extractor: str = "probing", spec: PacketSpec | None = None) -> Knowledge:
+        s = self.setup
+        built = build_teacher_packet(s.teacher, s.tokenizer, s.family, s.extractions[extractor],
+                                     s.pool.subset(self.order[:m]), self.probes, spec or PacketSpec(agent="bench"),
+                                     self.key)  # fmt: skip
+        return Knowledge.from_packet(open_packet(built.envelope, built.payload, self.trusted), built.payload)
+
+
+def run_seed(setup: Setup, seed: int, anchors: Sequence[int], probes: int, ablation_m: int | None) -> dict[str, Any]:
+    """All measurements of one seed; accuracies are per-concept lists (balanced, on held-out)."""
+    s = setup
+    out: dict[str, Any] = {"seed": seed}
+    packets = _Packets(setup, seed, probes)
+    per_m: dict[str, dict[str, list[float]]] = {}
+    fit_seconds: list[float] = []
+    for m in anchors:
+        kn = packets.knowledge(m)
+        a_obs = observe(s.student.model, s.student.tokenizer, kn.anchor_texts)
+        fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
+        fit_seconds.append(fitted.seconds)
+        kd = kd_equal_data(kn, a_obs)
+        per_m[str(m)] = {
+            "m2kt": _acc(fitted.reader(s.held_obs.flat), s.truth),
+            "kd_equal": _acc(kd(s.held_obs.flat), s.truth),
+            "kd_self": _acc(_self_trained(kd, a_obs, kn, s.unlabelled)(s.held_obs.flat), s.truth),
+            "ridge": _acc(_translate(kn, a_obs, "ridge")(s.held_obs.flat), s.truth),
+            "procrustes": _acc(_translate(kn, a_obs, "procrustes")(s.held_obs.flat), s.truth),
+        }
+    out["per_m"] = per_m
+    out["fit_seconds"] = fit_seconds
+    out["kd"] = _kd_curve(setup, seed)
+    if ablation_m:
+        out["ablations"] = _ablations(setup, packets, seed, ablation_m)
+    out["safety"] = _safety(setup, packets, seed, max(m for m in anchors if m <= 256))
+    return out
+
+
+def _acc(logits: Tensor, truth: Tensor) -> list[float]:
+    return [round(float(v), 5) for v in scores(logits, truth)]
+
+
+def _translate(kn: Knowledge, a_obs: Observation, method: str) -> torch.nn.Module:
+    return fit_translation(a_obs.flat, kn.anchor_states, kn.directions, kn.biases, kn.layers, method=method)
+
+
+def _self_trained(kd: torch.nn.Module, a_obs: Observation, kn: Knowledge, unlabelled: Observation) -> torch.nn.Module:
+    """KD with the same unlabelled inputs M2KT uses: pseudo-label them with KD@m, refit on both (self-training)."""
+    with torch.no_grad():
+        pseudo = kd(unlabelled.flat) > 0
+    x = torch.cat([a_obs.flat, unlabelled.flat])
+    y = torch.cat([kn.anchor_scores > 0, pseudo])
+    return fit_readout(x, y)
+
+
+def _kd_curve(setup: Setup, seed: int) -> dict[str, list[float]]:
+    """KD: the student's read-out on n teacher-labelled examples from the pool, n doubling."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(setup.kd_obs.flat.shape[0], generator=gen)
+    curve = {}
+    for n in kd_sizes(len(perm)):
+        idx = perm[:n]
+        readout = fit_readout(setup.kd_obs.flat[idx], setup.kd_labels[idx])
+        curve[str(n)] = _acc(readout(setup.held_obs.flat), setup.truth)
+    return curve
+
+
+def _ablations(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, list[float]]:
+    s = setup
+    out: dict[str, list[float]] = {}
+    base = packets.knowledge(m)
+    a_obs = observe(s.student.model, s.student.tokenizer, base.anchor_texts)
+    for name, change in ABLATIONS.items():
+        change = dict(change)
+        extractor = change.pop("extractor", "probing")
+        if extractor not in s.extractions:
+            continue
+        kn = packets.knowledge(m, extractor=extractor) if extractor != "probing" else base
+        fitted = fit_cal(kn, a_obs, s.unlabelled, replace(FitConfig(seed=seed), **change))
+        out[name] = _acc(fitted.reader(s.held_obs.flat), s.truth)
+    # the safety term: two concepts marked unsafe; how readable do they stay in the mapped space?
+    unsafe = tuple(c.key for c in s.extractions["probing"].concepts[:2])
+    kn = packets.knowledge(m, spec=PacketSpec(agent="bench", unsafe=frozenset(unsafe)))
+    for name, lam in (("unsafe_readable_with_safety", 1.0), ("unsafe_readable_without_safety", 0.0)):
+        fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed, lam=lam))
+        out[name] = _acc(fitted.reader(s.held_obs.flat)[:, :2], s.truth[:, :2])
+    return out
+
+
+def _safety(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, Any]:
+    """Poison a share of concepts with each kind; what the auditor flags, and what it flags wrongly."""
+    s = setup
+    keys_ = [c.key for c in s.extractions["probing"].concepts]
+    rng = np.random.default_rng(seed + 1000)
+    n_bad = max(1, round(POISON_SHARE * len(keys_)))
+    found: dict[str, Any] = {"poisoned": 0, "detected": 0, "honest": 0, "false_positive": 0, "packets": {}}
+    started = time.monotonic()
+    for kind in ("none", *POISON_KINDS):
+        bad = [] if kind == "none" else rng.choice(keys_, n_bad, replace=False).tolist()
+        spec = PacketSpec(agent="bench", poison={k: kind for k in bad}, seed=seed)
+        kn = packets.knowledge(m, spec=spec)
+        a_obs = observe(s.student.model, s.student.tokenizer, kn.anchor_texts)
+        fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
+        probes = observe(s.student.model, s.student.tokenizer, kn.probe_texts)
+        decision = audit(fitted.reader, kn, probes, s.eval_obs, s.eval_obs, s.eval_obs, AuditConfig())
+        flagged = {f["concept"] for f in decision.findings}
+        found["poisoned"] += len(bad)
+        found["detected"] += len(flagged & set(bad))
+        found["honest"] += len(keys_) - len(bad)
+        found["false_positive"] += len(flagged - set(bad))
+        found["packets"][kind] = decision.verdict
+    found["seconds"] = round(time.monotonic() - started, 1)
+    return found

@@ -1,0 +1,123 @@
+"""`python -m bench.transfer [--quick] [--out FILE]`: the transfer benchmark of METHOD.md.
+
+The full run trains (once, cached) two heterogeneous pairs on two task families and
+measures, per seed, M2KT at every m against KD at equal data, KD with self-training on
+the same unlabelled inputs, ridge and Procrustes translation, the KD curve over n, the
+loss-term / form / direction / extractor ablations and the safety auditor on poisoned
+packets. ``--quick`` (one small pair, one family, one seed, m in {64, 256}) is for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+
+from bench.transfer.measure import run_seed
+from bench.transfer.report import aggregate, markdown_table, summary_tables
+from bench.transfer.setups import FULL, QUICK, prepare
+
+app = typer.Typer(add_completion=False)
+console = Console(width=max(Console().width, 150))
+ROOT = Path(__file__).resolve().parents[2]
+HEADLINE = ("teacher", "oracle", "m2kt", "kd_equal", "procrustes", "kd", "n_match")
+README_MARKERS = ("<!-- transfer-table:start -->", "<!-- transfer-table:end -->")
+
+
+@app.command()
+def main(
+    quick: Annotated[bool, typer.Option(help="one small pair, one family, one seed, m in {64, 256}")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="result JSON (default bench/results/transfer-<profile>.json)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="seeds (default: 3, quick: 1)")] = 0,
+    workdir: Annotated[Path, typer.Option(help="cache of trained models")] = ROOT / ".m2kt" / "bench",
+    plots: Annotated[bool, typer.Option(help="write PNG plots beside the JSON (default: full runs only)")] = False,
+    readme: Annotated[bool, typer.Option(help="regenerate the README's results table from this run")] = False,
+    fresh: Annotated[bool, typer.Option(help="ignore seed results cached in the work directory")] = False,
+) -> None:
+    """Run the benchmark, print its tables, write its JSON (and plots)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(2)
+    profile = QUICK if quick else FULL
+    n_seeds = seeds or (1 if quick else 3)
+    target = out or ROOT / "bench" / "results" / f"transfer-{profile.name}.json"
+    started = time.monotonic()
+    result: dict[str, Any] = {"profile": profile.name, "families": {}, "pairs": {}, "safety": {}, "raw": {}}
+    totals = {"poisoned": 0, "detected": 0, "honest": 0, "false_positive": 0}
+    verdicts: dict[str, list[str]] = {}
+    for family, params in profile.families.items():
+        for i, pair in enumerate(profile.pairs):
+            extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
+            setup = prepare(family, params, pair, profile, workdir, extractors)
+            runs = []
+            for seed in range(n_seeds):
+                cached = workdir / profile.name / f"{family}-{pair.name}" / f"seed-{seed}.json"
+                if cached.exists() and not fresh:  # a long run that was interrupted resumes here
+                    runs.append(json.loads(cached.read_text()))
+                    console.print(f"{family} {pair.name} seed {seed}: cached ({cached})")
+                else:
+                    console.print(f"{family} {pair.name} seed {seed} ...")
+                    runs.append(run_seed(setup, seed, profile.anchors, profile.probes,
+                                         profile.ablation_m if i == 0 else None))  # fmt: skip
+                    cached.write_text(json.dumps(runs[-1]))
+                for key in totals:
+                    totals[key] += runs[-1]["safety"][key]
+                for kind, verdict in runs[-1]["safety"]["packets"].items():
+                    verdicts.setdefault(kind, []).append(verdict)
+            info = {
+                "teacher_score": setup.teacher_score.tolist(),
+                "oracle_score": setup.oracle_score.tolist(),
+                "keys": [c.key for c in setup.extractions["probing"].concepts],
+                "seconds": setup.seconds,
+                "ablation_m": profile.ablation_m,
+            }
+            agg = aggregate(info, runs)
+            result["pairs"].setdefault(family, {})[pair.name] = agg
+            result["raw"].setdefault(family, {})[pair.name] = runs
+            if i == 0:
+                result["families"][family] = {k: agg[k] for k in HEADLINE}
+    result["safety"] = {
+        "detected": round(totals["detected"] / max(totals["poisoned"], 1), 4),
+        "false_positive": round(totals["false_positive"] / max(totals["honest"], 1), 4),
+        "poisoned": totals["poisoned"],
+        "detected_count": totals["detected"],
+        "honest": totals["honest"],
+        "false_positive_count": totals["false_positive"],
+        "packet_verdicts": {kind: {v: vs.count(v) for v in sorted(set(vs))} for kind, vs in verdicts.items()},
+    }
+    result["seconds"] = round(time.monotonic() - started, 1)
+    result["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
+                             "threads": torch.get_num_threads(), "seeds": n_seeds}  # fmt: skip
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1) + "\n")
+    for table in summary_tables(result):
+        console.print(table)
+    console.print(f"wrote {target} in {result['seconds']:.0f}s")
+    if plots or not quick:
+        from bench.transfer.plots import plot_all
+
+        for path in plot_all(result, target.parent, target.stem):
+            console.print(f"wrote {path}")
+    if readme:
+        _update_readme(result, target)
+
+
+def _update_readme(result: dict[str, Any], source: Path) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise typer.BadParameter(f"README.md has no {start} ... {end} block")
+    body = f"{start}\n<!-- generated by `python -m bench.transfer --readme` from {source.relative_to(ROOT)} -->\n"
+    body += markdown_table(result) + f"\n{end}"
+    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: body, text, flags=re.S))
+    console.print("README.md results table regenerated")

@@ -1,0 +1,181 @@
+"""What the benchmark runs on: task families, teacher/student pairs, and their trained models.
+
+A *setup* is one family and one heterogeneous pair, trained here once and cached under the
+work directory (models are fixed across benchmark seeds; a seed redraws the anchors, the
+KD samples and the CAL's initialisation). Everything the measurements need that does not
+depend on the seed is computed once here: the student's states on the held-out set, on its
+unlabelled inputs and on the KD pool, the ground truth, and the teacher's labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from m2kt.ml.hidden import collect_hidden
+from m2kt.ml.models import ModelConfig, TaskModel
+from m2kt.ml.tasks import TaskBatch, TaskFamily
+from m2kt.ml.train import TrainConfig
+from student_agent.baselines import fit_readout
+from student_agent.evaluate import concept_truth, scores
+from student_agent.features import Observation, observe
+from student_agent.model import Student, load_student, train_student
+from teacher_agent import pipeline
+from teacher_agent.extract.base import ExtractionResult
+from teacher_agent.packetize import concept_scores
+
+__all__ = ["FAMILIES", "PAIRS", "QUICK", "Pair", "Profile", "Setup", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A teacher and a student of different families and widths."""
+
+    name: str
+    teacher: ModelConfig
+    student: ModelConfig
+
+
+PAIRS = {
+    "bert128-llama64": Pair("bert128-llama64", ModelConfig("bert", 128, 4, 4), ModelConfig("llama", 64, 3, 4)),
+    "llama96-gpt2-64": Pair("llama96-gpt2-64", ModelConfig("llama", 96, 4, 4), ModelConfig("gpt2", 64, 3, 4)),
+}
+FAMILIES: dict[str, dict[str, Any]] = {"modarith": {"p": 23}, "boolean": {}}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budgets of one kind of run (full or quick)."""
+
+    name: str
+    sizes: dict[str, int]
+    train: TrainConfig
+    anchors: tuple[int, ...]
+    probes: int
+    unlabelled: int
+    ablation_m: int | None
+    families: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(FAMILIES))
+    pairs: tuple[Pair, ...] = tuple(PAIRS.values())
+
+
+FULL = Profile(
+    "full",
+    sizes=dict(pipeline.SPLITS),
+    train=TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99, max_seconds=300),
+    anchors=(16, 32, 64, 128, 256, 512),
+    probes=256,
+    unlabelled=4000,
+    ablation_m=256,
+)
+QUICK = Profile(
+    "quick",
+    sizes={"train": 3000, "eval": 200, "probe": 800, "heldout": 400, "pool": 500},
+    train=TrainConfig(epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.97, max_seconds=45),
+    anchors=(64, 256),
+    probes=128,
+    unlabelled=3000,
+    ablation_m=None,
+    families={"modarith": {"p": 17}},
+    pairs=(Pair("bert64-llama48", ModelConfig("bert", 64, 3, 4), ModelConfig("llama", 48, 3, 4)),),
+)
+
+
+@dataclass
+class Setup:
+    """One family x pair, trained, with everything seed-independent precomputed.
+
+    Attributes:
+        truth: ``[N_held, K]`` ground truth on the held-out split (neither model trained on it).
+        kd_obs / kd_labels: the student's states and the teacher's concept labels ``[N_pool, K]``
+            on every non-held-out input (the pool KD draws its n examples from).
+        teacher_score / oracle_score: ``[K]`` balanced accuracy of the teacher's own read-outs and
+            of the student's probe on ground-truth labels of its whole training split (the ceiling).
+    """
+
+    family_name: str
+    pair: Pair
+    teacher_dir: Path
+    extractions: dict[str, ExtractionResult]
+    teacher: TaskModel
+    tokenizer: Any
+    family: TaskFamily
+    student: Student
+    pool: TaskBatch
+    held: TaskBatch
+    truth: Tensor
+    held_obs: Observation
+    eval_obs: Observation
+    unlabelled: Observation
+    kd_obs: Observation
+    kd_labels: Tensor
+    teacher_score: Tensor
+    oracle_score: Tensor
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profile, root: Path,
+            extractors: tuple[str, ...] = ("probing",)) -> Setup:  # fmt: skip
+    """Train (or load the cached) teacher and student, extract concepts, precompute states."""
+    base = root / profile.name / f"{family_name}-{pair.name}"
+    teacher_dir, student_dir = base / "teacher", base / "student"
+    if not (teacher_dir / pipeline.RUN_FILE).exists():
+        logger.info("training teacher %s on %s", pair.teacher.arch, family_name)
+        pipeline.train(family_name, params, teacher_dir, model_config=pair.teacher, train_config=profile.train,
+                       sizes=profile.sizes)  # fmt: skip
+    if not (student_dir / "student_run.json").exists():
+        logger.info("training student %s on %s", pair.student.arch, family_name)
+        train_student(family_name, params, student_dir, model_config=pair.student, train_config=profile.train,
+                      sizes=profile.sizes)  # fmt: skip
+    extractions = {}
+    for method in extractors:
+        path = base / f"extraction-{method}"
+        if not path.with_suffix(".json").exists():
+            pipeline.save_extraction(pipeline.extract(teacher_dir, method), path)
+        extractions[method] = pipeline.load_extraction(path)
+    teacher, tokenizer, family, run = pipeline.load(teacher_dir)
+    student = load_student(student_dir)
+    splits = pipeline.splits(family, int(run["seed"]), run["sizes"])
+    keys = [c.key for c in extractions["probing"].concepts]
+    held = splits["heldout"]
+    truth = concept_truth(family, held, keys)
+    kd_texts = [t for name, b in splits.items() if name != "heldout" for t in b.texts]
+    kd_obs = observe(student.model, student.tokenizer, kd_texts)
+    stacked = extractions["probing"].stacked()
+    t_states = collect_hidden(teacher, tokenizer, kd_texts).states
+    kd_labels = concept_scores(t_states, stacked["layers"], stacked["directions"], stacked["biases"]) > 0
+    held_obs = observe(student.model, student.tokenizer, held.texts)
+    train = splits["train"]
+    oracle = fit_readout(
+        observe(student.model, student.tokenizer, train.texts).flat, concept_truth(family, train, keys)
+    )
+    return Setup(
+        family_name=family_name,
+        pair=pair,
+        teacher_dir=teacher_dir,
+        extractions=extractions,
+        teacher=teacher,
+        tokenizer=tokenizer,
+        family=family,
+        student=student,
+        pool=splits["pool"],
+        held=held,
+        truth=truth,
+        held_obs=held_obs,
+        eval_obs=observe(student.model, student.tokenizer, splits["eval"].texts),
+        unlabelled=observe(student.model, student.tokenizer, train.texts[: profile.unlabelled]),
+        kd_obs=kd_obs,
+        kd_labels=kd_labels,
+        teacher_score=torch.tensor([c.balanced_accuracy for c in extractions["probing"].concepts]),
+        oracle_score=scores(oracle(held_obs.flat), truth),
+        seconds={
+            "teacher_train": float(run.get("seconds", 0.0)),
+            "student_train": float(student.run.get("seconds", 0.0)),
+        },  # fmt: skip
+    )

@@ -1,0 +1,69 @@
+"""`python -m bench.transfer --quick --out FILE`: runs from scratch and writes the JSON other tools read.
+
+One run (small pair trained here, one seed, m in {64, 256}); the assertions compare its
+numbers with each other (KD's curve, the interpolated n_match, the auditor's rates), never
+with constants that happened to pass once.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.transfer.measure import kd_sizes, n_match
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "quick.json"
+    cmd = [sys.executable, "-m", "bench.transfer", "--quick", "--out", str(out), "--workdir", str(tmp / "models")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_json_has_the_published_shape(quick):
+    result, stdout = quick
+    assert set(result) >= {"families", "safety", "seconds"}
+    (family, r), *_ = result["families"].items()
+    assert family == "modarith"
+    for key in ("teacher", "oracle"):
+        assert 0.0 <= r[key] <= 1.0
+    for key in ("m2kt", "kd_equal", "procrustes", "n_match"):
+        assert set(r[key]) == {"64", "256"}, key
+    assert all(isinstance(v, int) or v is None for v in r["n_match"].values())
+    assert [int(n) for n in r["kd"]] == sorted(int(n) for n in r["kd"]) and min(int(n) for n in r["kd"]) == 16
+    assert set(result["safety"]) >= {"detected", "false_positive"}
+    assert result["seconds"] > 0
+    assert "M2KT/teacher" in stdout  # the rich table
+
+
+def test_quick_numbers_are_consistent_with_each_other(quick):
+    result, _ = quick
+    r = result["families"]["modarith"]
+    chance = 0.5
+    kd = {int(n): v for n, v in r["kd"].items()}
+    assert kd[max(kd)] > kd[16] and kd[max(kd)] > chance  # more teacher labels help KD
+    assert r["oracle"] > chance and r["teacher"] > chance
+    for m, acc in r["m2kt"].items():
+        assert acc > chance
+        nm = n_match(kd, acc)
+        assert (nm is None) == (r["n_match"][m] is None)
+        if nm is not None:
+            assert r["n_match"][m] == round(nm)
+    assert result["safety"]["detected"] > result["safety"]["false_positive"]
+
+
+def test_n_match_interpolates_on_the_log_scale():
+    curve = {16: 0.5, 64: 0.6, 256: 0.7}
+    assert n_match(curve, 0.65) == pytest.approx(128.0)
+    assert n_match(curve, 0.45) == 16.0
+    assert n_match(curve, 0.75) is None
+    assert math.isclose(n_match(curve, 0.6), 64.0)
+    assert kd_sizes(100) == [16, 32, 64, 100] and kd_sizes(64) == [16, 32, 64]
