@@ -59,7 +59,8 @@ def create_app(settings: BrokerSettings) -> FastAPI:
                 listener.stop()
             engine.dispose()
 
-    app = FastAPI(title="M2KT broker", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # redirect_slashes off: a path with a stray slash is a 404 problem, not a 307 to somewhere else
+    app = FastAPI(title="M2KT broker", version="1", description=DESCRIPTION, lifespan=lifespan, redirect_slashes=False)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(api.router)
