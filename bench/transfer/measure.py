@@ -36,7 +36,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_geo": {"alpha": 0.0},
     "no_struct": {"beta": 0.0},
     "no_reason": {"gamma": 0.0},
-    "low_rank": {"form": "low_rank"},
+    "low_rank": {"form": "lowrank"},
     "teacher_to_student": {"direction": "teacher_to_student"},
     "extractor_clustering": {"extractor": "clustering"},
     "extractor_attribution": {"extractor": "attribution"},
