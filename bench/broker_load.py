@@ -1,0 +1,391 @@
+"""`python -m bench.broker_load [--db sqlite|postgresql ...] [--out FILE]`: the broker under load.
+
+Three measurements per database, each against a baseline taken in the same run:
+
+* **publish throughput** for 64 KiB and 1 MiB payloads with 1 and 8 concurrent publishers,
+  against the *raw storage path*: the same envelope and payload bytes written, fsynced and
+  renamed into the same disk, plus the same rows (packet, topic, log entry) inserted through
+  the database driver directly, one transaction per packet; reported as the ratio.
+* **fan-out latency** from the publisher's acknowledgement to each of 100 open event streams
+  receiving the packet: p50, p99, max.
+* **memory**: the broker's resident set while 100 streams are open and across a 60 MiB upload
+  (peak minus before: what the upload holds in memory).
+
+The broker is the real ``python -m broker serve`` process; packets are signed beforehand so the
+publishers measure the broker, not Ed25519.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import numpy as np
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rich.console import Console
+from rich.table import Table
+
+from m2kt import BrokerClient, build_packet, keys
+
+app = typer.Typer(add_completion=False)
+console = Console(width=max(Console().width, 120))
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("M2KT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@app.command()
+def main(
+    db: Annotated[list[str] | None, typer.Option(help="sqlite and/or postgresql")] = None,
+    packets: Annotated[int, typer.Option(help="packets per throughput cell")] = 40,
+    streams: Annotated[int, typer.Option(help="open event streams for fan-out and memory")] = 100,
+    out: Annotated[Path, typer.Option(help="result JSON")] = ROOT / "bench" / "results" / "broker-load.json",
+) -> None:
+    """Run the three measurements on each database, print tables, write JSON."""
+    result: dict[str, Any] = {"packets": packets, "streams": streams, "databases": {}}
+    for name in db or ["sqlite", "postgresql"]:
+        with _database(name) as url, tempfile.TemporaryDirectory(dir=ROOT / ".m2kt") as tmp:
+            with _broker(url, Path(tmp)) as (base, admin, pid):
+                res: dict[str, Any] = {"throughput": _throughput(base, admin, url, Path(tmp), packets)}
+                res["fanout"] = _fanout(base, admin, streams)
+                res["memory"] = _memory(base, admin, pid, streams)
+            result["databases"][name] = res
+    _show(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    console.print(f"wrote {out}")
+
+
+# -- the broker and its database ------------------------------------------------------------------
+@contextmanager
+def _database(name: str) -> Iterator[str]:
+    if name == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/broker.db"
+        return
+    import psycopg
+
+    db = f"m2kt_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{db}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+@contextmanager
+def _broker(database_url: str, data: Path) -> Iterator[tuple[str, str, int]]:
+    port, admin = _free_port(), secrets.token_urlsafe(24)
+    env = {**os.environ, "M2KT_DATABASE_URL": database_url, "M2KT_DATA_DIR": str(data / "broker"),
+           "M2KT_ADMIN_TOKEN": admin, "M2KT_LOG_JSON": "false", "M2KT_SSE_KEEPALIVE_SECONDS": "5"}  # fmt: skip
+    with (data / "broker.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        with BrokerClient(base, retries=0) as c:
+            while not c.ready():
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"broker did not start: {(data / 'broker.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+        yield base, admin, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _teacher(base: str, admin: str) -> tuple[str, Ed25519PrivateKey]:
+    key = keys.generate()
+    with BrokerClient(base, admin) as c:
+        body = c.create_agent(f"bench-{uuid.uuid4().hex[:8]}", "teacher", keys.public_to_b64(key.public_key()))
+    return str(body["token"]), key
+
+
+def _packets(key: Ed25519PrivateKey, n: int, size: int, topic: str) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(size + n)
+    out = []
+    for i in range(n):
+        tensors = {"C": rng.standard_normal(size // 4).astype(np.float32)}
+        manifest = {
+            "packet_format": 1,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "teacher": {"agent": "bench", "model": {"architecture": "x", "hidden_size": 1, "num_layers": 1,
+                                                    "weights_sha256": hashlib.sha256(b"w").hexdigest()}},
+            "task": {"name": "bench", "i": i},
+            "topics": [topic],
+            "concepts": [{"key": "c", "name": "c", "topic": topic}],
+            "anchors": {"count": 0},
+            "tensors": {"C": {"role": "concepts"}},
+        }  # fmt: skip
+        built = build_packet(manifest, tensors, key)
+        out.append((built.envelope, built.payload))
+    return out
+
+
+# -- publish throughput ---------------------------------------------------------------------------
+def _throughput(base: str, admin: str, db_url: str, tmp: Path, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for size in (64 * 1024, 1024 * 1024):
+        for workers in (1, 8):
+            token, key = _teacher(base, admin)
+            batch = _packets(key, n, size, f"bench.t{size}.{workers}")
+            broker_s = _parallel(batch, workers, lambda p, c: c.publish(*p), base, token)
+            raw_s = _raw_path(batch, workers, db_url, tmp / f"raw-{size}-{workers}")
+            rows.append({"payload_bytes": size, "publishers": workers, "packets": n,
+                         "broker_per_s": round(n / broker_s, 1), "raw_per_s": round(n / raw_s, 1),
+                         "ratio": round(raw_s / broker_s, 3)})  # fmt: skip
+            console.print(f"throughput {size // 1024} KiB x{workers}: {rows[-1]}")
+    return rows
+
+
+def _parallel(batch: list[Any], workers: int, call: Any, base: str, token: str) -> float:
+    chunks = [batch[i::workers] for i in range(workers)]
+    start = threading.Barrier(workers + 1)
+    errors: list[BaseException] = []
+
+    def run(chunk: list[Any]) -> None:
+        with BrokerClient(base, token, retries=0) as c:
+            start.wait()
+            try:
+                for item in chunk:
+                    call(item, c)
+            except BaseException as exc:  # surfaced below: a failed publish invalidates the cell
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
+def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root: Path) -> float:
+    """The same bytes fsynced and renamed into place, the same three rows in one transaction each."""
+    (root / "tmp").mkdir(parents=True)
+    (root / "blobs").mkdir()
+    if db_url.startswith("sqlite"):
+        path = root / "raw.db"
+        setup = sqlite3.connect(path)
+        setup.executescript(_RAW_SCHEMA.replace("BIGSERIAL", "INTEGER"))
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.close()
+
+        def connect() -> Any:
+            conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA synchronous=FULL")
+            return conn
+
+        mark = "?"
+    else:
+        import psycopg
+
+        dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(_RAW_SCHEMA)
+
+        def connect() -> Any:
+            return psycopg.connect(dsn, autocommit=True)
+
+        mark = "%s"
+    counter = iter(range(1, 10**9))
+    lock = threading.Lock()
+
+    def store(item: tuple[bytes, bytes], conn: Any) -> None:
+        for blob in item:
+            digest = hashlib.sha256(blob).hexdigest()
+            tmp = root / "tmp" / uuid.uuid4().hex
+            with tmp.open("wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, root / "blobs" / digest)
+        fd = os.open(root / "blobs", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        pid = hashlib.sha256(item[0]).hexdigest()
+        with lock:
+            seq = next(counter)
+        q = (f"INSERT INTO raw_packets VALUES ({mark},{mark},{mark},{mark})",
+             f"INSERT INTO raw_topics VALUES ({mark},{mark},{mark})",
+             f"INSERT INTO raw_log (subject, hash, body) VALUES ({mark},{mark},{mark})")  # fmt: skip
+        conn.execute("BEGIN")
+        conn.execute(q[0], (pid, seq, item[0].decode(), datetime.now(UTC).isoformat()))
+        conn.execute(q[1], (pid, "t", seq))
+        conn.execute(q[2], (pid, hashlib.sha256(pid.encode()).hexdigest(), "{}"))
+        conn.execute("COMMIT")
+
+    chunks = [batch[i::workers] for i in range(workers)]
+    start = threading.Barrier(workers + 1)
+
+    def run(chunk: list[tuple[bytes, bytes]]) -> None:
+        conn = connect()
+        start.wait()
+        for item in chunk:
+            store(item, conn)
+        conn.close()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+_RAW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS raw_packets (id TEXT PRIMARY KEY, seq BIGINT UNIQUE, statement TEXT, received_at TEXT);
+CREATE TABLE IF NOT EXISTS raw_topics (packet_id TEXT, topic TEXT, seq BIGINT, PRIMARY KEY (packet_id, topic));
+CREATE TABLE IF NOT EXISTS raw_log (idx BIGSERIAL PRIMARY KEY, subject TEXT, hash TEXT, body TEXT);
+"""
+
+
+# -- fan-out latency ------------------------------------------------------------------------------
+def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[str, Any]:
+    token, key = _teacher(base, admin)
+    with BrokerClient(base, admin) as c:
+        student = str(c.create_agent(f"bench-s-{uuid.uuid4().hex[:6]}", "student")["token"])
+    topic = "bench.fanout"
+    received: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    opened = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def listen() -> None:
+        headers = {"Authorization": f"Bearer {student}"}
+        with httpx.Client(timeout=httpx.Timeout(10, read=60)) as http, \
+                http.stream("GET", f"{base}/v1/topics/{topic}/events", headers=headers) as r:  # fmt: skip
+            for line in r.iter_lines():
+                if line == ": stream open":
+                    opened.release()
+                elif line.startswith("id: "):
+                    now = time.perf_counter()
+                    with lock:
+                        received.setdefault(line[4:], []).append(now)
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=listen, daemon=True) for _ in range(n_streams)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        if not opened.acquire(timeout=30):
+            raise SystemExit("event streams did not open")
+    batch = _packets(key, n_packets, 4096, topic)
+    acks: dict[str, float] = {}
+    with BrokerClient(base, token, retries=0) as c:
+        for env, payload in batch:
+            ack = c.publish(env, payload)
+            acks[str(ack.seq)] = time.perf_counter()
+            time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(len(v) for v in received.values()) < n_streams * n_packets:
+        time.sleep(0.05)
+    stop.set()
+    lat = sorted(max(0.0, t - acks[seq]) * 1000 for seq, ts in received.items() if seq in acks for t in ts)
+    got = len(lat)
+    res = {"streams": n_streams, "packets": n_packets, "deliveries": got, "expected": n_streams * n_packets,
+           "p50_ms": round(_pct(lat, 50), 2), "p99_ms": round(_pct(lat, 99), 2), "max_ms": round(lat[-1], 2),
+           "mean_ms": round(statistics.fmean(lat), 2)}  # fmt: skip
+    console.print(f"fan-out: {res}")
+    return res
+
+
+def _pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs), p)) if xs else float("nan")
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def _rss_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            k, v = line.split(":")
+            fields[k] = int(v.split()[0])
+    return fields
+
+
+def _memory(base: str, admin: str, pid: int, n_streams: int) -> dict[str, Any]:
+    """RSS with the streams of `_fanout` still open (daemon threads), and the peak across big uploads.
+
+    VmHWM (the peak) already includes the 1 MiB x 8 throughput cells; growth beyond it is what a
+    60 MiB upload adds. Two uploads: the first also pays one-time costs (imports, buffers).
+    """
+    before = _rss_kib(pid)
+    token, key = _teacher(base, admin)
+    size = 60 * 1024 * 1024
+    growth = []
+    for i in range(2):
+        (env, payload), = _packets(key, 1, size - 4096 * i, "bench.memory")  # fmt: skip
+        hwm = _rss_kib(pid)["VmHWM"]
+        with BrokerClient(base, token, retries=0) as c:
+            c.publish(env, payload)
+        growth.append(round(max(0, _rss_kib(pid)["VmHWM"] - hwm) / 1024, 1))
+    after = _rss_kib(pid)
+    res = {"rss_idle_mib": round(before["VmRSS"] / 1024, 1), "peak_before_mib": round(before["VmHWM"] / 1024, 1),
+           "upload_mib": round(size / 2**20, 1), "peak_growth_first_upload_mib": growth[0],
+           "peak_growth_during_upload_mib": growth[1],
+           "rss_after_upload_mib": round(after["VmRSS"] / 1024, 1)}  # fmt: skip
+    console.print(f"memory: {res}")
+    return res
+
+
+def _show(result: dict[str, Any]) -> None:
+    t = Table(title="Publish throughput: broker against the raw storage path (same bytes fsynced + same rows)")
+    for col in ("db", "payload", "publishers", "broker pkt/s", "raw pkt/s", "broker/raw"):
+        t.add_column(col, justify="right")
+    f = Table(title=f"Fan-out latency, publish ack -> receipt on {result['streams']} event streams")
+    for col in ("db", "deliveries", "p50 ms", "p99 ms", "max ms"):
+        f.add_column(col, justify="right")
+    m = Table(title="Broker resident memory")
+    for col in ("db", "idle MiB", "upload MiB", "peak growth during upload MiB", "after MiB"):
+        m.add_column(col, justify="right")
+    for db, r in result["databases"].items():
+        for row in r["throughput"]:
+            t.add_row(db, f"{row['payload_bytes'] // 1024} KiB", str(row["publishers"]), str(row["broker_per_s"]),
+                      str(row["raw_per_s"]), f"{row['ratio']:.2f}")  # fmt: skip
+        fo = r["fanout"]
+        f.add_row(db, f"{fo['deliveries']}/{fo['expected']}", str(fo["p50_ms"]), str(fo["p99_ms"]), str(fo["max_ms"]))
+        mem = r["memory"]
+        m.add_row(db, str(mem["rss_idle_mib"]), str(mem["upload_mib"]), str(mem["peak_growth_during_upload_mib"]),
+                  str(mem["rss_after_upload_mib"]))  # fmt: skip
+    for table in (t, f, m):
+        console.print(table)
+
+
+if __name__ == "__main__":
+    app()
