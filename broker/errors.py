@@ -7,6 +7,7 @@ without internals.
 """
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m2kt.constants import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 from m2kt.errors import InvalidRequest, M2KTError, NotFound, ServiceUnavailable
-from m2kt.problem import problem_for
+from m2kt.problem import Problem, problem_for
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,23 @@ def _validation_detail(exc: RequestValidationError) -> str:
     first = errors[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
     return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}  # fmt: skip
+
+
+# Declared on every /v1 route so the OpenAPI schema says what clients (and fuzzers) will see.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem_response("no, malformed or unknown bearer token (`unauthorized`)"),
+    403: _problem_response("the caller's role may not do this, or the key is not the caller's"),
+    404: _problem_response("no such agent, key or packet (`not-found`)"),
+    409: _problem_response("already exists, or already reported (`conflict`)"),
+    413: _problem_response("payload or envelope over the size limit (`payload-too-large`)"),
+    422: _problem_response("malformed request, envelope, statement, payload or manifest"),
+    503: _problem_response("the database does not answer"),
+}
 
 
 def install_problem_handlers(app: FastAPI) -> None:

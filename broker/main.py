@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from broker import api
 from broker.api import health
 from broker.db import Sessions, make_engine
-from broker.errors import install_problem_handlers
+from broker.errors import PROBLEM_RESPONSES, install_problem_handlers
 from broker.events import Broadcaster, PostgresListener
 from broker.metrics import Metrics
 from broker.repositories import packets as packets_repo
@@ -63,5 +63,5 @@ def create_app(settings: BrokerSettings) -> FastAPI:
     app = FastAPI(title="M2KT broker", version="1", description=DESCRIPTION, lifespan=lifespan, redirect_slashes=False)
     install_problem_handlers(app)
     app.include_router(health.router)
-    app.include_router(api.router)
+    app.include_router(api.router, responses=PROBLEM_RESPONSES)
     return app
