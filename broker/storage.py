@@ -11,12 +11,28 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from m2kt.errors import ServiceUnavailable
+
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """A full disk, a quota or an I/O error is the service's problem, not the client's: 503, nothing kept."""
+    try:
+        yield
+    except OSError as exc:
+        logger.error("storage failed: %s", exc)
+        raise ServiceUnavailable(
+            f"the broker cannot store the packet now ({exc.strerror or exc}); try again later"
+        ) from exc
+
 
 _CHUNK = 1024 * 1024
 
@@ -31,7 +47,8 @@ class SpooledBlob:
     size: int = 0
 
     def write(self, data: bytes) -> None:
-        self.fh.write(data)
+        with storage_errors():
+            self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
 
@@ -40,9 +57,10 @@ class SpooledBlob:
         return self.sha.hexdigest()
 
     def finish(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
+        with storage_errors():
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
 
     def discard(self) -> None:
         if not self.fh.closed:
@@ -71,12 +89,17 @@ class BlobStore:
 
     def spool(self) -> SpooledBlob:
         path = self.tmp / f"{uuid.uuid4().hex}.part"
-        return SpooledBlob(path=path, fh=path.open("xb"), sha=hashlib.sha256())
+        with storage_errors():
+            return SpooledBlob(path=path, fh=path.open("xb"), sha=hashlib.sha256())
 
     def spool_bytes(self, data: bytes) -> SpooledBlob:
         blob = self.spool()
-        blob.write(data)
-        blob.finish()
+        try:
+            blob.write(data)
+            blob.finish()
+        except ServiceUnavailable:
+            blob.discard()
+            raise
         return blob
 
     def commit(self, blob: SpooledBlob) -> Path:
@@ -85,9 +108,10 @@ class BlobStore:
         if final.exists():
             blob.discard()
             return final
-        final.parent.mkdir(exist_ok=True)
-        os.replace(blob.path, final)
-        _fsync_dir(final.parent)
+        with storage_errors():
+            final.parent.mkdir(exist_ok=True)
+            os.replace(blob.path, final)
+            _fsync_dir(final.parent)
         return final
 
     def read(self, sha256: str) -> bytes:

@@ -67,8 +67,11 @@ def publish(
         payload.discard()
         return seen
     envelope_blob = store.spool_bytes(envelope)
-    store.commit(payload)
-    store.commit(envelope_blob)
+    try:
+        store.commit(payload)
+        store.commit(envelope_blob)
+    finally:
+        envelope_blob.discard()  # no-op once committed; a committed payload left alone is swept as an orphan
     topics = sorted(opened.manifest.topics)
     with sessions.writer() as session, session.begin():
         head = log_repo.lock_head(session=session)
