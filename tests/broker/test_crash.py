@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from m2kt.client import BrokerClient
 
+PUBLISHERS = int(os.environ.get("M2KT_CRASH_PUBLISHERS", "100"))  # concurrent, as the reliability issue asks
+
 
 def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "broker", "serve", "--port", str(port)]
@@ -72,7 +74,7 @@ def test_kill_9_during_publishes_loses_nothing_acknowledged(database_url, tmp_pa
     stop = threading.Event()
 
     def publisher(worker: int) -> None:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
             for i in range(1000):
                 if stop.is_set():
                     return
@@ -87,7 +89,7 @@ def test_kill_9_during_publishes_loses_nothing_acknowledged(database_url, tmp_pa
                     with lock:
                         acked[pid] = (env_bytes, payload)
 
-    threads = [threading.Thread(target=publisher, args=(w,)) for w in range(8)]
+    threads = [threading.Thread(target=publisher, args=(w,)) for w in range(PUBLISHERS)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 60
