@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from m2kt.ml.hidden import collect_hidden
 from m2kt.ml.models import ModelConfig, TaskModel
+from m2kt.ml.seed import numpy_rng
 from m2kt.ml.tasks import TaskBatch, TaskFamily
 from m2kt.ml.train import TrainConfig
 from student_agent.baselines import fit_readout
@@ -61,6 +63,7 @@ class Profile:
     probes: int
     unlabelled: int
     ablation_m: int | None
+    kd_max: int = 0  # KD's curve goes up to this many teacher labels where the family has the inputs
     families: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(FAMILIES))
     pairs: tuple[Pair, ...] = tuple(PAIRS.values())
 
@@ -73,6 +76,7 @@ FULL = Profile(
     probes=256,
     unlabelled=4000,
     ablation_m=256,
+    kd_max=32768,
 )
 QUICK = Profile(
     "quick",
@@ -120,6 +124,31 @@ class Setup:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _extra_inputs(family: TaskFamily, splits: dict[str, TaskBatch], n: int) -> list[str]:
+    """Up to ``n`` more distinct inputs outside every split, for KD's long curve (none if the space is used up).
+
+    modarith p=23 has 12,167 inputs in all and the splits take 12,100 of them; the boolean
+    family has far more, so its KD curve reaches 32k labels.
+    """
+    if n <= 0:
+        return []
+    taken = {row.tobytes() for b in splits.values() for row in b.inputs}
+    rng = numpy_rng(0, "bench.kd_extra")
+    found: dict[bytes, np.ndarray[Any, Any]] = {}
+    for _ in range(16):
+        for row in family.sample_inputs(rng, 2 * n):
+            key = row.tobytes()
+            if key not in taken:
+                found.setdefault(key, row)
+        if len(found) >= n:
+            break
+    if not found:
+        return []
+    rows = np.stack(list(found.values())[:n])
+    logger.info("KD pool: %d extra inputs beyond the splits", len(rows))
+    return list(family.build(rows).texts)
+
+
 def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profile, root: Path,
             extractors: tuple[str, ...] = ("probing",)) -> Setup:  # fmt: skip
     """Train (or load the cached) teacher and student, extract concepts, precompute states."""
@@ -146,6 +175,7 @@ def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profi
     held = splits["heldout"]
     truth = concept_truth(family, held, keys)
     kd_texts = [t for name, b in splits.items() if name != "heldout" for t in b.texts]
+    kd_texts += _extra_inputs(family, splits, profile.kd_max - len(kd_texts))
     kd_obs = observe(student.model, student.tokenizer, kd_texts)
     stacked = extractions["probing"].stacked()
     t_states = collect_hidden(teacher, tokenizer, kd_texts).states
