@@ -65,6 +65,11 @@ def get_caller(request: Request, settings: SettingsDep, sessions: SessionsDep) -
     token = auth.parse_bearer(request.headers.get("authorization"))
     if token is None:
         raise Unauthorized("send 'Authorization: Bearer <token>'")
+    return caller_for_token(token, settings, sessions)
+
+
+def caller_for_token(token: str, settings: BrokerSettings, sessions: Sessions) -> Caller:
+    """The admin or the agent that ``token`` belongs to; `Unauthorized` otherwise."""
     admin = settings.admin_token
     if admin is not None and auth.same_secret(token, admin.get_secret_value()):
         return Caller(ADMIN, None)

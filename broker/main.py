@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from broker import api
+from broker import api, dashboard
 from broker.api import health
 from broker.db import Sessions, make_engine
 from broker.errors import PROBLEM_RESPONSES, install_problem_handlers
@@ -64,4 +64,5 @@ def create_app(settings: BrokerSettings) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(api.router, responses=PROBLEM_RESPONSES)
+    dashboard.install(app)
     return app

@@ -1,0 +1,75 @@
+"""Read-only queries for the dashboard: each page is a fixed number of queries, never one per row."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased, joinedload, selectinload
+
+from broker.models import Agent, LogEntry, Packet, PacketTopic, Report
+
+
+def recent_packets(*, session: Session, before: int | None, limit: int, include_quarantined: bool) -> list[Packet]:
+    """The newest packets (by seq, descending), paged with ``before`` = the last seq of the previous page."""
+    stmt = select(Packet).options(joinedload(Packet.teacher), selectinload(Packet.topics)).order_by(Packet.seq.desc())
+    if before is not None:
+        stmt = stmt.where(Packet.seq < before)
+    if not include_quarantined:
+        stmt = stmt.where(Packet.status == "published")
+    return list(session.scalars(stmt.limit(limit)))
+
+
+def topic_activity(*, session: Session, include_quarantined: bool) -> list[tuple[str, int, int, object]]:
+    """(topic, packets, last seq, last received_at) per topic."""
+    stmt = (
+        select(PacketTopic.topic, func.count(), func.max(PacketTopic.seq), func.max(Packet.received_at))
+        .join(Packet, Packet.id == PacketTopic.packet_id)
+        .group_by(PacketTopic.topic)
+        .order_by(PacketTopic.topic)
+    )
+    if not include_quarantined:
+        stmt = stmt.where(Packet.status == "published")
+    return [(t, int(n), int(s), at) for t, n, s, at in session.execute(stmt)]
+
+
+def verdicts_by_teacher(*, session: Session) -> list[tuple[str, str, int]]:
+    teacher = aliased(Agent)
+    stmt = (
+        select(teacher.name, Report.verdict, func.count())
+        .join(Packet, Packet.id == Report.packet_id)
+        .join(teacher, teacher.id == Packet.teacher_id)
+        .group_by(teacher.name, Report.verdict)
+        .order_by(teacher.name)
+    )
+    return [(t, v, int(n)) for t, v, n in session.execute(stmt)]
+
+
+def verdicts_by_topic(*, session: Session) -> list[tuple[str, str, int]]:
+    stmt = (
+        select(PacketTopic.topic, Report.verdict, func.count())
+        .join(Report, Report.packet_id == PacketTopic.packet_id)
+        .group_by(PacketTopic.topic, Report.verdict)
+        .order_by(PacketTopic.topic)
+    )
+    return [(t, v, int(n)) for t, v, n in session.execute(stmt)]
+
+
+def report_bodies(*, session: Session, limit: int) -> list[tuple[str, str, str]]:
+    """(student, teacher, report body JSON) of the newest ``limit`` reports."""
+    student, teacher = aliased(Agent), aliased(Agent)
+    stmt = (
+        select(student.name, teacher.name, Report.body)
+        .join(student, student.id == Report.student_id)
+        .join(Packet, Packet.id == Report.packet_id)
+        .join(teacher, teacher.id == Packet.teacher_id)
+        .order_by(Report.id.desc())
+        .limit(limit)
+    )
+    return [(s, t, b) for s, t, b in session.execute(stmt)]
+
+
+def reports_of(*, session: Session, packet_id: str) -> list[Report]:
+    stmt = select(Report).where(Report.packet_id == packet_id).options(joinedload(Report.student)).order_by(Report.id)
+    return list(session.scalars(stmt))
+
+
+def log_window(*, session: Session, first: int, last: int) -> list[LogEntry]:
+    stmt = select(LogEntry).where(LogEntry.index >= first, LogEntry.index <= last).order_by(LogEntry.index)
+    return list(session.scalars(stmt))

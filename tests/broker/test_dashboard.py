@@ -1,0 +1,84 @@
+"""The dashboard's pages over real HTTP: sign-in, what each role sees, quarantine, provenance.
+
+Browser tests (headless Chromium, live updates, screenshots) are the next stage of the
+dashboard issue; these check the server side of every page with seeded data.
+"""
+
+from contextlib import contextmanager
+
+import factory
+import httpx
+from brokerkit import ADMIN_TOKEN
+
+
+@contextmanager
+def _session(broker, token: str):
+    with httpx.Client(base_url=broker.url, timeout=30) as client:
+        r = client.post("/dashboard/login", data={"token": token})
+        assert r.status_code == 303 and r.headers["location"] == "/dashboard"
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/dashboard" in cookie
+        yield client
+
+
+def _seed(broker):
+    teacher = broker.teacher("dash-teacher")
+    student_name, student = broker.student("dash-student")
+    ids = []
+    with broker.http(teacher.token) as http:
+        for i, topics in enumerate((["dash.a"], ["dash.a", "dash.b"], ["dash.b"])):
+            pid, env, payload = factory.packet(teacher.key, seed=i, topics=topics)
+            assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
+            ids.append(pid)
+    with broker.http(student) as http:
+        for pid, verdict in zip(ids, ("accepted", "rolled_back", "rejected"), strict=True):
+            body = {"verdict": verdict, "metrics": {"mean_agreement": 0.8}, "detail": f"{verdict} here"}
+            assert http.post(f"/v1/packets/{pid}/reports", json=body).status_code == 201
+    return teacher, student, ids
+
+
+def test_unauthenticated_visitors_are_sent_to_sign_in(broker):
+    with httpx.Client(base_url=broker.url) as http:
+        for path in ("/dashboard", "/dashboard/packets/" + "0" * 64, "/dashboard/packets/x/provenance"):
+            r = http.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/dashboard/login", path
+        r = http.post("/dashboard/login", data={"token": "m2kt_not-a-token"})
+        assert r.status_code == 401 and "not valid" in r.text
+        http.cookies.set("m2kt_dashboard", "forged", domain="127.0.0.1", path="/dashboard")
+        assert http.get("/dashboard").status_code == 303
+        assert http.get("/dashboard/login").status_code == 200
+
+
+def test_pages_render_seeded_data_and_quarantine_hides_a_packet_from_students(broker):
+    teacher, student, ids = _seed(broker)
+    with _session(broker, student) as s, _session(broker, ADMIN_TOKEN) as a:
+        page = s.get("/dashboard").text
+        assert "dash.a" in page and "dash.b" in page and ids[0][:16] in page
+        assert "dash-teacher" in page and "33%" in page  # one of three reports accepted
+        assert "<svg" in page and "dash-student ← dash-teacher" in page
+
+        packet = a.get(f"/dashboard/packets/{ids[1]}").text
+        for expected in ("concept 0", "dash.b", "rolled_back here", teacher.keyid, "Quarantine"):
+            assert expected in packet, expected
+        assert "<td><code>C</code></td>" in packet and "<td><code>R</code></td>" in packet  # tensors
+        assert "Quarantine" not in s.get(f"/dashboard/packets/{ids[1]}").text  # no admin form for students
+
+        prov = s.get(f"/dashboard/packets/{ids[1]}/provenance").text
+        assert "hash chain verified" in prov and "packet.publish" in prov
+
+        r = a.post(f"/dashboard/packets/{ids[1]}/quarantine", data={"action": "quarantine", "reason": "bad"})
+        assert r.status_code == 303
+        assert ids[1][:16] not in s.get("/dashboard").text  # gone from the student's view
+        assert s.get(f"/dashboard/packets/{ids[1]}").status_code == 404
+        assert ids[1][:16] in a.get("/dashboard").text  # still there for the admin
+        assert s.post(f"/dashboard/packets/{ids[0]}/quarantine", data={"action": "quarantine"}).status_code == 403
+
+        a.post(f"/dashboard/packets/{ids[1]}/quarantine", data={"action": "lift"})
+        assert ids[1][:16] in s.get("/dashboard").text
+    with broker.http(student) as http:  # the API agrees with what the pages did
+        assert http.get(f"/v1/packets/{ids[1]}").json()["status"] == "published"
+
+
+def test_the_dashboard_is_not_in_the_api_schema(broker):
+    with broker.http() as http:
+        assert not any(p.startswith("/dashboard") for p in http.get("/openapi.json").json()["paths"])
