@@ -9,17 +9,21 @@ so the package ships no JavaScript library. Each page runs a fixed number of que
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
-from broker.deps import ADMIN, Caller, SessionsDep, SettingsDep, StoreDep, caller_for_token
+from broker.deps import ADMIN, BroadcasterDep, Caller, SessionsDep, SettingsDep, StoreDep, caller_for_token
 from broker.repositories import dashboard as queries
+from broker.repositories import packets as packets_repo
 from broker.services import eventlog
 from broker.services import packets as packets_service
 from m2kt.errors import Forbidden, NotFound, Unauthorized
@@ -101,6 +105,44 @@ def index(request: Request, caller: PageCaller, sessions: SessionsDep, before: i
         "last_seq": max((t[2] for t in topics), default=0),
     }
     return templates.TemplateResponse(request, "index.html", context)
+
+
+@router.get("/fragments/topics", response_class=HTMLResponse)
+def topics_fragment(request: Request, caller: PageCaller, sessions: SessionsDep) -> Response:
+    """The topics table's rows, for the page's live update."""
+    with sessions.reader() as session:
+        topics = queries.topic_activity(session=session, include_quarantined=caller.sees_quarantined)
+    return templates.TemplateResponse(request, "topics_rows.html", {"topics": topics})
+
+
+@router.get("/events")
+async def events(
+    request: Request, caller: PageCaller, settings: SettingsDep, sessions: SessionsDep, broadcaster: BroadcasterDep
+) -> StreamingResponse:
+    """One SSE message whenever a packet is published anywhere: the page refetches its rows."""
+
+    async def stream() -> AsyncIterator[str]:
+        wake = broadcaster.subscribe()
+        try:
+            yield ": stream open\n\n"
+            while not await request.is_disconnected():
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=settings.sse_keepalive_seconds)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                wake.clear()
+                seq = await run_in_threadpool(_max_seq, sessions)
+                yield f"event: changed\ndata: {seq}\n\n"
+        finally:
+            broadcaster.unsubscribe(wake)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _max_seq(sessions: Any) -> int:
+    with sessions.reader() as session:
+        return packets_repo.max_seq(session=session)
 
 
 @router.get("/packets/{packet_id}", response_class=HTMLResponse)

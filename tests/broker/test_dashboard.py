@@ -82,3 +82,22 @@ def test_pages_render_seeded_data_and_quarantine_hides_a_packet_from_students(br
 def test_the_dashboard_is_not_in_the_api_schema(broker):
     with broker.http() as http:
         assert not any(p.startswith("/dashboard") for p in http.get("/openapi.json").json()["paths"])
+
+
+def test_a_packet_published_while_the_page_is_open_reaches_its_topics_table(broker):
+    teacher = broker.teacher("live-teacher")
+    _, student = broker.student("live-student")
+    with _session(broker, student) as s:
+        assert "live.topic" not in s.get("/dashboard").text
+        with s.stream("GET", "/dashboard/events", timeout=httpx.Timeout(10, read=20)) as events:
+            lines = events.iter_lines()
+            assert next(lines) == ": stream open"
+            with broker.http(teacher.token) as http:
+                _, env, payload = factory.packet(teacher.key, topics=["live.topic"])
+                assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
+            got = [line for line, _ in zip(lines, range(3), strict=False) if line]  # skip the blank separator
+            assert got == ["event: changed", "data: 1"], got
+        rows = s.get("/dashboard/fragments/topics").text
+        assert "live.topic" in rows and "<tr>" in rows
+    with httpx.Client(base_url=broker.url) as anonymous:
+        assert anonymous.get("/dashboard/events").status_code == 303
