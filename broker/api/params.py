@@ -11,8 +11,10 @@ from m2kt.manifest import is_topic
 
 _PACKET_ID = re.compile(PACKET_ID_PATTERN)
 
-After = Annotated[int, Query(ge=0, description="return items after this seq/index")]
-Limit = Annotated[int, Query(ge=1, description="page size; above 500 counts as 500")]
+# seq and log indexes are 64-bit signed integers in both databases; a larger cursor is a 422, not an overflow
+MAX_CURSOR = 2**63 - 1
+After = Annotated[int, Query(ge=0, le=MAX_CURSOR, description="return items after this seq/index")]
+Limit = Annotated[int, Query(ge=1, le=MAX_CURSOR, description="page size; above 500 counts as 500")]
 PacketIdPath = Annotated[str, Path(description="lowercase hex sha256 of the statement")]
 TopicPath = Annotated[str, Path(description="a topic name, ^[a-z0-9]+(\\.[a-z0-9_-]+)*$")]
 

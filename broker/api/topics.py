@@ -108,8 +108,8 @@ async def topic_events(
 ) -> StreamingResponse:
     params.topic(topic)
     if last_event_id is not None and last_event_id.strip():
-        if not last_event_id.strip().isdigit():
-            raise InvalidRequest("Last-Event-ID must be a packet seq (a non-negative integer)")
+        if not last_event_id.strip().isdigit() or int(last_event_id.strip()) > params.MAX_CURSOR:
+            raise InvalidRequest("Last-Event-ID must be a packet seq (a non-negative 64-bit integer)")
         cursor = int(last_event_id.strip())
     else:
         cursor = await run_in_threadpool(_current_seq, sessions)

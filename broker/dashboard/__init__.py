@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
+from broker.api.params import MAX_CURSOR
 from broker.deps import ADMIN, BroadcasterDep, Caller, SessionsDep, SettingsDep, StoreDep, caller_for_token
 from broker.repositories import dashboard as queries
 from broker.repositories import packets as packets_repo
@@ -86,7 +87,12 @@ def logout() -> Response:
 
 
 @router.get("", response_class=HTMLResponse)
-def index(request: Request, caller: PageCaller, sessions: SessionsDep, before: int | None = None) -> Response:
+def index(
+    request: Request,
+    caller: PageCaller,
+    sessions: SessionsDep,
+    before: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
+) -> Response:
     sees_all = caller.sees_quarantined
     with sessions.reader() as session:
         topics = queries.topic_activity(session=session, include_quarantined=sees_all)
