@@ -43,6 +43,9 @@ def main(
     plots: Annotated[bool, typer.Option(help="write PNG plots beside the JSON (default: full runs only)")] = False,
     readme: Annotated[bool, typer.Option(help="regenerate the README's results table from this run")] = False,
     fresh: Annotated[bool, typer.Option(help="ignore seed results cached in the work directory")] = False,
+    cached_only: Annotated[
+        bool, typer.Option(help="report only family x pair runs whose seeds are all cached")
+    ] = False,
 ) -> None:
     """Run the benchmark, print its tables, write its JSON (and plots)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -56,6 +59,11 @@ def main(
     verdicts: dict[str, list[str]] = {}
     for family, params in profile.families.items():
         for i, pair in enumerate(profile.pairs):
+            seed_files = [workdir / profile.name / f"{family}-{pair.name}" / f"seed-{s}.json" for s in range(n_seeds)]
+            if cached_only and not all(f.exists() for f in seed_files):
+                console.print(f"{family} {pair.name}: not all seeds cached; left out (--cached-only)")
+                result.setdefault("left_out", []).append(f"{family}/{pair.name}")
+                continue
             extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
             setup = prepare(family, params, pair, profile, workdir, extractors)
             runs = []
