@@ -23,12 +23,13 @@ from rich.console import Console
 
 from bench.transfer.measure import run_seed
 from bench.transfer.report import aggregate, markdown_table, summary_tables
-from bench.transfer.setups import FULL, QUICK, prepare
+from bench.transfer.setups import FULL, PAIRS, QUICK, prepare
 
 app = typer.Typer(add_completion=False)
 console = Console(width=max(Console().width, 150))
 ROOT = Path(__file__).resolve().parents[2]
 HEADLINE = ("teacher", "oracle", "m2kt", "kd_equal", "procrustes", "kd", "n_match")
+PAIRS_FIRST = next(iter(PAIRS))  # `families` holds each family's first pair (the ablated one)
 README_MARKERS = ("<!-- transfer-table:start -->", "<!-- transfer-table:end -->")
 
 
@@ -46,6 +47,12 @@ def main(
     cached_only: Annotated[
         bool, typer.Option(help="report only family x pair runs whose seeds are all cached")
     ] = False,
+    family: Annotated[
+        list[str] | None, typer.Option(help="run only this family (repeatable); others' results in --out are kept")
+    ] = None,
+    pair: Annotated[
+        list[str] | None, typer.Option(help="run only this pair (repeatable); others' results in --out are kept")
+    ] = None,
 ) -> None:
     """Run the benchmark, print its tables, write its JSON (and plots)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -54,54 +61,45 @@ def main(
     n_seeds = seeds or (1 if quick else 3)
     target = out or ROOT / "bench" / "results" / f"transfer-{profile.name}.json"
     started = time.monotonic()
-    result: dict[str, Any] = {"profile": profile.name, "families": {}, "pairs": {}, "safety": {}, "raw": {}}
-    totals = {"poisoned": 0, "detected": 0, "honest": 0, "false_positive": 0}
-    verdicts: dict[str, list[str]] = {}
-    for family, params in profile.families.items():
-        for i, pair in enumerate(profile.pairs):
-            seed_files = [workdir / profile.name / f"{family}-{pair.name}" / f"seed-{s}.json" for s in range(n_seeds)]
-            if cached_only and not all(f.exists() for f in seed_files):
-                console.print(f"{family} {pair.name}: not all seeds cached; left out (--cached-only)")
-                result.setdefault("left_out", []).append(f"{family}/{pair.name}")
-                continue
-            extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
-            setup = prepare(family, params, pair, profile, workdir, extractors)
-            runs = []
-            for seed in range(n_seeds):
-                cached = workdir / profile.name / f"{family}-{pair.name}" / f"seed-{seed}.json"
-                if cached.exists() and not fresh:  # a long run that was interrupted resumes here
-                    runs.append(json.loads(cached.read_text()))
-                    console.print(f"{family} {pair.name} seed {seed}: cached ({cached})")
-                else:
-                    console.print(f"{family} {pair.name} seed {seed} ...")
-                    runs.append(run_seed(setup, seed, profile.anchors, profile.probes,
-                                         profile.ablation_m if i == 0 else None))  # fmt: skip
-                    cached.write_text(json.dumps(runs[-1]))
-                for key in totals:
-                    totals[key] += runs[-1]["safety"][key]
-                for kind, verdict in runs[-1]["safety"]["packets"].items():
-                    verdicts.setdefault(kind, []).append(verdict)
-            info = {
-                "teacher_score": setup.teacher_score.tolist(),
-                "oracle_score": setup.oracle_score.tolist(),
-                "keys": [c.key for c in setup.extractions["probing"].concepts],
-                "seconds": setup.seconds,
-                "ablation_m": profile.ablation_m,
-            }
-            agg = aggregate(info, runs)
-            result["pairs"].setdefault(family, {})[pair.name] = agg
-            result["raw"].setdefault(family, {})[pair.name] = runs
-            if i == 0:
-                result["families"][family] = {k: agg[k] for k in HEADLINE}
-    result["safety"] = {
-        "detected": round(totals["detected"] / max(totals["poisoned"], 1), 4),
-        "false_positive": round(totals["false_positive"] / max(totals["honest"], 1), 4),
-        "poisoned": totals["poisoned"],
-        "detected_count": totals["detected"],
-        "honest": totals["honest"],
-        "false_positive_count": totals["false_positive"],
-        "packet_verdicts": {kind: {v: vs.count(v) for v in sorted(set(vs))} for kind, vs in verdicts.items()},
-    }
+    _check_names("family", family, list(profile.families))
+    _check_names("pair", pair, [p.name for p in profile.pairs])
+    selected = [(f, i, p) for f in profile.families for i, p in enumerate(profile.pairs)
+                if (not family or f in family) and (not pair or p.name in pair)]  # fmt: skip
+    # A partial run (--family / --pair) keeps every other family x pair already in the output file.
+    result = _kept(target, profile.name, {(f, p.name) for f, _, p in selected}) if family or pair else {}
+    result = {"profile": profile.name, "families": {}, "pairs": {}, "raw": {}} | result
+    for fam, i, pair_ in selected:
+        cache = workdir / profile.name / f"{fam}-{pair_.name}"
+        seed_files = [cache / f"seed-{s}.json" for s in range(n_seeds)]
+        if cached_only and not all(f.exists() for f in seed_files):
+            console.print(f"{fam} {pair_.name}: not all seeds cached; left out (--cached-only)")
+            result.setdefault("left_out", []).append(f"{fam}/{pair_.name}")
+            continue
+        extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
+        setup = prepare(fam, profile.families[fam], pair_, profile, workdir, extractors)
+        ablation_m = profile.ablation_m if i == 0 else None
+        runs = []
+        for seed, cached in enumerate(seed_files):
+            if cached.exists() and not fresh:  # a long run that was interrupted resumes here
+                runs.append(json.loads(cached.read_text()))
+                console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
+            else:
+                console.print(f"{fam} {pair_.name} seed {seed} ...")
+                runs.append(run_seed(setup, seed, profile.anchors, profile.probes, ablation_m))
+                cached.write_text(json.dumps(runs[-1]))
+        info = {
+            "teacher_score": setup.teacher_score.tolist(),
+            "oracle_score": setup.oracle_score.tolist(),
+            "keys": [c.key for c in setup.extractions["probing"].concepts],
+            "seconds": setup.seconds,
+            "ablation_m": profile.ablation_m,
+        }
+        agg = aggregate(info, runs)
+        result["pairs"].setdefault(fam, {})[pair_.name] = agg
+        result["raw"].setdefault(fam, {})[pair_.name] = runs
+        if i == 0:
+            result["families"][fam] = {k: agg[k] for k in HEADLINE}
+    result["safety"] = _safety(result["raw"])
     result["seconds"] = round(time.monotonic() - started, 1)
     result["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
                              "threads": torch.get_num_threads(), "seeds": n_seeds}  # fmt: skip
@@ -117,6 +115,53 @@ def main(
             console.print(f"wrote {path}")
     if readme:
         _update_readme(result, target)
+
+
+def _check_names(kind: str, given: list[str] | None, known: list[str]) -> None:
+    unknown = sorted(set(given or ()) - set(known))
+    if unknown:
+        raise typer.BadParameter(f"unknown {kind} {', '.join(unknown)}; this profile has {', '.join(known)}")
+
+
+def _kept(target: Path, profile: str, rerun: set[tuple[str, str]]) -> dict[str, Any]:
+    """The family x pair results in an earlier output file that this partial run does not redo."""
+    if not target.exists():
+        return {}
+    old = json.loads(target.read_text())
+    if old.get("profile") != profile:
+        raise typer.BadParameter(f"{target} holds a {old.get('profile')!r} run, not {profile!r}")
+    kept: dict[str, Any] = {"families": {}, "pairs": {}, "raw": {}}
+    for fam, pairs in old.get("pairs", {}).items():
+        for name, agg in pairs.items():
+            if (fam, name) in rerun:
+                continue
+            kept["pairs"].setdefault(fam, {})[name] = agg
+            kept["raw"].setdefault(fam, {})[name] = old["raw"][fam][name]
+            if fam in old.get("families", {}) and name == PAIRS_FIRST:
+                kept["families"][fam] = old["families"][fam]
+    return kept
+
+
+def _safety(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Detection and false-positive rates over every seed of every family x pair in the result."""
+    totals = {"poisoned": 0, "detected": 0, "honest": 0, "false_positive": 0}
+    verdicts: dict[str, list[str]] = {}
+    for pairs in raw.values():
+        for runs in pairs.values():
+            for run in runs:
+                for key in totals:
+                    totals[key] += run["safety"][key]
+                for kind, verdict in run["safety"]["packets"].items():
+                    verdicts.setdefault(kind, []).append(verdict)
+    return {
+        "detected": round(totals["detected"] / max(totals["poisoned"], 1), 4),
+        "false_positive": round(totals["false_positive"] / max(totals["honest"], 1), 4),
+        "poisoned": totals["poisoned"],
+        "detected_count": totals["detected"],
+        "honest": totals["honest"],
+        "false_positive_count": totals["false_positive"],
+        "packet_verdicts": {kind: {v: vs.count(v) for v in sorted(set(vs))} for kind, vs in verdicts.items()},
+    }
 
 
 def _update_readme(result: dict[str, Any], source: Path) -> None:
