@@ -101,3 +101,61 @@ def test_a_packet_published_while_the_page_is_open_reaches_its_topics_table(brok
         assert "live.topic" in rows and "<tr>" in rows
     with httpx.Client(base_url=broker.url) as anonymous:
         assert anonymous.get("/dashboard/events").status_code == 303
+
+
+@contextmanager
+def _counting_queries():
+    """Every SQL statement the in-process broker runs while the block is open (the test's own client sends none)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+
+
+def _queries_per_page(session, pages):
+    out = {}
+    for name, path in pages.items():
+        with _counting_queries() as statements:
+            assert session.get(path).status_code == 200, path
+        out[name] = len(statements)
+    return out
+
+
+def test_each_page_is_a_fixed_number_of_queries_however_many_packets_and_reports(broker):
+    """No query per row (N+1): the count per page is the same with 3 packets and with 60 more and their reports."""
+    teacher, student, ids = _seed(broker)
+    pages = {
+        "index": "/dashboard",
+        "fragment": "/dashboard/fragments/topics",
+        "packet": f"/dashboard/packets/{ids[0]}",
+        "provenance": f"/dashboard/packets/{ids[0]}/provenance",
+    }
+    with _session(broker, ADMIN_TOKEN) as admin:
+        few = _queries_per_page(admin, pages)
+        more = []
+        with broker.http(teacher.token) as pub, broker.http(student) as rep:
+            for i in range(60):  # more than one page (50) of packets
+                pid, env, payload = factory.packet(teacher.key, seed=100 + i, topics=[f"dash.n{i % 7}"])
+                assert pub.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
+                more.append(pid)
+                body = {"verdict": "accepted", "metrics": {"mean_agreement": 0.7}}
+                assert rep.post(f"/v1/packets/{pid}/reports", json=body).status_code == 201
+        for _ in range(5):  # more students' reports on the packet whose page we load
+            with broker.http(broker.student()[1]) as rep:
+                body = {"verdict": "rolled_back", "metrics": {"mean_agreement": 0.4}}
+                assert rep.post(f"/v1/packets/{ids[0]}/reports", json=body).status_code == 201
+        many = _queries_per_page(admin, pages)
+        assert min(few.values()) > 0  # the listener saw the broker's queries at all
+        assert many == few, (few, many)
+        page = admin.get("/dashboard").text
+        assert more[-1][:16] in page and more[0][:16] not in page  # the newest page, not every packet
+        assert admin.get(f"/dashboard/packets/{ids[0]}").text.count("rolled_back") >= 5
