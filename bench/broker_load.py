@@ -20,18 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,16 +32,15 @@ from typing import Annotated, Any
 import httpx
 import numpy as np
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from m2kt import BrokerClient, build_packet, keys
+from bench import harness
+from m2kt import BrokerClient
 
 app = typer.Typer(add_completion=False)
 console = Console(width=max(Console().width, 120))
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("M2KT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @app.command()
@@ -61,9 +53,9 @@ def main(
     """Run the three measurements on each database, print tables, write JSON."""
     result: dict[str, Any] = {"packets": packets, "streams": streams, "databases": {}}
     for name in db or ["sqlite", "postgresql"]:
-        with _database(name) as url, tempfile.TemporaryDirectory(dir=ROOT / ".m2kt") as tmp:
-            with _broker(url, Path(tmp)) as (base, admin, pid):
-                res: dict[str, Any] = {"throughput": _throughput(base, admin, url, Path(tmp), packets)}
+        with harness.database(name) as url, harness.scratch() as tmp:
+            with harness.broker_process(url, tmp) as (base, admin, pid):
+                res: dict[str, Any] = {"throughput": _throughput(base, admin, url, tmp, packets)}
                 res["fanout"] = _fanout(base, admin, streams)
                 res["memory"] = _memory(base, admin, pid, streams)
             result["databases"][name] = res
@@ -73,90 +65,13 @@ def main(
     console.print(f"wrote {out}")
 
 
-# -- the broker and its database ------------------------------------------------------------------
-@contextmanager
-def _database(name: str) -> Iterator[str]:
-    if name == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            yield f"sqlite:///{tmp}/broker.db"
-        return
-    import psycopg
-
-    db = f"m2kt_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{db}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
-
-
-@contextmanager
-def _broker(database_url: str, data: Path) -> Iterator[tuple[str, str, int]]:
-    port, admin = _free_port(), secrets.token_urlsafe(24)
-    env = {**os.environ, "M2KT_DATABASE_URL": database_url, "M2KT_DATA_DIR": str(data / "broker"),
-           "M2KT_ADMIN_TOKEN": admin, "M2KT_LOG_JSON": "false", "M2KT_SSE_KEEPALIVE_SECONDS": "5"}  # fmt: skip
-    with (data / "broker.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        with BrokerClient(base, retries=0) as c:
-            while not c.ready():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"broker did not start: {(data / 'broker.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-        yield base, admin, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _teacher(base: str, admin: str) -> tuple[str, Ed25519PrivateKey]:
-    key = keys.generate()
-    with BrokerClient(base, admin) as c:
-        body = c.create_agent(f"bench-{uuid.uuid4().hex[:8]}", "teacher", keys.public_to_b64(key.public_key()))
-    return str(body["token"]), key
-
-
-def _packets(key: Ed25519PrivateKey, n: int, size: int, topic: str) -> list[tuple[bytes, bytes]]:
-    rng = np.random.default_rng(size + n)
-    out = []
-    for i in range(n):
-        tensors = {"C": rng.standard_normal(size // 4).astype(np.float32)}
-        manifest = {
-            "packet_format": 1,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "teacher": {"agent": "bench", "model": {"architecture": "x", "hidden_size": 1, "num_layers": 1,
-                                                    "weights_sha256": hashlib.sha256(b"w").hexdigest()}},
-            "task": {"name": "bench", "i": i},
-            "topics": [topic],
-            "concepts": [{"key": "c", "name": "c", "topic": topic}],
-            "anchors": {"count": 0},
-            "tensors": {"C": {"role": "concepts"}},
-        }  # fmt: skip
-        built = build_packet(manifest, tensors, key)
-        out.append((built.envelope, built.payload))
-    return out
-
-
 # -- publish throughput ---------------------------------------------------------------------------
 def _throughput(base: str, admin: str, db_url: str, tmp: Path, n: int) -> list[dict[str, Any]]:
     rows = []
     for size in (64 * 1024, 1024 * 1024):
         for workers in (1, 8):
-            token, key = _teacher(base, admin)
-            batch = _packets(key, n, size, f"bench.t{size}.{workers}")
+            token, key = harness.teacher(base, admin)
+            batch = harness.signed_packets(key, n, size, f"bench.t{size}.{workers}")
             broker_s = _parallel(batch, workers, lambda p, c: c.publish(*p), base, token)
             raw_s = _raw_path(batch, workers, db_url, tmp / f"raw-{size}-{workers}")
             rows.append({"payload_bytes": size, "publishers": workers, "packets": n,
@@ -276,7 +191,7 @@ CREATE TABLE IF NOT EXISTS raw_log (idx BIGSERIAL PRIMARY KEY, subject TEXT, has
 
 # -- fan-out latency ------------------------------------------------------------------------------
 def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[str, Any]:
-    token, key = _teacher(base, admin)
+    token, key = harness.teacher(base, admin)
     with BrokerClient(base, admin) as c:
         student = str(c.create_agent(f"bench-s-{uuid.uuid4().hex[:6]}", "student")["token"])
     topic = "bench.fanout"
@@ -305,7 +220,7 @@ def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[
     for _ in threads:
         if not opened.acquire(timeout=30):
             raise SystemExit("event streams did not open")
-    batch = _packets(key, n_packets, 4096, topic)
+    batch = harness.signed_packets(key, n_packets, 4096, topic)
     acks: dict[str, float] = {}
     with BrokerClient(base, token, retries=0) as c:
         for env, payload in batch:
@@ -346,11 +261,11 @@ def _memory(base: str, admin: str, pid: int, n_streams: int) -> dict[str, Any]:
     60 MiB upload adds. Two uploads: the first also pays one-time costs (imports, buffers).
     """
     before = _rss_kib(pid)
-    token, key = _teacher(base, admin)
+    token, key = harness.teacher(base, admin)
     size = 60 * 1024 * 1024
     growth = []
     for i in range(2):
-        (env, payload), = _packets(key, 1, size - 4096 * i, "bench.memory")  # fmt: skip
+        (env, payload), = harness.signed_packets(key, 1, size - 4096 * i, "bench.memory")  # fmt: skip
         hwm = _rss_kib(pid)["VmHWM"]
         with BrokerClient(base, token, retries=0) as c:
             c.publish(env, payload)
