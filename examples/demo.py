@@ -80,18 +80,35 @@ def main() -> None:
     WORK.mkdir(parents=True)
     port, admin_token = _free_port(), secrets.token_urlsafe(24)
     url = f"http://127.0.0.1:{port}"
+    token_file = WORK / "admin.token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(admin_token + "\n")
     proc = _start_broker(WORK, port, admin_token)
     try:
         rows, store_same, provenance = _transfer(url, admin_token, teacher_dir, extraction, student)
+        _show_rows(rows)
+        _show_queries(student)
+        ok = _show_provenance(*provenance) and store_same
+        console.print(f"demo finished in {time.monotonic() - started:.0f}s; broker data and student state in {WORK}")
+        _show_dashboard(url, token_file, port)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
-    _show_rows(rows)
-    _show_queries(student)
-    ok = _show_provenance(*provenance) and store_same
-    console.print(f"demo finished in {time.monotonic() - started:.0f}s; broker data and student state in {WORK}")
     if not ok:
         raise SystemExit(1)
+
+
+def _show_dashboard(url: str, token_file: Path, port: int) -> None:
+    """The dashboard's address; on a terminal the broker keeps serving it until Enter or Ctrl-C."""
+    rel = token_file.relative_to(ROOT)
+    console.print(f"[bold]dashboard:[/] {url}/dashboard  (sign in with the admin token in {rel}, mode 0600)")
+    if sys.stdin.isatty():
+        try:
+            input("the broker keeps serving the dashboard; press Enter (or Ctrl-C) to stop it ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+    console.print(f"to serve it again: M2KT_DATA_DIR={WORK.relative_to(ROOT)} M2KT_ADMIN_TOKEN=$(cat {rel}) "
+                  f".venv/bin/m2kt-broker serve --port {port}")  # fmt: skip
 
 
 # -- models (trained once, then loaded with from_pretrained) ------------------------------------
