@@ -11,9 +11,13 @@ delivers every packet.
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 import psycopg
+from fastapi.concurrency import run_in_threadpool
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,8 @@ class Broadcaster:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Event] = set()
+        self.generation = 0  # wake-ups so far; a read started at generation g sees every commit they announced
+        self._reads: dict[Hashable, tuple[int, asyncio.Future[Any]]] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -50,8 +56,30 @@ class Broadcaster:
         loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
+        self.generation += 1
         for event in self._waiters:
             event.set()
+
+    async def shared_read(self, key: Hashable, since: int, read: Callable[[], T]) -> T:
+        """Run ``read`` in the thread pool, or join the identical read already running.
+
+        A hundred streams woken by one publish, on one topic at one cursor, make one query, not a
+        hundred. A caller that cleared its wake-up at generation ``since`` only joins a read that
+        started at or after it, so it never misses a commit announced before it cleared.
+        """
+        entry = self._reads.get(key)
+        if entry is None or entry[0] < since:
+            future: asyncio.Future[Any] = asyncio.ensure_future(run_in_threadpool(read))
+            entry = (self.generation, future)
+            self._reads[key] = entry
+
+            def forget(_: object, key: Hashable = key, entry: tuple[int, asyncio.Future[Any]] = entry) -> None:
+                if self._reads.get(key) is entry:
+                    del self._reads[key]
+
+            future.add_done_callback(forget)
+        result: T = await asyncio.shield(entry[1])  # one stream going away does not cancel the others' read
+        return result
 
 
 class PostgresListener:

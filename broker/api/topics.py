@@ -1,6 +1,7 @@
 """Topics: counts, pages of packets, and the Server-Sent Events stream."""
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 
@@ -53,6 +54,12 @@ def topic_packets(
     return PacketPage(items=items, next_after=items[-1].seq if items else after)
 
 
+def _frames(sessions: Sessions, topic: str, after: int, caller: Caller) -> list[tuple[int, str]]:
+    """The SSE frames of the next page, encoded once for every stream that shares the read."""
+    return [(item.seq, f"id: {item.seq}\nevent: packet\ndata: {json.dumps(item.model_dump())}\n\n")
+            for item in _page(sessions, topic, after, PAGE_LIMIT_MAX, caller)]  # fmt: skip
+
+
 def _current_seq(sessions: Sessions) -> int:
     with sessions.reader() as session:
         return packets_repo.max_seq(session=session)
@@ -73,12 +80,15 @@ async def _stream(
     try:
         yield ": stream open\n\n"
         while True:
+            since = broadcaster.generation
             wake.clear()
-            items = await run_in_threadpool(_page, sessions, topic, cursor, PAGE_LIMIT_MAX, caller)
-            for item in items:
-                cursor = item.seq
-                yield f"id: {item.seq}\nevent: packet\ndata: {json.dumps(item.model_dump())}\n\n"
-            if len(items) == PAGE_LIMIT_MAX:
+            key = ("topic-page", topic, cursor, caller.sees_quarantined)
+            read = functools.partial(_frames, sessions, topic, cursor, caller)
+            frames = await broadcaster.shared_read(key, since, read)
+            for seq, frame in frames:
+                cursor = seq
+                yield frame
+            if len(frames) == PAGE_LIMIT_MAX:
                 continue
             try:
                 await asyncio.wait_for(wake.wait(), timeout=keepalive)

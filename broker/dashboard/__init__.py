@@ -10,6 +10,7 @@ so the package ships no JavaScript library. Each page runs a fixed number of que
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
@@ -137,8 +137,9 @@ async def events(
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
+                since = broadcaster.generation
                 wake.clear()
-                seq = await run_in_threadpool(_max_seq, sessions)
+                seq = await broadcaster.shared_read("dashboard-max-seq", since, functools.partial(_max_seq, sessions))
                 yield f"event: changed\ndata: {seq}\n\n"
         finally:
             broadcaster.unsubscribe(wake)
