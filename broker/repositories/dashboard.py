@@ -4,6 +4,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, joinedload, selectinload
 
 from broker.models import Agent, LogEntry, Packet, PacketTopic, Report
+from broker.repositories import packets as packets_repo
 
 
 def recent_packets(*, session: Session, before: int | None, limit: int, include_quarantined: bool) -> list[Packet]:
@@ -17,16 +18,11 @@ def recent_packets(*, session: Session, before: int | None, limit: int, include_
 
 
 def topic_activity(*, session: Session, include_quarantined: bool) -> list[tuple[str, int, int, object]]:
-    """(topic, packets, last seq, last received_at) per topic."""
-    stmt = (
-        select(PacketTopic.topic, func.count(), func.max(PacketTopic.seq), func.max(Packet.received_at))
-        .join(Packet, Packet.id == PacketTopic.packet_id)
-        .group_by(PacketTopic.topic)
-        .order_by(PacketTopic.topic)
-    )
-    if not include_quarantined:
-        stmt = stmt.where(Packet.status == "published")
-    return [(t, int(n), int(s), at) for t, n, s, at in session.execute(stmt)]
+    """(topic, packets, last seq, last received_at) per topic: the topic counts plus one lookup by seq."""
+    stats = packets_repo.topic_stats(session=session, include_quarantined=include_quarantined)
+    last = select(Packet.seq, Packet.received_at).where(Packet.seq.in_({s for _, _, s in stats}))
+    at = {seq: when for seq, when in session.execute(last)}
+    return [(t, n, s, at.get(s)) for t, n, s in stats]
 
 
 def verdicts_by_teacher(*, session: Session) -> list[tuple[str, str, int]]:

@@ -78,6 +78,33 @@ def test_quarantine_hides_from_students_only(broker):
         assert http.post(f"/v1/packets/{'0' * 64}/quarantine", json={"reason": "x"}).status_code == 404
 
 
+def test_topic_counts_agree_with_the_topic_pages_for_every_role_under_quarantine(broker):
+    """GET /v1/topics counts from the topic index and subtracts what the caller may not see: it must
+    agree with the topic pages (another query) when the newest, a middle, a multi-topic and a topic's
+    only packet are quarantined."""
+    teacher = broker.teacher()
+    layout = [["q.a"], ["q.a", "q.b"], ["q.b"], ["q.a"], ["q.c"], ["q.b", "q.a"], ["q.b"], ["q.a"]]
+    ids = [_publish(broker, teacher, 40 + i, topics) for i, topics in enumerate(layout)]
+    with broker.admin as admin:
+        for i in (1, 4, 7, 6):  # multi-topic; q.c's only packet; newest of q.a; newest of q.b
+            admin.quarantine(ids[i], "test")
+    _, student = broker.student()
+    for token in (student, teacher.token):
+        with broker.http(token) as http:
+            expected = []
+            for topic in ("q.a", "q.b", "q.c"):
+                seqs = [p["seq"] for p in http.get(f"/v1/topics/{topic}/packets").json()["items"]]
+                if seqs:
+                    expected.append({"topic": topic, "packets": len(seqs), "last_seq": max(seqs)})
+            assert http.get("/v1/topics").json() == expected
+    assert [t["topic"] for t in expected] == ["q.a", "q.b", "q.c"]  # the teacher sees quarantined ones
+    with broker.http(student) as http:
+        assert http.get("/v1/topics").json() == [
+            {"topic": "q.a", "packets": 3, "last_seq": 6},
+            {"topic": "q.b", "packets": 2, "last_seq": 6},
+        ]
+
+
 def factory_admin_token(broker) -> str:
     return broker.settings.admin_token.get_secret_value()
 
