@@ -16,12 +16,20 @@ from typing import Any, TypeVar
 
 import psycopg
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "m2kt_packets"
+
+
+def announce(session: Session, seq: int) -> None:
+    """Wake the other replicas' streams when this transaction commits (PostgreSQL NOTIFY; SQLite has one process)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_notify('{CHANNEL}', :seq)"), {"seq": str(seq)})
 
 
 class Broadcaster:

@@ -128,10 +128,18 @@ def get_provenance(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: Ses
 
 
 @router.post("/{packet_id}/quarantine")
-def quarantine(packet_id: params.PacketIdPath, body: QuarantineIn, _: AdminDep, sessions: SessionsDep) -> QuarantineOut:
-    return packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=body.reason)
+def quarantine(
+    packet_id: params.PacketIdPath, body: QuarantineIn, _: AdminDep, sessions: SessionsDep, broadcaster: BroadcasterDep
+) -> QuarantineOut:
+    out = packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=body.reason)
+    broadcaster.notify()  # a spurious wake-up costs one read; a missed one leaves a live view stale
+    return out
 
 
 @router.delete("/{packet_id}/quarantine")
-def lift_quarantine(packet_id: params.PacketIdPath, _: AdminDep, sessions: SessionsDep) -> QuarantineOut:
-    return packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=None)
+def lift_quarantine(
+    packet_id: params.PacketIdPath, _: AdminDep, sessions: SessionsDep, broadcaster: BroadcasterDep
+) -> QuarantineOut:
+    out = packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=None)
+    broadcaster.notify()
+    return out

@@ -202,6 +202,7 @@ def quarantine(
     packet_id: str,
     caller: PageCaller,
     sessions: SessionsDep,
+    broadcaster: BroadcasterDep,
     action: Annotated[str, Form(pattern="^(quarantine|lift)$")],
     reason: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
@@ -211,6 +212,7 @@ def quarantine(
     packets_service.set_quarantine(
         sessions=sessions, packet_id=packet_id, reason=text if action == "quarantine" else None
     )
+    broadcaster.notify()
     return RedirectResponse(f"/dashboard/packets/{packet_id}", status_code=303)
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from broker import clock
+from broker import clock, events
 from broker.db import Sessions
 from broker.models import Agent, Packet, Quarantine, Report
 from broker.repositories import agents as agents_repo
@@ -125,6 +125,7 @@ def set_quarantine(*, sessions: Sessions, packet_id: str, reason: str | None) ->
                 body["reason"] = reason
             kind = "packet.quarantine" if reason is not None else "packet.quarantine.lift"
             eventlog.append(session=session, head=head, kind=kind, subject=packet_id, body=body, at=now)
+            events.announce(session, packet.seq)  # topic counts changed: live views refetch
     return QuarantineOut(id=packet_id, status=target, reason=reason)
 
 

@@ -10,10 +10,9 @@ crash before it leaves only unreferenced blobs, which start-up sweeps.
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from broker import clock
+from broker import clock, events
 from broker.db import Sessions
 from broker.models import Agent, Packet
 from broker.repositories import agents as agents_repo
@@ -108,7 +107,6 @@ def publish(
             "envelope_sha256": envelope_blob.sha256,
         }
         eventlog.append(session=session, head=head, kind="packet.publish", subject=opened.id, body=body, at=now)
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_notify('m2kt_packets', :seq)"), {"seq": str(seq)})
+        events.announce(session, seq)
     logger.info("packet published", extra={"packet": opened.id, "seq": seq, "teacher": teacher.name})
     return PublishOutcome(opened.id, seq, topics, created=True)

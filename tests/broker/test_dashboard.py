@@ -103,6 +103,24 @@ def test_a_packet_published_while_the_page_is_open_reaches_its_topics_table(brok
         assert anonymous.get("/dashboard/events").status_code == 303
 
 
+def test_a_quarantine_while_the_page_is_open_updates_the_students_topics_table(broker):
+    teacher = broker.teacher("q-teacher")
+    _, student = broker.student("q-student")
+    with broker.http(teacher.token) as http:
+        pid, env, payload = factory.packet(teacher.key, topics=["live.quarantined"])
+        assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
+    with _session(broker, student) as s:
+        assert "live.quarantined" in s.get("/dashboard/fragments/topics").text
+        with s.stream("GET", "/dashboard/events", timeout=httpx.Timeout(10, read=20)) as events:
+            lines = events.iter_lines()
+            assert next(lines) == ": stream open"
+            with broker.admin as admin:
+                admin.quarantine(pid, "caught by a student")
+            got = [line for line, _ in zip(lines, range(3), strict=False) if line]
+            assert got[0] == "event: changed", got
+        assert "live.quarantined" not in s.get("/dashboard/fragments/topics").text
+
+
 @contextmanager
 def _counting_queries():
     """Every SQL statement the in-process broker runs while the block is open (the test's own client sends none)."""
