@@ -6,7 +6,7 @@ out: the schema cannot express the protocol's semantic checks (a random envelope
 schema-valid multipart and correctly refused with 422).
 
 CI runs a short pass (``M2KT_FUZZ_EXAMPLES``, default 3 per operation and role, on both
-databases). The long pass: ``M2KT_FUZZ_EXAMPLES=100 .venv/bin/python -m pytest tests/broker/test_fuzz.py -k sqlite -rA``
+databases). The long pass: ``M2KT_FUZZ_EXAMPLES=125 .venv/bin/python -m pytest tests/broker/test_fuzz.py -k sqlite -rA``
 (20 operations x 3 roles x 100 = 6,000 generated cases); ``-rA`` shows its counts.
 """
 
