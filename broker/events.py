@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
+Future = asyncio.Future[Any]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Broadcaster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Event] = set()
         self.generation = 0  # wake-ups so far; a read started at generation g sees every commit they announced
-        self._reads: dict[Hashable, tuple[int, asyncio.Future[Any]]] = {}
+        self._reads: dict[Hashable, tuple[int, Future]] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -77,13 +78,15 @@ class Broadcaster:
         """
         entry = self._reads.get(key)
         if entry is None or entry[0] < since:
-            future: asyncio.Future[Any] = asyncio.ensure_future(run_in_threadpool(read))
+            future: Future = asyncio.ensure_future(run_in_threadpool(read))
             entry = (self.generation, future)
             self._reads[key] = entry
 
-            def forget(_: object, key: Hashable = key, entry: tuple[int, asyncio.Future[Any]] = entry) -> None:
+            def forget(done: Future, key: Hashable = key, entry: tuple[int, Future] = entry) -> None:
                 if self._reads.get(key) is entry:
                     del self._reads[key]
+                if not done.cancelled():
+                    done.exception()  # retrieved: every stream that awaited it went away; no "never retrieved" log
 
             future.add_done_callback(forget)
         result: T = await asyncio.shield(entry[1])  # one stream going away does not cancel the others' read
