@@ -36,7 +36,7 @@ from rich.table import Table
 
 from m2kt import BrokerClient, keys
 from student_agent.agent import Outcome, StudentAgent
-from student_agent.evaluate import concept_truth, kd_equal_data, scores
+from student_agent.evaluate import concept_truth, kd_equal_data, kd_features, scores
 from student_agent.features import observe
 from student_agent.model import Student, load_student, train_student
 from student_agent.query import TransferredConcepts
@@ -167,7 +167,8 @@ def _transfer(
         thread.start()
         console.print(f"student subscribed to {len(topics)} topics: {', '.join(topics)}")
         held = student.split("heldout")  # the same split the teacher held out: neither model trained on it
-        held_obs = observe(student.model, student.tokenizer, held.texts)
+        words = extraction.view.words if extraction.view is not None else None
+        held_obs = observe(student.model, student.tokenizer, held.texts, words)
         parity = [c for c in extraction.concepts if c.topic == POISONED_TOPIC]
         flipped = max(parity, key=lambda c: c.balanced_accuracy).key
         plan = [(t, PacketSpec(agent="demo-teacher")) for t in topics]
@@ -192,8 +193,8 @@ def _transfer(
                 outcome = _wait(outcomes, arrived, packet.id)
                 summary = client.get_packet(packet.id)
                 kn = fetch_and_verify(client, summary, (teacher["keyid"],)).knowledge
-                kd = kd_equal_data(kn, observe(student.model, student.tokenizer, kn.anchor_texts))
-                row.kd_equal = float(scores(kd(held_obs.flat), truth).mean())
+                kd = kd_equal_data(kn, observe(student.model, student.tokenizer, kn.anchor_texts, words))
+                row.kd_equal = float(scores(kd(kd_features(held_obs)), truth).mean())
                 row.after = _student_score(student, state_dir, held.texts, keys_, truth)
                 row.verdict, row.detail, row.fit_seconds = outcome.verdict, outcome.detail, outcome.fit_seconds
                 row.base_before = base
@@ -228,6 +229,8 @@ def _base_accuracy(student: Student, held: Any) -> float:
 def _teacher_score(extraction: ExtractionResult, keys_: tuple[str, ...]) -> float:
     """The teacher's own held-out balanced accuracy, as its manifest claims it."""
     by_key = {c.key: c.balanced_accuracy for c in extraction.concepts}
+    if extraction.view is not None:  # the packet ships the view read-outs; theirs is the claim
+        by_key = {c.key: float(extraction.view.accuracy[i]) for i, c in enumerate(extraction.concepts)}
     return sum(by_key[k] for k in keys_) / len(keys_)
 
 

@@ -13,7 +13,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,8 @@ def reader_entry(kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any]) 
         "concepts": [{"key": c.key, "name": c.name, "topic": c.topic} for c in kn.concepts],
         "cal": asdict(reader.cal_config),
         "shape": {
-            "d_student": int(reader.student_norm.mean.shape[0]),
+            "d_student": int(reader.student_norm.mean.shape[-1]),  # per slot for views
+            "views": reader.views,
             "n_layers_t": reader.shape_t[0],
             "d_t": reader.shape_t[1],
             "k": len(kn.concepts),
@@ -88,17 +88,24 @@ class StudentAgent:
         self.state = StudentState.load(state_dir / STATE_FILE)
         self.store = CheckpointStore(state_dir / CAL_DIR)
         self.store.sweep()  # a version staged before a crash was never decided: drop it
+        self._observed: dict[tuple[str, int | None], Observation] = {}
 
     # -- the student's own inputs (no labels of any kind) --------------------------------------
-    @cached_property
-    def unlabelled(self) -> Observation:
-        texts = self.student.split("train").texts[: self.n_unlabelled]
-        return observe(self.student.model, self.student.tokenizer, texts)
+    def unlabelled(self, words: int | None = None) -> Observation:
+        """The student on its own training inputs (its views with ``words`` word slots, if given)."""
+        return self._own("train", words)
 
-    @cached_property
-    def held_back(self) -> Observation:
+    def held_back(self, words: int | None = None) -> Observation:
         """Inputs the CAL never fits on: the reasoning check and the base-task check use them."""
-        return observe(self.student.model, self.student.tokenizer, self.student.split("eval").texts)
+        return self._own("eval", words)
+
+    def _own(self, split: str, words: int | None) -> Observation:
+        key = (split, words)
+        if key not in self._observed:
+            texts = self.student.split(split).texts
+            texts = texts[: self.n_unlabelled] if split == "train" else texts
+            self._observed[key] = observe(self.student.model, self.student.tokenizer, texts, words)
+        return self._observed[key]
 
     # -- one packet ------------------------------------------------------------------------
     def handle(self, summary: dict[str, Any]) -> Outcome | None:
@@ -129,11 +136,12 @@ class StudentAgent:
         kn = verified.knowledge
         model, tok = self.student.model, self.student.tokenizer
         digest_before = weights_sha256(model)
-        base_before = self.held_back
-        anchors = observe(model, tok, kn.anchor_texts)
-        fitted = fit_cal(kn, anchors, self.unlabelled, self.fit_config)
-        probes = observe(model, tok, kn.probe_texts)
-        base_after = observe(model, tok, self.student.split("eval").texts)
+        words = kn.views.words if kn.views is not None and self.fit_config.views else None
+        base_before = self.held_back(words)
+        anchors = observe(model, tok, kn.anchor_texts, words)
+        fitted = fit_cal(kn, anchors, self.unlabelled(words), self.fit_config)
+        probes = observe(model, tok, kn.probe_texts, words)
+        base_after = observe(model, tok, self.student.split("eval").texts, words)
         decision = audit(fitted.reader, kn, probes, base_before, base_before, base_after, self.audit_config)
         decision.metrics["fit_seconds"] = round(fitted.seconds, 2)
         decision.metrics["anchors"] = len(kn.anchor_texts)
@@ -151,7 +159,7 @@ class StudentAgent:
         """Stage the new version, prove it loads to the same reader, then activate or discard it."""
         version = self.store.stage(reader_entry(kn, reader, decision.metrics), reader.state_dict())
         reloaded = load_reader(self.store, self.store.index(version)["entries"][-1])
-        probe = torch.randn(4, reader.student_norm.mean.shape[0])
+        probe = reader.example_input(4, torch.Generator().manual_seed(0))
         if not torch.equal(reloaded(probe), reader(probe)):
             decision.verdict, decision.detail = "rolled_back", "the staged checkpoint does not reproduce the CAL"
         if decision.verdict == "accepted":
@@ -265,7 +273,8 @@ def load_reader(store: CheckpointStore, entry: dict[str, Any]) -> ConceptReader:
     from student_agent.cal.config import CALConfig
 
     shape = entry["shape"]
-    reader = ConceptReader(CALConfig(**entry["cal"]), shape["d_student"], shape["n_layers_t"], shape["d_t"], shape["k"])
+    reader = ConceptReader(CALConfig(**entry["cal"]), shape["d_student"], shape["n_layers_t"], shape["d_t"], shape["k"],
+                           shape.get("views"))  # fmt: skip
     reader.load_state_dict(store.load_reader(entry["packet_id"]))
     reader.eval()
     reader.requires_grad_(False)

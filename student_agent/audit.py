@@ -59,7 +59,16 @@ class Decision:
 
 
 def separation(kn: Knowledge) -> torch.Tensor:
-    """``[K]``: d' of each read-out between its own prototypes, in units of its anchor-score spread."""
+    """``[K]``: d' of each read-out between its own prototypes, in units of its anchor-score spread.
+
+    With views, the read-out the student uses is the view read-out, and so are the prototypes and
+    the claimed accuracy it is checked against.
+    """
+    v = kn.views
+    if v is not None:
+        scores = v.readout.logits(v.anchor_states, v.anchor_mask, v.heads) - v.readout.bias  # [m, K]
+        gap = (v.readout.weight * (v.prototypes[:, 1] - v.prototypes[:, 0])).sum(-1)  # [K]
+        return gap / scores.std(0).clamp_min(1e-6)
     scores = (kn.anchor_states[:, kn.layers] * kn.directions).sum(-1)  # [m, K]
     gap = (kn.directions * (kn.prototypes[:, 1] - kn.prototypes[:, 0])).sum(-1)  # [K]
     return gap / scores.std(0).clamp_min(1e-6)
@@ -77,7 +86,9 @@ def reasoning_agreement(reader: ConceptReader, kn: Knowledge, held: Observation)
     """Share of held-back inputs where the teacher's heads on mapped states give the student's answers."""
     if not reader.to_teacher or held.flat.shape[0] == 0:
         return float("nan")
-    h = reader.mapped(held.flat)  # [N, L_T, d_T]
+    h = reader.mapped(reader.input_of(held))  # [N, L_T, d_T], or [N, S, L_T, d_T] for views
+    if reader.views is not None:
+        h = h[:, 0]  # the read-out slot
     hits = [(h[:, kn.answer_layer] @ kn.answer_head[0].T + kn.answer_head[1]).argmax(-1) == held.answer]
     for j, ((w, b), layer) in enumerate(zip(kn.step_heads, kn.step_layers, strict=True)):
         hits.append((h[:, layer] @ w.T + b).argmax(-1) == held.steps[:, j])
@@ -96,7 +107,7 @@ def audit(
 ) -> Decision:
     """Measure the fitted reader and decide. ``base_*``: the student on its own evaluation inputs."""
     config = config or AuditConfig()
-    agreement = balanced_accuracy(reader(probes.flat) > 0, kn.probe_labels)  # [K]
+    agreement = balanced_accuracy(reader(reader.input_of(probes)) > 0, kn.probe_labels)  # [K]
     sep = separation(kn)  # [K]
     prevalence = (kn.anchor_scores > 0).float().mean(0)  # [K]
     median = float(agreement.median())

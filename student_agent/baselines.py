@@ -65,21 +65,13 @@ def fit_readout(x: Tensor, labels: Tensor, *, l2: float = 1e-2, steps: int = 300
     return LinearReadout(mean, std, weight.detach(), bias.detach())
 
 
-def fit_translation(
-    student: Tensor,
-    teacher: Tensor,
-    directions: Tensor,
-    biases: Tensor,
-    layers: Tensor,
-    *,
-    method: str = "ridge",
-    l2: float = 1.0,
-) -> nn.Module:
-    """Map student ``[m, D_S]`` to teacher ``[m, L_T, d_T]`` states by ridge or Procrustes."""
+def fit_translation(student: Tensor, teacher: Tensor, *, method: str = "ridge", l2: float = 1.0) -> nn.Module:
+    """A linear map from student features ``[m, D_S]`` to teacher states ``[m, D_T]`` (flattened) fitted
+    on the same anchors by ridge or orthogonal Procrustes, in standardized units; the caller applies
+    the teacher's read-outs to what it predicts (latent-space translation)."""
     s_mean, s_std = student.mean(0), student.std(0).clamp_min(1e-3)
-    t_flat = teacher.flatten(1)
-    t_mean, t_std = t_flat.mean(0), t_flat.std(0).clamp_min(1e-3)
-    xs, xt = (student - s_mean) / s_std, (t_flat - t_mean) / t_std
+    t_mean, t_std = teacher.mean(0), teacher.std(0).clamp_min(1e-3)
+    xs, xt = (student - s_mean) / s_std, (teacher - t_mean) / t_std
     if method == "ridge":
         a = xs.T @ xs + l2 * torch.eye(xs.shape[1])
         w = torch.linalg.solve(a, xs.T @ xt)  # [D_S, D_T]
@@ -92,19 +84,16 @@ def fit_translation(
         w = rot[: xs.shape[1], : xt.shape[1]]
     else:
         raise ValueError(f"unknown translation {method!r}: use ridge or procrustes")
-    return _Translated(s_mean, s_std, w, t_mean, t_std, teacher.shape[1:], directions, biases, layers)
+    return _Translated(s_mean, s_std, w, t_mean, t_std)
 
 
 class _Translated(nn.Module):
-    def __init__(self, s_mean: Tensor, s_std: Tensor, w: Tensor, t_mean: Tensor, t_std: Tensor,
-                 shape: torch.Size, directions: Tensor, biases: Tensor, layers: Tensor) -> None:  # fmt: skip
+    def __init__(self, s_mean: Tensor, s_std: Tensor, w: Tensor, t_mean: Tensor, t_std: Tensor) -> None:
         super().__init__()
         self.s_mean, self.s_std, self.w, self.t_mean, self.t_std = s_mean, s_std, w, t_mean, t_std
-        self.shape, self.directions, self.biases, self.layers = tuple(shape), directions, biases, layers
 
     def forward(self, x: Tensor) -> Tensor:
-        h = (((x - self.s_mean) / self.s_std) @ self.w * self.t_std + self.t_mean).view(-1, *self.shape)
-        out: Tensor = (h[:, self.layers] * self.directions).sum(-1) + self.biases
+        out: Tensor = ((x - self.s_mean) / self.s_std) @ self.w * self.t_std + self.t_mean
         return out
 
 

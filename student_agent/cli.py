@@ -62,7 +62,7 @@ def train(
     hidden: Annotated[int, typer.Option(help="hidden size")] = 64,
     layers: Annotated[int, typer.Option(help="number of blocks")] = 3,
     heads: Annotated[int, typer.Option(help="attention heads")] = 4,
-    max_seconds: Annotated[float, typer.Option(help="training time budget")] = 300.0,
+    epochs: Annotated[int, typer.Option(help="most epochs; training stops earlier once it converges")] = 120,
     if_missing: Annotated[bool, typer.Option(help="do nothing if the model directory holds a student")] = False,
 ) -> None:
     """Train the student's own model on the base task (never on concept labels) and save it."""
@@ -74,7 +74,7 @@ def train(
         out.print(f"student {target} exists; not retraining")
         return
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
-    train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "max_seconds": max_seconds})
+    train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "epochs": epochs})
     params = parse_params(param or []) or default_params(task)
     student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=True)
     out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "

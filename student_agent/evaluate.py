@@ -17,7 +17,7 @@ from student_agent.baselines import LinearReadout, balanced_accuracy, fit_readou
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge
 
-__all__ = ["concept_truth", "kd_equal_data", "scores"]
+__all__ = ["concept_truth", "kd_equal_data", "kd_features", "scores"]
 
 
 def concept_truth(family: TaskFamily, batch: TaskBatch, keys: Sequence[str]) -> Tensor:
@@ -34,6 +34,12 @@ def scores(logits: Tensor, truth: Tensor) -> Tensor:
     return balanced_accuracy(logits > 0, truth)
 
 
+def kd_features(obs: Observation) -> Tensor:
+    """What a KD read-out reads: the same student states the CAL reads (every slot of the view when
+    the observation has one, else the read-out slot), so that KD and M2KT differ only in the packet."""
+    return obs.view_flat.flatten(1) if obs.views is not None else obs.flat
+
+
 def kd_equal_data(kn: Knowledge, anchors: Observation) -> LinearReadout:
     """The KD baseline at equal data: the student's read-out on the packet's m anchors' teacher labels alone."""
-    return fit_readout(anchors.flat, kn.anchor_scores > 0)
+    return fit_readout(kd_features(anchors), kn.anchor_scores > 0)

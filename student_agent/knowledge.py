@@ -15,9 +15,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors
 
+from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.packet import OpenedPacket
 
-__all__ = ["ConceptInfo", "Knowledge", "PacketContentError"]
+__all__ = ["ConceptInfo", "Knowledge", "PacketContentError", "ViewKnowledge"]
 
 
 class PacketContentError(ValueError):
@@ -70,6 +71,18 @@ class _TeacherPart(_Lax):
     model: dict[str, Any]
 
 
+class _TokenHead(_Lax):
+    layer: int = Field(ge=0)
+    classes: list[str] = Field(min_length=2)
+    accuracy: float = Field(ge=0.0, le=1.0)
+
+
+class _ViewsPart(_Lax):
+    words: int = Field(ge=1)
+    slots: int = Field(ge=2)
+    token: _TokenHead
+
+
 class _AgentManifest(_Lax):
     teacher: _TeacherPart
     task: _TaskPart
@@ -77,6 +90,29 @@ class _AgentManifest(_Lax):
     anchors: _Texts
     probes: _Texts
     reasoning: _Reasoning
+    views: _ViewsPart | None = None
+
+
+@dataclass(frozen=True)
+class ViewKnowledge:
+    """The view part of a packet (docs/packet-format.md): read-outs on every word slot of the teacher.
+
+    Attributes:
+        words: word slots (``S = 1 + words``); anchor_states ``[m, S, L_T, d_T]``, anchor_mask ``[m, S]``;
+        heads: the teacher's observable heads (token head on word slots, step and answer heads);
+        readout: the concept read-outs on the view (``m2kt.ml.readouts``).
+    """
+
+    words: int
+    anchor_states: torch.Tensor
+    anchor_mask: torch.Tensor
+    heads: ObservableHeads
+    readout: ViewReadout
+    prototypes: torch.Tensor  # [K, 2, D]: mean read-out features where concept k does not / does hold
+
+    @property
+    def slots(self) -> int:
+        return 1 + self.words
 
 
 @dataclass(frozen=True)
@@ -111,6 +147,7 @@ class Knowledge:
     step_heads: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     answer_head: tuple[torch.Tensor, torch.Tensor]
     probe_labels: torch.Tensor
+    views: ViewKnowledge | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -185,6 +222,17 @@ class Knowledge:
                 raise PacketContentError(f"anchors.steps[:, {j}] holds a class outside 0..{step.n_classes - 1}")
         if not 0 <= int(answer.min()) <= int(answer.max()) < man.reasoning.answer.n_classes:
             raise PacketContentError("anchors.answer holds a class outside the answer classes")
+        step_heads = tuple((floats[f"reasoning.step{j}.weight"], floats[f"reasoning.step{j}.bias"]) for j in range(s))
+        answer_head = (floats["reasoning.answer.weight"], floats["reasoning.answer.bias"])
+        views = None
+        if man.views is not None:
+            heads = ObservableHeads(
+                None,
+                tuple(man.views.token.classes),
+                tuple(Head(w, b, st.layer) for (w, b), st in zip(step_heads, man.reasoning.steps, strict=True)),
+                Head(*answer_head, man.reasoning.answer.layer),
+            )
+            views = _views(man.views, t, heads, k, m, n_layers, d)
         return cls(
             packet_id=packet_id,
             teacher=man.teacher.agent,
@@ -203,12 +251,52 @@ class Knowledge:
             anchor_scores=floats["anchors.concept_scores"],
             anchor_steps=steps,
             anchor_answer=answer,
-            step_heads=tuple(
-                (floats[f"reasoning.step{j}.weight"], floats[f"reasoning.step{j}.bias"]) for j in range(s)
-            ),
-            answer_head=(floats["reasoning.answer.weight"], floats["reasoning.answer.bias"]),
+            step_heads=step_heads,
+            answer_head=answer_head,
             probe_labels=t["probes.concept_labels"].bool(),
+            views=views,
         )
+
+
+def _views(
+    part: _ViewsPart, t: dict[str, torch.Tensor], heads: ObservableHeads, k: int, m: int, n_layers: int, d: int
+) -> ViewKnowledge:
+    """Check and read the view tensors; ``heads`` carries the step and answer heads already."""
+    slots, v = part.slots, len(part.token.classes)
+    if slots != 1 + part.words:
+        raise PacketContentError("views.slots must be 1 + views.words")
+    if not 0 <= part.token.layer < n_layers:
+        raise PacketContentError(f"views.token.layer reads a block outside 0..{n_layers - 1}")
+    heads = ObservableHeads(Head(_get(t, "observables.token.weight"), _get(t, "observables.token.bias"),
+                                 part.token.layer), heads.token_classes, heads.steps, heads.answer)  # fmt: skip
+    dim = slots * d + heads.feature_dim(slots)
+    want = {
+        "views.anchor_states": (m, slots, n_layers, d),
+        "views.anchor_mask": (m, slots),
+        "views.readout.weight": (k, dim),
+        "views.readout.bias": (k,),
+        "views.readout.layer": (k,),
+        "views.prototypes": (k, 2, dim),
+        "observables.token.weight": (v, d),
+        "observables.token.bias": (v,),
+    }
+    for name, shape in want.items():
+        got = tuple(_get(t, name).shape)
+        if got != shape:
+            raise PacketContentError(f"tensor {name}: shape {list(got)}, expected {list(shape)}")
+    floats = {n: t[n].float() for n in want if n not in ("views.anchor_mask", "views.readout.layer")}
+    bad = [n for n, x in floats.items() if not torch.isfinite(x).all()]
+    if bad:
+        raise PacketContentError(f"tensor {bad[0]} holds NaN or infinity")
+    layers = t["views.readout.layer"].long()
+    if layers.numel() and not 0 <= int(layers.min()) <= int(layers.max()) < n_layers:
+        raise PacketContentError(f"a view read-out reads a block outside 0..{n_layers - 1}")
+    heads = ObservableHeads(Head(floats["observables.token.weight"], floats["observables.token.bias"],
+                                 part.token.layer), heads.token_classes, heads.steps, heads.answer)  # fmt: skip
+    readout = ViewReadout(floats["views.readout.weight"], floats["views.readout.bias"], layers)
+    mask = t["views.anchor_mask"].bool()
+    states = floats["views.anchor_states"] * mask[:, :, None, None]
+    return ViewKnowledge(part.words, states, mask, heads, readout, floats["views.prototypes"])
 
 
 def _get(t: dict[str, torch.Tensor], name: str, ndim: int | None = None) -> torch.Tensor:

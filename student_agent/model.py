@@ -26,7 +26,7 @@ from student_agent.cal.layers import freeze
 __all__ = ["RUN_FILE", "STUDENT_DEFAULT", "STUDENT_SIZES", "STUDENT_TRAIN", "Student", "load_student", "train_student"]
 
 STUDENT_DEFAULT = ModelConfig(arch="llama", hidden_size=64, num_layers=3, num_heads=4)
-STUDENT_TRAIN = TrainConfig(epochs=120, batch_size=128, lr=3e-3, target_accuracy=0.99, max_seconds=300)
+STUDENT_TRAIN = TrainConfig(epochs=120, batch_size=128, lr=3e-3, target_accuracy=0.99)
 # The same split names and sizes as the teacher's, so that (task, seed) deals the same disjoint
 # splits: the student trains on `train`, which never overlaps anchors, probes or held-out data.
 STUDENT_SIZES = {"train": 8000, "eval": 500, "probe": 1500, "heldout": 1000, "pool": 1100}

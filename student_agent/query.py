@@ -17,7 +17,7 @@ from m2kt.errors import InvalidRequest
 from student_agent.agent import CAL_DIR, load_reader
 from student_agent.cal.checkpoint import CheckpointStore
 from student_agent.cal.fit import ConceptReader
-from student_agent.features import observe
+from student_agent.features import Observation, observe
 from student_agent.model import Student
 
 __all__ = ["ConceptAnswer", "KnownConcept", "TransferredConcepts"]
@@ -64,13 +64,16 @@ class TransferredConcepts:
             raise InvalidRequest("nothing integrated yet: no packet has been accepted")
         if not texts:
             return []
-        try:
-            flat = observe(self.student.model, self.student.tokenizer, list(texts)).flat
-        except (ValueError, KeyError) as exc:
-            raise InvalidRequest(f"the student cannot read these texts: {exc}") from None
+        seen: dict[int | None, Observation] = {}
         probs: dict[str, torch.Tensor] = {}
         for entry, reader in self._readers:
-            p = torch.sigmoid(reader(flat))  # [N, K]
+            words = None if reader.views is None else int(reader.views["words"])
+            if words not in seen:
+                try:
+                    seen[words] = observe(self.student.model, self.student.tokenizer, list(texts), words)
+                except (ValueError, KeyError) as exc:
+                    raise InvalidRequest(f"the student cannot read these texts: {exc}") from None
+            p = torch.sigmoid(reader(reader.input_of(seen[words])))  # [N, K]
             for k, c in enumerate(entry["concepts"]):
                 if not topics or c["topic"] in topics:
                     probs[c["key"]] = p[:, k]

@@ -78,7 +78,7 @@ def train(
     hidden: Annotated[int, typer.Option(help="hidden size")] = 128,
     layers: Annotated[int, typer.Option(help="number of blocks")] = 4,
     heads: Annotated[int, typer.Option(help="attention heads")] = 4,
-    max_seconds: Annotated[float, typer.Option(help="training time budget")] = 400.0,
+    epochs: Annotated[int, typer.Option(help="most epochs; training stops earlier once it converges")] = 80,
 ) -> None:
     """Train a teacher on a task family and save it with save_pretrained."""
     import dataclasses
@@ -96,7 +96,7 @@ def train(
         model_out,
         seed=seed,
         model_config=cfg,
-        train_config=dataclasses.replace(DEMO_TRAIN, max_seconds=max_seconds),
+        train_config=dataclasses.replace(DEMO_TRAIN, epochs=epochs),
         progress=True,
     )
     out.print(
@@ -253,8 +253,8 @@ def run(
     model_dir = root / f"model-{task}-{seed}"
     if not (model_dir / pipeline.RUN_FILE).exists():
         params = default_params(task)
-        budget = DEMO_TRAIN.__class__(**{**DEMO_TRAIN.__dict__, "max_seconds": settings.train_seconds})
-        pipeline.train(task, params, model_dir, seed=seed, train_config=budget, progress=True)
+        config = DEMO_TRAIN.__class__(**{**DEMO_TRAIN.__dict__, "epochs": settings.train_epochs})
+        pipeline.train(task, params, model_dir, seed=seed, train_config=config, progress=True)
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
     result = pipeline.extract(model_dir, method)

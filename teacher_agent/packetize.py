@@ -19,7 +19,7 @@ float16, which changes read-out scores by less than 1e-3 relative.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,9 +31,12 @@ from transformers import PreTrainedTokenizerFast
 
 from m2kt.ml.hidden import collect_hidden, readout_for
 from m2kt.ml.models import TaskModel
+from m2kt.ml.readouts import ViewReadout, layer_features
 from m2kt.ml.tasks.base import TaskBatch, TaskFamily
+from m2kt.ml.views import collect_views
 from m2kt.packet import BuiltPacket, build_packet
 from teacher_agent.extract.base import ExtractionResult
+from teacher_agent.extract.views import ViewExtraction
 from teacher_agent.model import model_card
 
 __all__ = ["POISON_KINDS", "PacketSpec", "build_teacher_packet", "concept_scores"]
@@ -130,6 +133,11 @@ def build_teacher_packet(
     c = {name: t[rows] for name, t in stacked.items()}  # keep only the shipped concepts
     anchor_scores = concept_scores(anchor_h.states, c["layers"], c["directions"], c["biases"])  # [m, K]
     probe_labels = concept_scores(probe_h.states, c["layers"], c["directions"], c["biases"]) > 0  # [v, K]
+    view_part: dict[str, np.ndarray[Any, Any]] = {}
+    if extraction.view is not None:
+        view_part, anchor_scores, probe_labels = _view_tensors(
+            model, tokenizer, extraction.view, anchors, probes, spec, index, rows
+        )
     steps, answer = _teacher_answers(model, anchor_h.states)
     tensors: dict[str, np.ndarray[Any, Any]] = {
         "concepts.direction": c["directions"].float().numpy(),
@@ -143,9 +151,66 @@ def build_teacher_packet(
         "anchors.answer": answer.numpy(),
         "probes.concept_labels": probe_labels.to(torch.uint8).numpy(),
         **_heads(model),
+        **view_part,
     }
     manifest = _manifest(model, family, extraction, anchors, probes, spec, keys, tensors, created_at)
     return build_packet(manifest, tensors, key)
+
+
+def _poison_readout(
+    readout: ViewReadout, feats: Callable[[int], torch.Tensor], index: dict[str, int], spec: PacketSpec
+) -> ViewReadout:
+    """The view read-outs with ``spec.poison`` applied (a copy); ``feats(k)``: anchor features ``[m, D]``."""
+    weight, bias = readout.weight.clone(), readout.bias.clone()
+    gen = torch.Generator().manual_seed(spec.seed)
+    for key, kind in spec.poison.items():
+        k = index[key]
+        if kind == "flip":
+            weight[k], bias[k] = -readout.weight[k], -readout.bias[k]
+            continue
+        rnd = torch.randn(weight.shape[1], generator=gen)
+        rnd = rnd / rnd.norm() * readout.weight[k].norm()
+        scores = feats(k) @ rnd  # [m]
+        weight[k] = rnd
+        bias[k] = -scores.median() if kind == "random" else -torch.quantile(scores, 0.95)
+    return ViewReadout(weight, bias, readout.layers.clone())
+
+
+def _view_tensors(
+    model: TaskModel,
+    tokenizer: PreTrainedTokenizerFast,
+    view: ViewExtraction,
+    anchors: TaskBatch,
+    probes: TaskBatch,
+    spec: PacketSpec,
+    index: dict[str, int],
+    rows: torch.Tensor,
+) -> tuple[dict[str, np.ndarray[Any, Any]], torch.Tensor, torch.Tensor]:
+    """The view part of a packet, and the teacher's view read-outs on anchors (logits) and probes (0/1)."""
+    a = collect_views(model, tokenizer, anchors.texts, view.words)
+    p = collect_views(model, tokenizer, probes.texts, view.words)
+    heads = view.heads
+
+    def feats(k: int) -> torch.Tensor:
+        return layer_features(a.states, a.mask, heads, int(view.readout.layers[k]))
+
+    with torch.no_grad():
+        poisoned = _poison_readout(view.readout, feats, index, spec)
+        readout = ViewReadout(poisoned.weight[rows], poisoned.bias[rows], poisoned.layers[rows])
+        anchor_scores = readout.logits(a.states, a.mask, heads)  # [m, K]
+        probe_labels = readout.logits(p.states, p.mask, heads) > 0  # [v, K]
+    assert heads.token is not None
+    tensors = {
+        "views.anchor_states": a.states.half().numpy(),
+        "views.anchor_mask": a.mask.to(torch.uint8).numpy(),
+        "views.readout.weight": readout.weight.float().numpy(),
+        "views.readout.bias": readout.bias.float().numpy(),
+        "views.readout.layer": readout.layers.long().numpy(),
+        "views.prototypes": view.prototypes[rows].half().numpy(),
+        "observables.token.weight": heads.token.weight.float().numpy(),
+        "observables.token.bias": heads.token.bias.float().numpy(),
+    }
+    return tensors, anchor_scores, probe_labels
 
 
 def _attention(attn: torch.Tensor | None) -> torch.Tensor:
@@ -180,10 +245,28 @@ def _heads(model: TaskModel) -> dict[str, np.ndarray[Any, Any]]:
     return out
 
 
+def _views_manifest(view: ViewExtraction) -> dict[str, Any]:
+    token = view.heads.token
+    assert token is not None
+    return {
+        "words": view.words,
+        "slots": 1 + view.words,
+        "slot_rule": "readout-then-first-token-of-each-word",
+        "token": {
+            "layer": token.layer,
+            "classes": list(view.heads.token_classes),
+            "accuracy": round(view.token_accuracy, 4),
+        },
+    }
+
+
 _ROLES = {
     "concepts.direction": "C", "concepts.bias": "C", "concepts.layer": "C", "concepts.prototypes": "C",
     "anchors.attention": "A", "anchors.states": "R", "anchors.steps": "R", "anchors.answer": "R",
     "anchors.concept_scores": "anchor-labels", "probes.concept_labels": "verification",
+    "views.anchor_states": "R", "views.anchor_mask": "R", "views.readout.weight": "C", "views.readout.bias": "C",
+    "views.readout.layer": "C", "views.prototypes": "C", "observables.token.weight": "R",
+    "observables.token.bias": "R",
 }  # fmt: skip
 
 
@@ -203,13 +286,17 @@ def _manifest(
     created_at: datetime | None,
 ) -> dict[str, Any]:
     by_key = {c.key: c for c in extraction.concepts}
+    view = extraction.view
+    accuracy = {c.key: c.balanced_accuracy for c in extraction.concepts}
+    if view is not None:  # the read-out the student will use is the one whose accuracy counts
+        accuracy = {c.key: float(view.accuracy[i]) for i, c in enumerate(extraction.concepts)}
     concepts = [
         {
             "key": k,
             "name": by_key[k].name,
             "topic": by_key[k].topic,
             "layer": by_key[k].layer,
-            "teacher_accuracy": round(by_key[k].balanced_accuracy, 4),
+            "teacher_accuracy": round(accuracy[k], 4),
             "method": extraction.method,
             "safety": "unsafe" if k in spec.unsafe else "safe",
         }
@@ -232,8 +319,9 @@ def _manifest(
         },
         "extraction": {
             "method": extraction.method,
-            "mean_balanced_accuracy": round(extraction.mean_balanced_accuracy, 4),
+            "mean_balanced_accuracy": round(sum(accuracy[k] for k in keys) / max(1, len(keys)), 4),
         },
+        **({} if view is None else {"views": _views_manifest(view)}),
         "tensors": {
             name: {"role": _role(name), "dtype": str(a.dtype), "shape": list(a.shape)} for name, a in tensors.items()
         },

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors.torch import load_file, save_file
 
 from m2kt import keys
@@ -31,6 +32,7 @@ from m2kt.ml.train import TrainConfig
 from m2kt.packet import BuiltPacket, OpenedPacket, open_packet
 from teacher_agent.extract import get_extractor
 from teacher_agent.extract.base import ConceptDirection, ExtractionContext, ExtractionResult
+from teacher_agent.extract.views import view_from, view_meta, view_tensors
 from teacher_agent.model import TEACHER_DEFAULT, save_teacher
 from teacher_agent.packetize import PacketSpec, build_teacher_packet
 from teacher_agent.train import DEMO_TRAIN, train_teacher
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 # Sized so that modarith p=23 (12,167 distinct inputs) can deal them all out disjointly.
 SPLITS = {"train": 8000, "eval": 500, "probe": 1500, "heldout": 1000, "pool": 1100}
 RUN_FILE = "teacher_run.json"
+PROBE_FROM_TRAIN = 4000
 
 
 def splits(family: TaskFamily, seed: int, sizes: Mapping[str, int] = SPLITS) -> dict[str, TaskBatch]:
@@ -104,22 +107,37 @@ def load(model_dir: Path) -> tuple[TaskModel, Any, TaskFamily, dict[str, Any]]:
 def extract(model_dir: Path, method: str, *, options: Mapping[str, Any] | None = None) -> ExtractionResult:
     model, tokenizer, family, run = load(model_dir)
     data = splits(family, int(run["seed"]), run["sizes"])
-    ctx = ExtractionContext(model, tokenizer, family.concept_specs, data["probe"], data["heldout"], seed=run["seed"])
+    probe = probe_data(family, data)
+    ctx = ExtractionContext(model, tokenizer, family.concept_specs, probe, data["heldout"], seed=run["seed"])
     return get_extractor(method, **dict(options or {})).extract(ctx)
+
+
+def probe_data(family: TaskFamily, data: Mapping[str, TaskBatch]) -> TaskBatch:
+    """The probe split plus up to PROBE_FROM_TRAIN of the teacher's own training inputs.
+
+    Read-outs fitted on more examples are better read-outs (issue: the teacher is the ceiling);
+    the teacher labels its own inputs with its generator, and the held-out split stays untouched.
+    """
+    extra = data["train"].inputs[:PROBE_FROM_TRAIN]
+    return family.build(np.concatenate([extra, data["probe"].inputs]))
 
 
 def save_extraction(result: ExtractionResult, path: Path) -> Path:
     """``path``.safetensors holds the stacked tensors, ``path``.json the concepts' descriptions."""
     tensors = {k: v.contiguous() for k, v in result.stacked().items()}
     tensors["layer_scores"] = result.layer_scores.contiguous()
+    if result.view is not None:
+        tensors |= view_tensors(result.view)
     save_file(tensors, str(path.with_suffix(".safetensors")))
-    meta = {
+    meta: dict[str, Any] = {
         "method": result.method,
         "concepts": [
             {"key": c.key, "name": c.name, "topic": c.topic, "balanced_accuracy": c.balanced_accuracy}
             for c in result.concepts
         ],
     }
+    if result.view is not None:
+        meta["view"] = view_meta(result.view)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return path.with_suffix(".safetensors")
 
@@ -143,7 +161,8 @@ def load_extraction(path: Path) -> ExtractionResult:
         )
         for k, c in enumerate(meta["concepts"])
     )
-    return ExtractionResult(meta["method"], concepts, t["layer_scores"])
+    view = view_from(t, meta["view"]) if "view" in meta else None
+    return ExtractionResult(meta["method"], concepts, t["layer_scores"], view=view)
 
 
 def build(

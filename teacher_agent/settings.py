@@ -16,4 +16,4 @@ class TeacherSettings(BaseSettings):
     key: Path = Path(".m2kt/teacher/teacher.key")
     workdir: Path = Path(".m2kt/teacher")
     name: str = "teacher"
-    train_seconds: float = Field(default=400.0, gt=0)  # `run`: training budget when no model exists yet
+    train_epochs: int = Field(default=80, ge=1)  # `run`: most epochs when no model exists (stops once converged)

@@ -21,7 +21,7 @@ from teacher_agent.model import TEACHER_DEFAULT
 __all__ = ["DEMO_TASK_PARAMS", "DEMO_TRAIN", "fit", "train_step", "train_teacher"]
 
 DEMO_TASK_PARAMS = CLI_DEFAULT_PARAMS["modarith"]
-DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99, max_seconds=400)
+DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99)
 
 
 def train_teacher(

@@ -23,8 +23,8 @@ from m2kt import keys
 from m2kt.packet import open_packet
 from student_agent.audit import AuditConfig, audit
 from student_agent.baselines import fit_readout, fit_translation
-from student_agent.cal.fit import FitConfig, fit_cal
-from student_agent.evaluate import kd_equal_data, scores
+from student_agent.cal.fit import FitConfig, fit_cal, slot_mask
+from student_agent.evaluate import kd_equal_data, kd_features, scores
 from student_agent.features import Observation, observe
 from student_agent.knowledge import Knowledge
 from teacher_agent.packetize import POISON_KINDS, PacketSpec, build_teacher_packet
@@ -33,6 +33,7 @@ __all__ = ["ABLATIONS", "kd_sizes", "n_match", "run_seed"]
 
 # name -> FitConfig changes (or the extractor that built the packet)
 ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_views": {"views": False},  # the same packet read at its read-out slot only, as before views
     "no_geo": {"alpha": 0.0},
     "no_struct": {"beta": 0.0},
     "no_reason": {"gamma": 0.0},
@@ -87,18 +88,19 @@ def run_seed(setup: Setup, seed: int, anchors: Sequence[int], probes: int, ablat
     packets = _Packets(setup, seed, probes)
     per_m: dict[str, dict[str, list[float]]] = {}
     fit_seconds: list[float] = []
+    held = kd_features(s.held_obs)
     for m in anchors:
         kn = packets.knowledge(m)
-        a_obs = observe(s.student.model, s.student.tokenizer, kn.anchor_texts)
+        a_obs = _observe(s, kn)
         fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
         fit_seconds.append(fitted.seconds)
         kd = kd_equal_data(kn, a_obs)
         per_m[str(m)] = {
-            "m2kt": _acc(fitted.reader(s.held_obs.flat), s.truth),
-            "kd_equal": _acc(kd(s.held_obs.flat), s.truth),
-            "kd_self": _acc(_self_trained(kd, a_obs, kn, s.unlabelled)(s.held_obs.flat), s.truth),
-            "ridge": _acc(_translate(kn, a_obs, "ridge")(s.held_obs.flat), s.truth),
-            "procrustes": _acc(_translate(kn, a_obs, "procrustes")(s.held_obs.flat), s.truth),
+            "m2kt": _acc(fitted.reader(fitted.reader.input_of(s.held_obs)), s.truth),
+            "kd_equal": _acc(kd(held), s.truth),
+            "kd_self": _acc(_self_trained(kd, a_obs, kn, s.unlabelled)(held), s.truth),
+            "ridge": _acc(_translate(kn, a_obs, "ridge", s.held_obs), s.truth),
+            "procrustes": _acc(_translate(kn, a_obs, "procrustes", s.held_obs), s.truth),
         }
     out["per_m"] = per_m
     out["fit_seconds"] = fit_seconds
@@ -113,15 +115,31 @@ def _acc(logits: Tensor, truth: Tensor) -> list[float]:
     return [round(float(v), 5) for v in scores(logits, truth)]
 
 
-def _translate(kn: Knowledge, a_obs: Observation, method: str) -> torch.nn.Module:
-    return fit_translation(a_obs.flat, kn.anchor_states, kn.directions, kn.biases, kn.layers, method=method)
+def _observe(setup: Setup, kn: Knowledge) -> Observation:
+    """The student on a packet's anchors (with the packet's view slots when it has views)."""
+    words = kn.views.words if kn.views is not None else None
+    return observe(setup.student.model, setup.student.tokenizer, kn.anchor_texts, words)
+
+
+def _translate(kn: Knowledge, a_obs: Observation, method: str, held: Observation) -> Tensor:
+    """Concept logits on ``held`` through a linear translation into teacher space fitted on the anchors."""
+    with torch.no_grad():
+        if kn.views is None:
+            tr = fit_translation(a_obs.flat, kn.anchor_states.flatten(1), method=method)
+            h: Tensor = tr(held.flat).view(-1, *kn.anchor_states.shape[1:])
+            return (h[:, kn.layers] * kn.directions).sum(-1) + kn.biases
+        v = kn.views
+        tr = fit_translation(kd_features(a_obs), v.anchor_states.flatten(1), method=method)
+        mask = slot_mask(held.view_flat)
+        h = tr(kd_features(held)).view(-1, *v.anchor_states.shape[1:]) * mask[:, :, None, None]
+        return v.readout.logits(h, mask, v.heads)
 
 
 def _self_trained(kd: torch.nn.Module, a_obs: Observation, kn: Knowledge, unlabelled: Observation) -> torch.nn.Module:
     """KD with the same unlabelled inputs M2KT uses: pseudo-label them with KD@m, refit on both (self-training)."""
     with torch.no_grad():
-        pseudo = kd(unlabelled.flat) > 0
-    x = torch.cat([a_obs.flat, unlabelled.flat])
+        pseudo = kd(kd_features(unlabelled)) > 0
+    x = torch.cat([kd_features(a_obs), kd_features(unlabelled)])
     y = torch.cat([kn.anchor_scores > 0, pseudo])
     return fit_readout(x, y)
 
@@ -129,12 +147,13 @@ def _self_trained(kd: torch.nn.Module, a_obs: Observation, kn: Knowledge, unlabe
 def _kd_curve(setup: Setup, seed: int) -> dict[str, list[float]]:
     """KD: the student's read-out on n teacher-labelled examples from the pool, n doubling."""
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(setup.kd_obs.flat.shape[0], generator=gen)
+    feats, held = kd_features(setup.kd_obs), kd_features(setup.held_obs)
+    perm = torch.randperm(feats.shape[0], generator=gen)
     curve = {}
     for n in kd_sizes(len(perm)):
         idx = perm[:n]
-        readout = fit_readout(setup.kd_obs.flat[idx], setup.kd_labels[idx])
-        curve[str(n)] = _acc(readout(setup.held_obs.flat), setup.truth)
+        readout = fit_readout(feats[idx], setup.kd_labels[idx])
+        curve[str(n)] = _acc(readout(held), setup.truth)
     return curve
 
 
@@ -142,7 +161,7 @@ def _ablations(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, 
     s = setup
     out: dict[str, list[float]] = {}
     base = packets.knowledge(m)
-    a_obs = observe(s.student.model, s.student.tokenizer, base.anchor_texts)
+    a_obs = _observe(s, base)
     for name, change in ABLATIONS.items():
         change = dict(change)
         extractor = change.pop("extractor", "probing")
@@ -150,13 +169,13 @@ def _ablations(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, 
             continue
         kn = packets.knowledge(m, extractor=extractor) if extractor != "probing" else base
         fitted = fit_cal(kn, a_obs, s.unlabelled, replace(FitConfig(seed=seed), **change))
-        out[name] = _acc(fitted.reader(s.held_obs.flat), s.truth)
+        out[name] = _acc(fitted.reader(fitted.reader.input_of(s.held_obs)), s.truth)
     # the safety term: two concepts marked unsafe; how readable do they stay in the mapped space?
     unsafe = tuple(c.key for c in s.extractions["probing"].concepts[:2])
     kn = packets.knowledge(m, spec=PacketSpec(agent="bench", unsafe=frozenset(unsafe)))
     for name, lam in (("unsafe_readable_with_safety", 1.0), ("unsafe_readable_without_safety", 0.0)):
         fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed, lam=lam))
-        out[name] = _acc(fitted.reader(s.held_obs.flat)[:, :2], s.truth[:, :2])
+        out[name] = _acc(fitted.reader(fitted.reader.input_of(s.held_obs))[:, :2], s.truth[:, :2])
     return out
 
 
@@ -172,9 +191,10 @@ def _safety(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, Any
         bad = [] if kind == "none" else rng.choice(keys_, n_bad, replace=False).tolist()
         spec = PacketSpec(agent="bench", poison={k: kind for k in bad}, seed=seed)
         kn = packets.knowledge(m, spec=spec)
-        a_obs = observe(s.student.model, s.student.tokenizer, kn.anchor_texts)
+        a_obs = _observe(s, kn)
         fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
-        probes = observe(s.student.model, s.student.tokenizer, kn.probe_texts)
+        words = kn.views.words if kn.views is not None else None
+        probes = observe(s.student.model, s.student.tokenizer, kn.probe_texts, words)
         decision = audit(fitted.reader, kn, probes, s.eval_obs, s.eval_obs, s.eval_obs, AuditConfig())
         flagged = {f["concept"] for f in decision.findings}
         found["poisoned"] += len(bad)

@@ -23,8 +23,9 @@ from m2kt.ml.models import ModelConfig, TaskModel
 from m2kt.ml.seed import numpy_rng
 from m2kt.ml.tasks import TaskBatch, TaskFamily
 from m2kt.ml.train import TrainConfig
+from m2kt.ml.views import collect_views
 from student_agent.baselines import fit_readout
-from student_agent.evaluate import concept_truth, scores
+from student_agent.evaluate import concept_truth, kd_features, scores
 from student_agent.features import Observation, observe
 from student_agent.model import Student, load_student, train_student
 from teacher_agent import pipeline
@@ -71,7 +72,7 @@ class Profile:
 FULL = Profile(
     "full",
     sizes=dict(pipeline.SPLITS),
-    train=TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99, max_seconds=300),
+    train=TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99),
     anchors=(16, 32, 64, 128, 256, 512),
     probes=256,
     unlabelled=4000,
@@ -82,8 +83,8 @@ QUICK = Profile(
     "quick",
     sizes={"train": 3000, "eval": 200, "probe": 800, "heldout": 400, "pool": 500},
     train=TrainConfig(
-        epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.97, max_seconds=900
-    ),  # epochs, not the clock
+        epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.97
+    ),  # epochs with a convergence check, never the clock
     anchors=(64, 256),
     probes=128,
     unlabelled=3000,
@@ -151,6 +152,29 @@ def _extra_inputs(family: TaskFamily, splits: dict[str, TaskBatch], n: int) -> l
     return list(family.build(rows).texts)
 
 
+def teacher_score(extraction: ExtractionResult) -> Tensor:
+    """``[K]`` held-out balanced accuracy of the read-outs the packets ship (view read-outs when fitted)."""
+    if extraction.view is not None:
+        return extraction.view.accuracy.clone()
+    return torch.tensor([c.balanced_accuracy for c in extraction.concepts])
+
+
+def teacher_labels(teacher: TaskModel, tokenizer: Any, extraction: ExtractionResult, texts: list[str]) -> Tensor:
+    """``[N, K]`` bool: the teacher's shipped read-outs on ``texts`` (what KD learns from), in chunks."""
+    view = extraction.view
+    out = []
+    for start in range(0, len(texts), 4096):
+        chunk = texts[start : start + 4096]
+        if view is not None:
+            v = collect_views(teacher, tokenizer, chunk, view.words)
+            out.append(view.readout.logits(v.states, v.mask, view.heads) > 0)
+        else:
+            stacked = extraction.stacked()
+            states = collect_hidden(teacher, tokenizer, chunk).states
+            out.append(concept_scores(states, stacked["layers"], stacked["directions"], stacked["biases"]) > 0)
+    return torch.cat(out)
+
+
 def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profile, root: Path,
             extractors: tuple[str, ...] = ("probing",)) -> Setup:  # fmt: skip
     """Train (or load the cached) teacher and student, extract concepts, precompute states."""
@@ -173,19 +197,19 @@ def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profi
     teacher, tokenizer, family, run = pipeline.load(teacher_dir)
     student = load_student(student_dir)
     splits = pipeline.splits(family, int(run["seed"]), run["sizes"])
-    keys = [c.key for c in extractions["probing"].concepts]
+    probing = extractions["probing"]
+    keys = [c.key for c in probing.concepts]
+    words = probing.view.words if probing.view is not None else None
     held = splits["heldout"]
     truth = concept_truth(family, held, keys)
     kd_texts = [t for name, b in splits.items() if name != "heldout" for t in b.texts]
     kd_texts += _extra_inputs(family, splits, profile.kd_max - len(kd_texts))
-    kd_obs = observe(student.model, student.tokenizer, kd_texts)
-    stacked = extractions["probing"].stacked()
-    t_states = collect_hidden(teacher, tokenizer, kd_texts).states
-    kd_labels = concept_scores(t_states, stacked["layers"], stacked["directions"], stacked["biases"]) > 0
-    held_obs = observe(student.model, student.tokenizer, held.texts)
+    kd_obs = observe(student.model, student.tokenizer, kd_texts, words)
+    kd_labels = teacher_labels(teacher, tokenizer, probing, kd_texts)
+    held_obs = observe(student.model, student.tokenizer, held.texts, words)
     train = splits["train"]
     oracle = fit_readout(
-        observe(student.model, student.tokenizer, train.texts).flat, concept_truth(family, train, keys)
+        kd_features(observe(student.model, student.tokenizer, train.texts, words)), concept_truth(family, train, keys)
     )
     return Setup(
         family_name=family_name,
@@ -200,12 +224,12 @@ def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profi
         held=held,
         truth=truth,
         held_obs=held_obs,
-        eval_obs=observe(student.model, student.tokenizer, splits["eval"].texts),
-        unlabelled=observe(student.model, student.tokenizer, train.texts[: profile.unlabelled]),
+        eval_obs=observe(student.model, student.tokenizer, splits["eval"].texts, words),
+        unlabelled=observe(student.model, student.tokenizer, train.texts[: profile.unlabelled], words),
         kd_obs=kd_obs,
         kd_labels=kd_labels,
-        teacher_score=torch.tensor([c.balanced_accuracy for c in extractions["probing"].concepts]),
-        oracle_score=scores(oracle(held_obs.flat), truth),
+        teacher_score=teacher_score(probing),
+        oracle_score=scores(oracle(kd_features(held_obs)), truth),
         seconds={
             "teacher_train": float(run.get("seconds", 0.0)),
             "student_train": float(student.run.get("seconds", 0.0)),

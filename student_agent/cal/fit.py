@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.ml.seed import torch_generator
 from student_agent.cal.config import DIRECTIONS, CALConfig
-from student_agent.cal.layers import FORMS, build_cal
+from student_agent.cal.layers import FORMS, SlotCAL, build_cal
 from student_agent.cal.losses import composite, geometric_loss, reasoning_loss, relational_loss, safety_loss
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge
@@ -67,11 +68,13 @@ class FitConfig:
     hidden: int = 256
     rank: int = 32
     dropout: float = 0.3  # measured: 0.624 -> 0.651 mean balanced accuracy at m=256 (overfitting)
-    steps: int = 400
+    steps: int = 500
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    unlabelled_batch: int = 1024
+    unlabelled_batch: int = 256  # per step; on views x every word slot (1024 cost 4x for no measured gain)
     seed: int = 0
+    views: bool = True  # fit on the packet's views when it has them (every word slot, observable heads)
+    anchor_batch: int = 128  # anchors per step on views (all of them when m is smaller)
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "gamma", "lam"):
@@ -105,14 +108,63 @@ class _Standardize(nn.Module):
         out: Tensor = (x - self.mean) / self.std
         return out
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, slots: Tensor | None = None, columns: Tensor | None = None) -> Tensor:
         return z * self.std + self.mean
+
+
+class _SlotStandardize(nn.Module):
+    """Per-slot standardization of ``[N, S, D]`` (statistics over the rows where a slot is present)."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, x: Tensor, mask: Tensor) -> None:
+        super().__init__()
+        w = mask.float().unsqueeze(-1)  # [N, S, 1]
+        n = w.sum(0).clamp_min(1)  # [S, 1]
+        mean = (x * w).sum(0) / n
+        var = ((x - mean) ** 2 * w).sum(0) / n
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", var.sqrt().clamp_min(1e-3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = (x - self.mean) / self.std
+        return out
+
+    def inverse(self, z: Tensor, slots: Tensor | None = None, columns: Tensor | None = None) -> Tensor:
+        mean = self.mean if slots is None else self.mean[slots]
+        std = self.std if slots is None else self.std[slots]
+        if columns is not None:
+            mean, std = mean[..., columns], std[..., columns]
+        return z * std + mean
+
+
+def view_shape(kn: Knowledge) -> dict[str, Any] | None:
+    """What a reader needs to rebuild a packet's view read-outs from a checkpoint (JSON)."""
+    v = kn.views
+    if v is None:
+        return None
+    h = v.heads
+    assert h.token is not None
+    return {
+        "words": v.words,
+        "token_classes": len(h.token_classes),
+        "token_layer": h.token.layer,
+        "step_classes": [int(x.weight.shape[0]) for x in h.steps],
+        "step_layers": [x.layer for x in h.steps],
+        "answer_classes": int(h.answer.weight.shape[0]),
+        "answer_layer": h.answer.layer,
+        "feature_dim": int(v.readout.weight.shape[1]),
+    }
 
 
 class ConceptReader(nn.Module):
     """Frozen-student states in, K concept logits out: the fitted, servable result of a packet.
 
     ``student_to_teacher``: logits = teacher read-outs on ψ(standardized student states).
+    With a packet's views (``views`` shape given), ψ maps every slot of the student's view into
+    the teacher's view and the teacher's view read-outs apply (input ``[N, S, L_S*d_S]``);
+    otherwise the read-out slot only (input ``[N, L_S*d_S]``).
     ``teacher_to_student``: logits = a linear read-out on standardized student states, derived
     from the CAL during fitting. Everything lives in the state dict (safetensors-able).
     """
@@ -121,34 +173,104 @@ class ConceptReader(nn.Module):
     biases: Tensor
     layers: Tensor
 
-    def __init__(self, cal_config: CALConfig, d_student: int, n_layers_t: int, d_t: int, k: int) -> None:
+    def __init__(
+        self,
+        cal_config: CALConfig,
+        d_student: int,
+        n_layers_t: int,
+        d_t: int,
+        k: int,
+        views: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.cal_config = cal_config
         self.shape_t = (n_layers_t, d_t)
-        self.student_norm = _Standardize(torch.zeros(2, d_student))
-        self.teacher_norm = _Standardize(torch.zeros(2, n_layers_t * d_t))
-        self.cal = build_cal(cal_config)
-        self.register_buffer("directions", torch.zeros(k, d_t))
+        self.views = views
+        self.readout = nn.Linear(d_student, k)  # used by teacher_to_student only
+        if views is None:
+            self.student_norm: _Standardize | _SlotStandardize = _Standardize(torch.zeros(2, d_student))
+            self.teacher_norm: _Standardize | _SlotStandardize = _Standardize(torch.zeros(2, n_layers_t * d_t))
+            self.cal: nn.Module = build_cal(cal_config)
+            self.register_buffer("directions", torch.zeros(k, d_t))
+            self.register_buffer("biases", torch.zeros(k))
+            self.register_buffer("layers", torch.zeros(k, dtype=torch.long))
+            return
+        slots = 1 + int(views["words"])
+        ones = torch.ones(2, slots, dtype=torch.bool)
+        self.student_norm = _SlotStandardize(torch.zeros(2, slots, d_student), ones)
+        self.teacher_norm = _SlotStandardize(torch.zeros(2, slots, n_layers_t * d_t), ones)
+        self.cal = SlotCAL(build_cal(cal_config), slots, d_student)
+        self.register_buffer("directions", torch.zeros(k, int(views["feature_dim"])))
         self.register_buffer("biases", torch.zeros(k))
         self.register_buffer("layers", torch.zeros(k, dtype=torch.long))
-        self.readout = nn.Linear(d_student, k)  # used by teacher_to_student only
+        self.register_buffer("token_weight", torch.zeros(int(views["token_classes"]), d_t))
+        self.register_buffer("token_bias", torch.zeros(int(views["token_classes"])))
+        for j, c in enumerate(views["step_classes"]):
+            self.register_buffer(f"step{j}_weight", torch.zeros(int(c), d_t))
+            self.register_buffer(f"step{j}_bias", torch.zeros(int(c)))
+        self.register_buffer("answer_weight", torch.zeros(int(views["answer_classes"]), d_t))
+        self.register_buffer("answer_bias", torch.zeros(int(views["answer_classes"])))
 
     @property
     def to_teacher(self) -> bool:
         return self.cal_config.direction == "student_to_teacher"
 
-    def mapped(self, flat: Tensor) -> Tensor:
-        """Student ``[N, L_S*d_S]`` -> teacher-space states ``[N, L_T, d_T]`` (student_to_teacher)."""
-        z = self.cal(self.student_norm(flat))
-        return self.teacher_norm.inverse(z).view(-1, *self.shape_t)
+    def input_of(self, obs: Observation) -> Tensor:
+        """The tensor this reader reads from an observation: the view, or the read-out states."""
+        return obs.view_flat if self.views is not None else obs.flat
 
-    def forward(self, flat: Tensor) -> Tensor:
+    def example_input(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Random input of the right shape (a reload check compares two readers on it)."""
+        shape = tuple(self.student_norm.mean.shape)
+        return torch.randn(n, *shape, generator=generator)
+
+    def heads(self) -> ObservableHeads:
+        """The teacher's observable heads this reader carries (views only)."""
+        if self.views is None:
+            raise ValueError("this reader has no views")
+        v = self.views
+        steps = tuple(Head(self._buffer(f"step{j}_weight"), self._buffer(f"step{j}_bias"), int(layer))
+                      for j, layer in enumerate(v["step_layers"]))  # fmt: skip
+        return ObservableHeads(
+            Head(self._buffer("token_weight"), self._buffer("token_bias"), int(v["token_layer"])),
+            tuple(str(i) for i in range(int(v["token_classes"]))),
+            steps,
+            Head(self._buffer("answer_weight"), self._buffer("answer_bias"), int(v["answer_layer"])),
+        )
+
+    def _buffer(self, name: str) -> Tensor:
+        value = getattr(self, name)
+        assert isinstance(value, Tensor)
+        return value
+
+    def mapped(self, x: Tensor) -> Tensor:
+        """Student states -> teacher-space states: ``[N, L_T, d_T]``, or ``[N, S, L_T, d_T]`` for views."""
+        if self.views is None:
+            z = self.cal(self.student_norm(x))
+            return self.teacher_norm.inverse(z).view(-1, *self.shape_t)
+        mask = slot_mask(x)
+        z = self.cal(self.student_norm(x))  # [N, S, L_T*d_T]
+        h = self.teacher_norm.inverse(z).view(x.shape[0], x.shape[1], *self.shape_t)
+        return h * mask[:, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
         if not self.to_teacher:
-            logits: Tensor = self.readout(self.student_norm(flat))
+            logits: Tensor = self.readout(self.student_norm(x))
             return logits
-        h = self.mapped(flat)  # [N, L_T, d_T]
+        h = self.mapped(x)
+        if self.views is not None:
+            return self.forward_mapped(h, slot_mask(x))
         picked = h[:, self.layers]  # [N, K, d_T]
         return (picked * self.directions).sum(-1) + self.biases
+
+    def forward_mapped(self, h: Tensor, mask: Tensor) -> Tensor:
+        """Concept logits ``[N, K]`` from teacher-space views ``h [N, S, L_T, d_T]`` (views only)."""
+        return ViewReadout(self.directions, self.biases, self.layers).logits(h, mask, self.heads())
+
+
+def slot_mask(x: Tensor) -> Tensor:
+    """``[N, S]``: the slots a view has (an empty slot is all zeros; a real state never is)."""
+    return x.ne(0).any(-1)
 
 
 @dataclass
@@ -165,7 +287,7 @@ def _heads_loss(h: Tensor, kn: Knowledge, steps: Tensor, answer: Tensor) -> Tens
     return torch.stack(terms).mean()
 
 
-def _prototype_loss(h: Tensor, kn: Knowledge, labels: Tensor, norm: _Standardize) -> Tensor:
+def _prototype_loss(h: Tensor, kn: Knowledge, labels: Tensor, norm: _Standardize | _SlotStandardize) -> Tensor:
     """Class means of mapped anchors vs the shipped prototypes, in standardized units."""
     std = norm.std.view(*kn.anchor_states.shape[1:])  # [L_T, d_T]
     picked = h[:, kn.layers] / std[kn.layers]  # [m, K, d]
@@ -203,18 +325,26 @@ def fit_cal(
     if anchors.flat.shape[0] != m:
         raise ValueError(f"{anchors.flat.shape[0]} student anchor states for {m} anchors")
     to_teacher = config.direction == "student_to_teacher"
+    views = view_shape(kn) if to_teacher and config.views else None
     in_dim, out_dim = (d_s, n_layers_t * d_t) if to_teacher else (n_layers_t * d_t, d_s)
+    if views is not None:
+        in_dim = 2 * d_s  # a slot's state beside the read-out slot's
     cal_cfg = CALConfig(form=config.form, direction=config.direction,  # type: ignore[arg-type]
                         in_dim=in_dim, out_dim=out_dim, hidden=config.hidden, rank=config.rank,
                         dropout=config.dropout)  # fmt: skip
-    reader = ConceptReader(cal_cfg, d_s, n_layers_t, d_t, len(kn.concepts))
+    reader = ConceptReader(cal_cfg, d_s, n_layers_t, d_t, len(kn.concepts), views)
+    unsafe = kn.unsafe if extra_unsafe is None else kn.unsafe | extra_unsafe
+    if views is not None:
+        losses = _fit_views(reader, kn, anchors, unlabelled, unsafe, config)
+        reader.eval()
+        reader.requires_grad_(False)
+        return FitResult(reader, time.perf_counter() - start, losses)
     reader.student_norm = _Standardize(torch.cat([unlabelled.flat, anchors.flat]))
     t_flat = kn.anchor_states.flatten(1)  # [m, L_T*d_T]
     reader.teacher_norm = _Standardize(t_flat)
     reader.directions.copy_(kn.directions)
     reader.biases.copy_(kn.biases)
     reader.layers.copy_(kn.layers)
-    unsafe = kn.unsafe if extra_unsafe is None else kn.unsafe | extra_unsafe
     labels = (kn.anchor_scores > 0).long()  # [m, K]
     if to_teacher:
         losses = _fit_to_teacher(reader, kn, anchors, unlabelled, labels, unsafe, config)
@@ -283,6 +413,122 @@ def _fit_to_teacher(
             terms["safety"] = torch.stack(per).mean()
         else:
             terms["safety"] = z_a.new_zeros(())
+        return terms
+
+    return _optimise([p for p in reader.cal.parameters()], config, loss_fn)
+
+
+def token_targets(rows: tuple[tuple[str, ...], ...], classes: tuple[str, ...]) -> Tensor:
+    """``[N, S]`` class index of each slot's token in the teacher's token classes; -100 where none."""
+    index = {c: i for i, c in enumerate(classes)}
+    return torch.tensor([[index.get(t, -100) if t else -100 for t in row] for row in rows], dtype=torch.long)
+
+
+def _layer_columns(layers: list[int], d_t: int) -> Tensor:
+    return torch.cat([torch.arange(layer * d_t, (layer + 1) * d_t) for layer in layers])
+
+
+def _fit_views(
+    reader: ConceptReader,
+    kn: Knowledge,
+    anchors: Observation,
+    unlabelled: Observation,
+    unsafe: Tensor,
+    config: FitConfig,
+) -> dict[str, float]:
+    """ψ on every slot of the view; the reason term is observable consistency (docs/student.md).
+
+    On the anchors ψ(student view) must match the teacher's view (geo), relations between anchors
+    (struct), and the teacher's own step/answer outputs and tokens (reason). On the unlabelled
+    inputs, where the student has no teacher output at all, the teacher's heads applied to ψ must
+    give what the student knows itself: the token at every word slot and its own step and answer
+    predictions. Only the output columns those heads read are computed for unlabelled rows.
+    """
+    v = kn.views
+    if v is None or anchors.views is None or unlabelled.views is None:
+        raise ValueError("fitting on views needs a packet with views and observations made with words=")
+    xa_raw, xu_raw = anchors.view_flat, unlabelled.view_flat  # [m, S, D_S], [N, S, D_S]
+    if xa_raw.shape[1] != v.slots or xu_raw.shape[1] != v.slots:
+        raise ValueError(f"the student's views have {xa_raw.shape[1]} slots, the packet's {v.slots}")
+    m_a, m_u = slot_mask(xa_raw), slot_mask(xu_raw)
+    reader.student_norm = _SlotStandardize(torch.cat([xu_raw, xa_raw]), torch.cat([m_u, m_a]))
+    t_flat = v.anchor_states.flatten(2)  # [m, S, L_T*d_T]
+    reader.teacher_norm = _SlotStandardize(t_flat, v.anchor_mask)
+    heads_t = v.heads
+    assert heads_t.token is not None
+    reader.directions.copy_(v.readout.weight)
+    reader.biases.copy_(v.readout.bias)
+    reader.layers.copy_(v.readout.layers)
+    copies = {"token_weight": heads_t.token.weight, "token_bias": heads_t.token.bias,
+              "answer_weight": heads_t.answer.weight, "answer_bias": heads_t.answer.bias}  # fmt: skip
+    for j, h in enumerate(heads_t.steps):
+        copies |= {f"step{j}_weight": h.weight, f"step{j}_bias": h.bias}
+    for name, value in copies.items():
+        reader._buffer(name).copy_(value)
+    heads = reader.heads()
+    n_layers_t, d_t = reader.shape_t
+    slots = v.slots
+    xa, xu = reader.student_norm(xa_raw), reader.student_norm(xu_raw)
+    ta = reader.teacher_norm(t_flat)
+    both = m_a & v.anchor_mask
+    tok_a = token_targets(anchors.views.tokens, heads_t.token_classes)  # [m, S]
+    tok_u = token_targets(unlabelled.views.tokens, heads_t.token_classes)  # [N, S]
+    tok_layer = heads.token.layer if heads.token is not None else 0
+    tok_cols = _layer_columns([tok_layer], d_t)
+    read_layers = sorted({h.layer for h in (*heads.steps, heads.answer)})
+    read_cols = _layer_columns(read_layers, d_t)
+    word_slots, read_slot = torch.arange(1, slots), torch.zeros(1, dtype=torch.long)
+    gen = torch_generator(config.seed, "cal.unlabelled")
+    ref = v.readout.logits(v.anchor_states, v.anchor_mask, heads_t)  # [m, K] the teacher's own scores
+    scale = ref.std(0).clamp_min(1e-3)
+    m = xa.shape[0]
+    reader.train()
+
+    def read_ce(hr: Tensor, steps: Tensor, answer: Tensor, layer_of: dict[int, int]) -> Tensor:
+        """CE of the step and answer heads on read-out-slot states ``hr [B, n_layers_used, d]``."""
+        terms = [F.cross_entropy(hr[:, layer_of[h.layer]] @ h.weight.T + h.bias, steps[:, j])
+                 for j, h in enumerate(heads.steps)]  # fmt: skip
+        terms.append(F.cross_entropy(hr[:, layer_of[heads.answer.layer]] @ heads.answer.weight.T + heads.answer.bias,
+                                     answer))  # fmt: skip
+        return torch.stack(terms).mean()
+
+    def token_ce(hw: Tensor, targets: Tensor) -> Tensor:
+        """CE of the token head on word-slot states ``hw [B, S-1, d]`` against ``targets [B, S-1]``."""
+        assert heads.token is not None
+        logits = hw @ heads.token.weight.T + heads.token.bias  # [B, S-1, V]
+        if not bool((targets >= 0).any()):
+            return hw.new_zeros(())
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    all_layers = {layer: i for i, layer in enumerate(range(n_layers_t))}
+    used = {layer: i for i, layer in enumerate(read_layers)}
+
+    def loss_fn(step: int) -> dict[str, Tensor]:
+        a = torch.randperm(m, generator=gen)[: config.anchor_batch] if m > config.anchor_batch else torch.arange(m)
+        za = reader.cal(xa[a])  # [b, S, L_T*d_T]
+        ha = reader.teacher_norm.inverse(za).view(len(a), slots, n_layers_t, d_t) * m_a[a, :, None, None]
+        terms: dict[str, Tensor] = {
+            "geo": (za - ta[a]).pow(2).mean(-1)[both[a]].mean(),
+            "struct": relational_loss(za[:, 0], ta[a, 0]),
+        }
+        if config.gamma:
+            idx = torch.randint(0, xu.shape[0], (min(config.unlabelled_batch, xu.shape[0]),), generator=gen)
+            zw = reader.cal(xu[idx], columns=tok_cols, slots=word_slots)  # [B, S-1, d_T]
+            hw = reader.teacher_norm.inverse(zw, slots=word_slots, columns=tok_cols)
+            zr = reader.cal(xu[idx], columns=read_cols, slots=read_slot)  # [B, 1, n_used*d_T]
+            hr = reader.teacher_norm.inverse(zr, slots=read_slot, columns=read_cols).view(-1, len(read_layers), d_t)
+            anchor_part = read_ce(ha[:, 0], kn.anchor_steps[a], kn.anchor_answer[a], all_layers) + token_ce(
+                ha[:, 1:, tok_layer], tok_a[a, 1:]
+            )
+            own_part = read_ce(hr, unlabelled.steps[idx], unlabelled.answer[idx], used) + token_ce(hw, tok_u[idx, 1:])
+            terms["reason"] = 0.5 * (anchor_part + own_part)
+        else:
+            terms["reason"] = za.new_zeros(())
+        if config.lam and bool(unsafe.any()):
+            logits = reader.forward_mapped(ha, m_a)[:, unsafe] / scale[unsafe]  # [m, U]
+            terms["safety"] = (logits - logits.mean(0)).pow(2).mean()
+        else:
+            terms["safety"] = za.new_zeros(())
         return terms
 
     return _optimise([p for p in reader.cal.parameters()], config, loss_fn)

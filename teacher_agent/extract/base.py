@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -27,6 +27,9 @@ from transformers import PreTrainedTokenizerFast
 from m2kt.ml.hidden import collect_hidden
 from m2kt.ml.models import TaskModel
 from m2kt.ml.tasks.base import ConceptSpec, TaskBatch
+
+if TYPE_CHECKING:
+    from teacher_agent.extract.views import ViewExtraction
 
 __all__ = [
     "ConceptDirection",
@@ -78,12 +81,15 @@ class ExtractionResult:
         concepts: One entry per concept, in the family's concept order.
         layer_scores: ``[L, K]`` selection-split balanced accuracy of each layer for each concept.
         extras: Method-specific diagnostics (e.g. the clusters and their dominant properties).
+        view: Read-outs on the teacher's whole view (every word slot and its heads), when the
+            extractor fitted them (probing does by default); packets then ship these.
     """
 
     method: str
     concepts: tuple[ConceptDirection, ...]
     layer_scores: torch.Tensor
     extras: dict[str, Any] = field(default_factory=dict)
+    view: ViewExtraction | None = None
 
     @property
     def mean_balanced_accuracy(self) -> float:

@@ -11,6 +11,7 @@ refitted on the whole probe split and mapped back to raw state space so that
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -99,10 +100,12 @@ class ProbingExtractor:
     Args:
         l2: Probe weight decay (on standardised states).
         select_frac: Share of the probe split used to choose layers.
+        views: Also fit read-outs on the whole view (every word slot, the heads' outputs).
     """
 
     l2: float = 1e-3
     select_frac: float = 0.25
+    views: bool = True
     name: str = "probing"
 
     def extract(self, ctx: ExtractionContext) -> ExtractionResult:
@@ -124,7 +127,12 @@ class ProbingExtractor:
         protos = torch.stack(
             [class_prototypes(states[:, int(best[k])], labels[:, k : k + 1])[0] for k in range(labels.shape[1])]
         )  # [K, 2, d]
-        return ctx.finish(self.name, best, directions, biases, protos, scores)
+        result = ctx.finish(self.name, best, directions, biases, protos, scores)
+        if not self.views:
+            return result
+        from teacher_agent.extract.views import extract_views
+
+        return dataclasses.replace(result, view=extract_views(ctx, select_frac=self.select_frac))
 
 
 register_extractor("probing", ProbingExtractor)

@@ -85,10 +85,10 @@ def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
         proc.wait(timeout=20)
 
 
-AGENT_ENV = {  # small budgets: the services' commands, not the models' quality, are under test here
+AGENT_ENV = {  # few epochs: the services' commands, not the models' quality, are under test here
     "M2KT_ADMIN_TOKEN": "a-long-admin-token-for-tests",
-    "M2KT_TEACHER_TRAIN_SECONDS": "15",
-    "M2KT_STUDENT_TRAIN_SECONDS": "15",
+    "M2KT_TEACHER_TRAIN_EPOCHS": "2",
+    "M2KT_STUDENT_TRAIN_EPOCHS": "2",
     "M2KT_STUDENT_TOPICS": "modarith.carry",
     "M2KT_ANCHORS": "64",
 }

@@ -34,9 +34,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("pair")
     teacher_cfg = ModelConfig(arch="bert", hidden_size=64, num_layers=3, num_heads=4)
-    train_cfg = TrainConfig(
-        epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.97, max_seconds=900
-    )  # epochs bound it, not the clock
+    train_cfg = TrainConfig(epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.97)  # epochs bound it, not the clock
     pipeline.train(TASK, PARAMS, root / "teacher", model_config=teacher_cfg, sizes=SIZES, train_config=train_cfg)
     pipeline.save_extraction(pipeline.extract(root / "teacher", "probing"), root / "extraction-probing")
     key = keys.generate()

@@ -50,9 +50,7 @@ def teacher_dir(tmp_path_factory):
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("teacher")
     cfg = ModelConfig(arch="bert", hidden_size=48, num_layers=2, num_heads=2)
-    train_cfg = TrainConfig(
-        epochs=30, batch_size=64, lr=3e-3, max_seconds=900, seed=0
-    )  # epochs bound it, not the clock
+    train_cfg = TrainConfig(epochs=30, batch_size=64, lr=3e-3, seed=0)  # epochs bound it, not the clock
     pipeline.train("modarith", {"p": 17}, root / "model", model_config=cfg, train_config=train_cfg, sizes=SMALL_SIZES)
     pipeline.save_extraction(pipeline.extract(root / "model", "probing"), root / "extraction-probing")
     return root

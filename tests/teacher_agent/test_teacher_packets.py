@@ -12,6 +12,7 @@ from safetensors.numpy import load as st_load
 from typer.testing import CliRunner
 
 from m2kt import keys
+from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.packet import open_packet
 from teacher_agent import pipeline
 from teacher_agent.cli import app
@@ -56,13 +57,24 @@ def test_packet_contents_and_independent_signature_check(teacher_dir, key_path):
     assert all(0.0 <= c["teacher_accuracy"] <= 1.0 and c["method"] == "probing" for c in manifest["concepts"])
     opened = open_packet(packet.envelope, packet.payload, {keys.keyid(pub): pub})
     assert opened.id == packet.id
-    # float16 states lose little: concept scores from shipped states vs the shipped float16 scores.
-    states = torch.from_numpy(tensors["anchors.states"].astype(np.float32))
-    layers = torch.from_numpy(tensors["concepts.layer"])
-    scores = (states[:, layers] * torch.from_numpy(tensors["concepts.direction"])).sum(-1)
-    scores += torch.from_numpy(tensors["concepts.bias"])
-    shipped = torch.from_numpy(tensors["anchors.concept_scores"].astype(np.float32))
+    # float16 states lose little: the shipped view read-outs recomputed from the shipped float16 view
+    # states (with the shipped heads, nothing of the teacher's code) give the shipped concept scores.
+    t = {name: torch.from_numpy(a.astype(np.float32) if a.dtype != np.int64 else a) for name, a in tensors.items()}
+    views, reasoning = manifest["views"], manifest["reasoning"]
+    heads = ObservableHeads(
+        Head(t["observables.token.weight"], t["observables.token.bias"], views["token"]["layer"]),
+        tuple(views["token"]["classes"]),
+        tuple(
+            Head(t[f"reasoning.step{j}.weight"], t[f"reasoning.step{j}.bias"], s["layer"])
+            for j, s in enumerate(reasoning["steps"])
+        ),  # fmt: skip
+        Head(t["reasoning.answer.weight"], t["reasoning.answer.bias"], reasoning["answer"]["layer"]),
+    )
+    readout = ViewReadout(t["views.readout.weight"], t["views.readout.bias"], t["views.readout.layer"].long())
+    scores = readout.logits(t["views.anchor_states"], t["views.anchor_mask"].bool(), heads)
+    shipped = t["anchors.concept_scores"]
     assert torch.allclose(scores, shipped, atol=0.05 + 0.01 * shipped.abs().max().item())
+    assert tensors["views.anchor_states"].shape[:2] == (m, views["slots"])
 
 
 def test_packet_size_scales_to_a_few_mb(teacher_dir, key_path):
