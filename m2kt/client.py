@@ -4,7 +4,7 @@ Problem bodies come back as the same exception classes the broker raised
 (`m2kt.errors`), so a caller catches `UnknownKey`, not a status code. Every
 request has a timeout; only idempotent requests are retried, with bounded
 backoff. Publishing counts as idempotent: the same packet again is the same
-packet (PROTOCOL §1), so a retry after a lost acknowledgement is safe.
+packet (docs/protocol.md §1), so a retry after a lost acknowledgement is safe.
 """
 
 import json
@@ -46,7 +46,7 @@ class SSEvent:
 
 
 class BrokerClient:
-    """A typed client for PROTOCOL.md's `/v1` API.
+    """A typed client for docs/protocol.md's `/v1` API.
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8080``.
