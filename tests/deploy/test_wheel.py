@@ -148,6 +148,11 @@ def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
     key = Ed25519PrivateKey.generate()
     pub = keys.save_keypair(key, tmp_path / "teacher.key")
 
+    early = _cli(installed, d, "agents", "create", "--name", "t1", "--role", "teacher", "--public-key", str(pub))
+    assert early.returncode == 1 and early.stdout == "", early.stdout
+    assert len(early.stderr.strip().splitlines()) == 1 and "m2kt-broker migrate" in early.stderr, early.stderr
+    assert list(d.workdir.iterdir()) == []  # the refusal created nothing in the empty directory
+
     migrated = _cli(installed, d, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "Traceback" not in migrated.stderr
