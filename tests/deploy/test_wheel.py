@@ -193,7 +193,10 @@ def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]  # uvicorn re-raises the signal
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "color_message" not in text and "\\u001b" not in text  # log lines are for machines, not terminals
+    assert all(line.startswith("{") for line in text.splitlines()), text[:2000]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
