@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from m2kt.constants import PROBLEM_BASE
-from m2kt.errors import TransportError
+from m2kt.errors import Forbidden, InvalidRequest, NotFound, TransportError, Unauthorized
 from m2kt.problem import error_from_problem
 
 __all__ = ["BrokerClient", "PublishResult", "SSEvent", "broker_root"]
@@ -144,6 +144,32 @@ class BrokerClient:
             return self._http.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
+
+    def require_role(self, role: str) -> None:
+        """Return if the token is a ``role`` agent's; else raise, changing nothing on the broker.
+
+        An agent should know this before it downloads or trains anything. The API has no "who am
+        I" route, so this asks what only that role may ask, about a packet that cannot exist (no
+        statement hashes to 64 zeros): the role itself gets 404 (or 422), any other role 403,
+        an unknown token 401. Only ``"student"`` is supported.
+
+        Raises:
+            Unauthorized: the broker does not know the token.
+            Forbidden: the token is another role's.
+            TransportError: the broker cannot be reached (after the usual retries).
+        """
+        if role != "student":
+            raise ValueError(f"require_role supports 'student', not {role!r}")
+        try:
+            path = f"/v1/packets/{'0' * 64}/reports"
+            self._request("POST", path, idempotent=True, json={"verdict": "accepted"})
+        except (NotFound, InvalidRequest):
+            return
+        except Unauthorized as exc:
+            raise Unauthorized(f"the broker at {self.base_url} refuses this token: {exc.detail}") from None
+        except Forbidden as exc:
+            raise Forbidden(f"this token is not a {role}'s (the broker at {self.base_url}: {exc.detail})") from None
+        raise AssertionError("a report on a packet that cannot exist was accepted")
 
     # -- agents -----------------------------------------------------------------------------
     def create_agent(self, name: str, role: str, public_key: str | None = None) -> dict[str, Any]:
