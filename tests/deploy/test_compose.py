@@ -82,6 +82,16 @@ def test_agents_volumes_are_theirs_and_the_student_waits_for_the_teacher():
         assert "chown -R m2kt:m2kt /data" in setup
 
 
+def test_images_install_the_built_wheel_not_the_source_tree():
+    stages = dockerfile_stages()
+    assert any("pip wheel" in run and "--wheel-dir /dist" in run for run in stages["wheel"].runs)
+    for name in ("broker", "agents"):
+        (install,) = [run for run in stages[name].runs if "pip install" in run]
+        assert "/dist/m2kt-" in install and not re.search(r"pip install[^&]* \.(\s|$|\[)", install), install
+    copied = {src for *sources, _ in stages["base"].copies for src in sources}
+    assert copied == {"constraints.txt"}  # the runtime stages see no source files
+
+
 def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
     config = compose_config()
     service = config["services"]["broker"]
