@@ -4,7 +4,8 @@ A user who clones the repository has only the repository. So every relative Mark
 land on a file inside it, no link may be an absolute filesystem path (or a file: URL), every
 `*.md` file that a document or docstring names must exist here, and no tracked text file may
 point into the directories this project was developed beside (a sibling `shared/` folder, the
-build machines' `/work/`) or cite the design documents kept there ("PROTOCOL §2").
+build machines' `/work/`) or cite the design documents kept there ("PROTOCOL §2", "METHOD.md's
+bar"): the repository's own are docs/protocol.md and docs/method.md.
 """
 
 import re
@@ -27,7 +28,8 @@ SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 MD_NAME = re.compile(r"(?<![\w/.:~-])((?:\.{1,2}/)*[\w.-]*(?:/[\w.-]+)*\.md)\b")
 OUTSIDE = re.compile(
     r"\.\./(?:\.\./)*shared\b|\bshared/design\b|(?<![\w.])/work/"
-    r"|\b(?:PROTOCOL|METHOD|STYLE)(?:\.md)?\s*§"  # sections of the design documents the project began from
+    # the design documents the project began from, by name: here they are docs/protocol.md and docs/method.md
+    r"|\b(?:PROTOCOL|METHOD|STYLE)\b"
 )
 
 
@@ -139,4 +141,6 @@ def test_the_name_and_path_checks_catch_what_they_should():
     assert md_name_problems(doc, "see protocol.md, docs/method.md and https://x.org/a/PROTOCOL.md", names) == []
     assert OUTSIDE.search("[m](../shared/design/METHOD.md)") and OUTSIDE.search("cat /work/shared/x")
     assert OUTSIDE.search("the checks of PROTOCOL §2") and not OUTSIDE.search("docs/protocol.md §2")
+    assert OUTSIDE.search("After PROTOCOL's checks") and OUTSIDE.search("METHOD.md's bar")
+    assert not OUTSIDE.search("METHODS = ('m2kt',)") and not OUTSIDE.search("PROTOCOL_VERSION = 1")
     assert not OUTSIDE.search("tmp_path / 'shared-data'")
