@@ -108,6 +108,7 @@ class Deployment:
     workdir: Path
     command: list[str]
     database: str
+    healthcheck: list[str]
 
 
 @pytest.fixture(params=["image-sqlite", "compose-postgresql"])
@@ -122,7 +123,7 @@ def deployment(request: pytest.FixtureRequest, installed: Installed, tmp_path: P
     env = _env(installed, home, {k: in_image(v, image) for k, v in stage.env.items()})
     if request.param == "image-sqlite":  # docker run -e M2KT_ADMIN_TOKEN=... m2kt-broker
         env["M2KT_ADMIN_TOKEN"] = ADMIN
-        yield Deployment(env, workdir, list(stage.cmd), f"sqlite:///{workdir / 'broker.db'}")
+        yield Deployment(env, workdir, list(stage.cmd), f"sqlite:///{workdir / 'broker.db'}", list(stage.healthcheck))
         return
     service = compose_config()["services"]["broker"]
     env |= {k: in_image(str(v), image) for k, v in service["environment"].items()}
@@ -132,7 +133,9 @@ def deployment(request: pytest.FixtureRequest, installed: Installed, tmp_path: P
         conn.execute(f'CREATE DATABASE "{name}"')  # empty: the deployment migrates it
     env["M2KT_DATABASE_URL"] = pg_url(name)  # the local server stands in for the `postgres` service
     try:
-        yield Deployment(env, workdir, list(service["command"]), env["M2KT_DATABASE_URL"])
+        assert service["healthcheck"]["test"][0] == "CMD"
+        yield Deployment(env, workdir, list(service["command"]), env["M2KT_DATABASE_URL"],
+                         list(service["healthcheck"]["test"][1:]))  # fmt: skip
     finally:
         with pg_admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -156,6 +159,8 @@ def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
     migrated = _cli(installed, d, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "Traceback" not in migrated.stderr
+    if d.database.startswith("sqlite"):  # the image's default: SQLite in its data directory, /data
+        assert Path(d.database.removeprefix("sqlite:///")).is_file()
     created = _cli(installed, d, "agents", "create", "--name", "t1", "--role", "teacher", "--public-key", str(pub))
     assert created.returncode == 0, created.stderr
     teacher_token = created.stdout.strip()
@@ -172,7 +177,7 @@ def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, proc, log)
-        check = [c.replace(":8080/", f":{port}/") for c in dockerfile_stages()["broker"].healthcheck]
+        check = [c.replace(":8080/", f":{port}/") for c in d.healthcheck]  # the image's, or compose's
         assert subprocess.run(check, cwd=d.workdir, env=d.env, timeout=30).returncode == 0
         with httpx.Client(base_url=url, timeout=30) as http:
             admin = {"Authorization": f"Bearer {ADMIN}"}
