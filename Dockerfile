@@ -1,26 +1,38 @@
-# Two images from one file:
+# Three stages from one file:
+#   wheel: builds the project's wheel; the images below install that wheel, never the source tree,
+#          so they run exactly what a user gets from `pip install m2kt-*.whl` (migrations included).
 #   broker (default target): the broker only; the agents' ML stack is not installed (it never imports it).
 #   agents: the teacher and student agents with torch (CPU build, pinned in constraints.txt).
-FROM python:3.11-slim AS base
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /app
-COPY pyproject.toml constraints.txt README.md alembic.ini ./
+# Both images run as uid 10001 from /data, a directory that user owns; the agents' data
+# directories exist in the image with that owner, so fresh named volumes mounted there inherit it.
+FROM python:3.11-slim AS wheel
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY m2kt ./m2kt
 COPY broker ./broker
 COPY teacher_agent ./teacher_agent
 COPY student_agent ./student_agent
-COPY migrations ./migrations
-RUN useradd --system --uid 10001 m2kt && mkdir -p /data && chown m2kt /data
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY constraints.txt /tmp/constraints.txt
+COPY --from=wheel /dist /dist
+RUN useradd --system --uid 10001 --create-home --home-dir /home/m2kt m2kt \
+ && mkdir -p /data && chown m2kt:m2kt /data
+WORKDIR /data
 
 FROM base AS agents
-RUN pip install --no-cache-dir -c constraints.txt \
-      --extra-index-url https://download.pytorch.org/whl/cpu '.[ml]'
+RUN pip install --no-cache-dir -c /tmp/constraints.txt \
+      --extra-index-url https://download.pytorch.org/whl/cpu "$(ls /dist/m2kt-*.whl)[ml]" \
+ && mkdir -p /data/teacher /data/student && chown -R m2kt:m2kt /data
 USER m2kt
 ENV M2KT_TEACHER_WORKDIR=/data/teacher M2KT_STUDENT_STATE_DIR=/data/student
 CMD ["m2kt-student", "--help"]
 
 FROM base AS broker
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c /tmp/constraints.txt /dist/m2kt-*.whl
 USER m2kt
 ENV M2KT_DATA_DIR=/data
 EXPOSE 8080

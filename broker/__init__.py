@@ -1,1 +1,1 @@
-"""The M2KT broker: verifies, stores and serves signed knowledge packets (PROTOCOL.md v1)."""
+"""The M2KT broker: verifies, stores and serves signed knowledge packets (docs/protocol.md v1)."""

@@ -6,10 +6,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from sqlalchemy import Engine
 
 from broker import logs
 from broker.db import Sessions, make_engine
-from broker.migrate import upgrade
+from broker.migrate import DatabaseNotReady, require_head, upgrade
 from broker.services import agents as agents_service
 from broker.settings import BrokerSettings
 from m2kt import keys
@@ -75,6 +77,16 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
 
 
+def _admin_engine(settings: BrokerSettings) -> Engine:
+    """The engine of an admin command, once the database is known to exist and be at head."""
+    try:
+        require_head(settings.database_url)
+    except DatabaseNotReady as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1) from exc
+    return make_engine(settings.database_url)
+
+
 def _fail(exc: M2KTError) -> typer.Exit:
     err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True)
     return typer.Exit(code=1)
@@ -92,7 +104,7 @@ def agents_create(
     try:
         if public_key is not None:
             b64 = keys.public_to_b64(keys.load_public(public_key))
-        engine = make_engine(settings.database_url)
+        engine = _admin_engine(settings)
         try:
             new = agents_service.create_agent(sessions=Sessions(engine), name=name, role=role, public_key=b64)
         finally:
@@ -109,7 +121,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a teacher's key: packets it signed stay, it signs nothing new."""
     settings = _settings()
-    engine = make_engine(settings.database_url)
+    engine = _admin_engine(settings)
     try:
         agents_service.revoke_key(sessions=Sessions(engine), name=name, keyid=keyid)
     except M2KTError as exc:

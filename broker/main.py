@@ -21,7 +21,7 @@ from broker.storage import BlobStore
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """The M2KT broker: verifies, stores and serves signed knowledge packets
-(PROTOCOL.md v1). Errors are RFC 9457 `application/problem+json`."""
+(docs/protocol.md v1). Errors are RFC 9457 `application/problem+json`."""
 
 
 def _libpq_url(database_url: str) -> str:

@@ -11,7 +11,7 @@ _WEAK_TOKENS = {"changethis", "admin", "secret", "password", "changeme"}
 
 
 class BrokerSettings(BaseSettings):
-    """Settings from `M2KT_*` variables (PROTOCOL §3), validated once at start."""
+    """Settings from `M2KT_*` variables (docs/protocol.md §3), validated once at start."""
 
     model_config = SettingsConfigDict(env_prefix="M2KT_", extra="ignore")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -305,13 +306,14 @@ def _chain_ok(log: list[dict[str, Any]]) -> bool:
 def _show_provenance(provenance: dict[str, Any], log: list[dict[str, Any]]) -> bool:
     key = provenance["key"]
     table = Table(title=f"Provenance of the poisoned packet: teacher {provenance['teacher']}, "
-                        f"key {key['keyid'][:16]}… (revoked: {key['revoked']})")  # fmt: skip
+                        f"key {key['keyid'][:16]}… ({'revoked' if key['revoked'] else 'active'})")  # fmt: skip
     for col in ("index", "kind", "at", "detail", "hash", "prev_hash"):
         table.add_column(col)
     for e in provenance["log"]:
         body = provenance.get("bodies", {}).get(str(e["index"]), {})
         detail = str(body.get("verdict", "")) if isinstance(body, dict) else ""
-        table.add_row(str(e["index"]), e["kind"], e["at"], detail, e["hash"][:12] + "…", e["prev_hash"][:12] + "…")
+        at = re.sub(r"\.\d+", "", e["at"])  # to the second; the log keeps microseconds for its hashes
+        table.add_row(str(e["index"]), e["kind"], at, detail, e["hash"][:12] + "…", e["prev_hash"][:12] + "…")
     console.print(table)
     ok = _chain_ok(log)
     console.print(f"event log hash chain: {'[green]verified' if ok else '[red]BROKEN'} "

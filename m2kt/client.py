@@ -4,7 +4,7 @@ Problem bodies come back as the same exception classes the broker raised
 (`m2kt.errors`), so a caller catches `UnknownKey`, not a status code. Every
 request has a timeout; only idempotent requests are retried, with bounded
 backoff. Publishing counts as idempotent: the same packet again is the same
-packet (PROTOCOL §1), so a retry after a lost acknowledgement is safe.
+packet (docs/protocol.md §1), so a retry after a lost acknowledgement is safe.
 """
 
 import json
@@ -16,15 +16,36 @@ from typing import Any
 
 import httpx
 
-from m2kt.errors import TransportError
+from m2kt.constants import PROBLEM_BASE
+from m2kt.errors import Forbidden, InvalidRequest, NotFound, TransportError, Unauthorized
 from m2kt.problem import error_from_problem
 
-__all__ = ["BrokerClient", "PublishResult", "SSEvent"]
+__all__ = ["BrokerClient", "PublishResult", "SSEvent", "broker_root"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _RETRY_STATUS = {502, 503, 504}
+
+
+def broker_root(base_url: str) -> str:
+    """``base_url`` without a trailing slash, once it is known to be a broker's root URL.
+
+    Raises:
+        ValueError: naming the URL, when it is not http(s) with a host, or includes the API
+            path (``http://host:8080/v1``), which would make every request miss.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"broker URL {base_url!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"broker URL {base_url!r} needs http:// or https:// and a host, e.g. http://127.0.0.1:8080")
+    segments = [part for part in url.path.split("/") if part]
+    if "v1" in segments:
+        root = str(url.copy_with(path="/", query=None, fragment=None)).rstrip("/")
+        raise ValueError(f"broker URL {base_url!r} includes the API path /v1: give the broker's root, e.g. {root}")
+    return base_url.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -46,10 +67,11 @@ class SSEvent:
 
 
 class BrokerClient:
-    """A typed client for PROTOCOL.md's `/v1` API.
+    """A typed client for docs/protocol.md's `/v1` API.
 
     Args:
-        base_url: e.g. ``http://127.0.0.1:8080``.
+        base_url: the broker's root, e.g. ``http://127.0.0.1:8080`` (not ``.../v1``: the client
+            adds the API paths; a URL with ``/v1`` in it raises ValueError naming it).
         token: the agent's (or admin's) bearer token.
         retries: extra attempts for idempotent requests after a transport error or 502/503/504.
         transport: an httpx transport, e.g. ``httpx.ASGITransport(app)`` in tests.
@@ -66,7 +88,7 @@ class BrokerClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.base_url = base_url.rstrip("/")
+        self.base_url = broker_root(base_url)
         self._retries, self._backoff = retries, backoff
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
@@ -97,15 +119,21 @@ class BrokerClient:
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _check(response: httpx.Response) -> httpx.Response:
+    def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_success or response.status_code == 304:
             return response
         try:
             body = response.json()
         except ValueError:
             body = None
-        raise error_from_problem(body, response.status_code)
+        exc = error_from_problem(body, response.status_code)
+        request = f"{response.request.method} {response.request.url}"
+        if not (isinstance(body, dict) and str(body.get("type", "")).startswith(PROBLEM_BASE)):
+            hint = f": is {self.base_url} the broker's root URL?" if response.status_code in (404, 405) else ""
+            raise type(exc)(f"{request} answered HTTP {response.status_code} without an M2KT problem{hint}") from None
+        if response.status_code == 404:  # a wrong base URL looks like a missing resource: name the URL
+            raise type(exc)(f"{exc.detail} ({request})") from None
+        raise exc
 
     def _get_json(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, idempotent=True, params=params or None).json()
@@ -116,6 +144,32 @@ class BrokerClient:
             return self._http.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
+
+    def require_role(self, role: str) -> None:
+        """Return if the token is a ``role`` agent's; else raise, changing nothing on the broker.
+
+        An agent should know this before it downloads or trains anything. The API has no "who am
+        I" route, so this asks what only that role may ask, about a packet that cannot exist (no
+        statement hashes to 64 zeros): the role itself gets 404 (or 422), any other role 403,
+        an unknown token 401. Only ``"student"`` is supported.
+
+        Raises:
+            Unauthorized: the broker does not know the token.
+            Forbidden: the token is another role's.
+            TransportError: the broker cannot be reached (after the usual retries).
+        """
+        if role != "student":
+            raise ValueError(f"require_role supports 'student', not {role!r}")
+        try:
+            path = f"/v1/packets/{'0' * 64}/reports"
+            self._request("POST", path, idempotent=True, json={"verdict": "accepted"})
+        except (NotFound, InvalidRequest):
+            return
+        except Unauthorized as exc:
+            raise Unauthorized(f"the broker at {self.base_url} refuses this token: {exc.detail}") from None
+        except Forbidden as exc:
+            raise Forbidden(f"this token is not a {role}'s (the broker at {self.base_url}: {exc.detail})") from None
+        raise AssertionError("a report on a packet that cannot exist was accepted")
 
     # -- agents -----------------------------------------------------------------------------
     def create_agent(self, name: str, role: str, public_key: str | None = None) -> dict[str, Any]:

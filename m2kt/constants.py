@@ -1,4 +1,4 @@
-"""Protocol strings and limits of PROTOCOL.md v1, defined once.
+"""Protocol strings and limits of docs/protocol.md v1, defined once.
 
 Every other module imports these names; no protocol literal is written twice.
 """

@@ -1,6 +1,6 @@
 """Ed25519 keys: generate, save (PEM, private file mode 0600), load, and keyid().
 
-A keyid is the lowercase hex SHA-256 of the raw 32-byte public key (PROTOCOL §1).
+A keyid is the lowercase hex SHA-256 of the raw 32-byte public key (docs/protocol.md §1).
 """
 
 import base64

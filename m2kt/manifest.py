@@ -1,4 +1,4 @@
-"""The manifest (the statement's predicate) and the rules of PROTOCOL §1.
+"""The manifest (the statement's predicate) and the rules of docs/protocol.md §1.
 
 Only the fields the broker checks are modelled; every object allows more keys,
 which the agents define (docs/packet-format.md). Types are strict: `"1"` is not
@@ -103,7 +103,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def validate_manifest(predicate: dict[str, Any]) -> Manifest:
-    """Check the manifest rules of PROTOCOL §1.
+    """Check the manifest rules of docs/protocol.md §1.
 
     Raises:
         InvalidManifest: naming the first field that breaks a rule.

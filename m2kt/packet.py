@@ -1,4 +1,4 @@
-"""Build a signed knowledge packet, and open one: the checks of PROTOCOL §2 in their order.
+"""Build a signed knowledge packet, and open one: the checks of docs/protocol.md §2 in their order.
 
 `open_packet` is shared by the broker (trusted = the publishing teacher's keys)
 and the students (trusted = their trust list), so both refuse exactly the same
@@ -70,7 +70,7 @@ def open_packet(
     payload_sha256: str | None = None,
     payload_size: int | None = None,
 ) -> OpenedPacket:
-    """Check a packet in PROTOCOL order and return what was verified.
+    """Check a packet in protocol order and return what was verified.
 
     Args:
         envelope: the DSSE envelope bytes.
@@ -83,7 +83,7 @@ def open_packet(
         InvalidPayload: in this order of checking.
     """
     env = dsse.Envelope.from_json(envelope)
-    parse_statement(env.payload)  # form first, as PROTOCOL orders it; trusted only after verify
+    parse_statement(env.payload)  # form first, as protocol orders it; trusted only after verify
     verified = dsse.verify(env, trusted)
     statement = parse_statement(verified.statement)
     if payload_sha256 is None or payload_size is None:

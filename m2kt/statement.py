@@ -44,7 +44,7 @@ def build_statement(payload_sha256: str, manifest: Mapping[str, Any]) -> bytes:
 
 
 def parse_statement(data: bytes) -> Statement:
-    """Check the statement's form (PROTOCOL §2, 'statement form').
+    """Check the statement's form (docs/protocol.md §2, 'statement form').
 
     Raises:
         InvalidManifest: the first rule of the form that is broken.

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from m2kt.client import BrokerClient
-from m2kt.errors import Conflict, M2KTError
+from m2kt.errors import Conflict, Forbidden, M2KTError, Unauthorized
 from m2kt.ml.models import weights_sha256
 from student_agent.audit import AuditConfig, Decision, audit
 from student_agent.cal.checkpoint import CheckpointStore
@@ -213,10 +213,11 @@ class StudentAgent:
         self.state.save()
         inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         halt = threading.Event()
+        refused: list[M2KTError] = []  # a reader's 401/403: retrying cannot fix a token or a role
         readers = [
             threading.Thread(
                 target=_read_topic,
-                args=(topic, self.state.cursors[topic], connect, inbox, halt, read_timeout, retry_seconds),
+                args=(topic, self.state.cursors[topic], connect, inbox, halt, read_timeout, retry_seconds, refused),
                 name=f"m2kt-student-{topic}",
                 daemon=True,
             )  # fmt: skip
@@ -225,7 +226,7 @@ class StudentAgent:
         for thread in readers:
             thread.start()
         try:
-            while not stop():
+            while not stop() and not refused:
                 try:
                     topic, summary = inbox.get(timeout=0.2)
                 except queue.Empty:
@@ -238,6 +239,8 @@ class StudentAgent:
             halt.set()
             for thread in readers:
                 thread.join(timeout=read_timeout + 5)
+        if refused:
+            raise refused[0]
 
 
 def _read_topic(
@@ -248,8 +251,12 @@ def _read_topic(
     halt: threading.Event,
     read_timeout: float,
     retry_seconds: float,
+    refused: list[M2KTError],
 ) -> None:
-    """Queue every packet of ``topic`` after ``cursor``, once, in seq order, until ``halt``."""
+    """Queue every packet of ``topic`` after ``cursor``, once, in seq order, until ``halt``.
+
+    Outages are retried; a 401 or 403 is not transient: it goes into ``refused`` and stops all.
+    """
     with connect() as client:
         while not halt.is_set():
             try:
@@ -264,6 +271,10 @@ def _read_topic(
                         if int(summary["seq"]) > cursor:
                             inbox.put((topic, summary))
                             cursor = int(summary["seq"])
+            except (Unauthorized, Forbidden) as exc:
+                refused.append(exc)
+                halt.set()
+                return
             except (M2KTError, ValueError, KeyError) as exc:  # a broken stream or an outage: page again
                 logger.warning("topic %s: %s; retrying in %.1fs", topic, exc, retry_seconds)
                 halt.wait(retry_seconds)

@@ -20,7 +20,7 @@ Signals, per concept unless said:
   must its weights digest.
 
 The thresholds are relative where the level is model-dependent: agreement is compared with
-the packet's own median (METHOD.md: a fixed threshold flagged most honest concepts), and
+the packet's own median (docs/method.md: a fixed threshold flagged most honest concepts), and
 consistency with the claimed accuracy. A packet is accepted only with no finding, mean
 agreement at least ``min_agreement`` and reasoning agreement at least ``min_reasoning``.
 """

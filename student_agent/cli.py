@@ -22,6 +22,7 @@ from m2kt.cliutil import err, one_line_errors, parse_params
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
 from m2kt.ml.models import ModelConfig
+from student_agent import checks
 from student_agent.settings import StudentSettings
 
 app = typer.Typer(help="The M2KT student agent.", no_args_is_help=True, add_completion=False)
@@ -101,7 +102,10 @@ def run(
     if not topics:
         raise ValueError("no topics: pass --topic or set M2KT_STUDENT_TOPICS")
     token = _token(settings)
+    with BrokerClient(settings.broker_url, token) as probe:
+        probe.require_role("student")  # before the model, any download or any fitting
     student = load_student(settings.resolved_model_dir)
+    checks.require_topics(student.family, topics)  # before a topic reaches the state file
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handled, last = 0, time.monotonic()
     stopping = False
@@ -145,7 +149,15 @@ def query(
     from student_agent.query import TransferredConcepts
 
     settings = StudentSettings()
-    known = TransferredConcepts(load_student(settings.resolved_model_dir), settings.state_dir)
+    student = load_student(settings.resolved_model_dir)
+    checks.require_inputs(student.family, text)
+    checks.require_topics(student.family, topic or [])
+    known = TransferredConcepts(student, settings.state_dir)
+    empty = checks.topics_without_concepts((c.topic for c in known.concepts), topic or [])
+    for name in empty:
+        err.print(f"nothing integrated for topic {name} yet", highlight=False)
+    if topic and len(empty) == len(topic):
+        raise typer.Exit(code=1)
     answers = known.predict(text, topic or [])
     if as_json:
         out.print_json(json.dumps([{"text": a.text, "probabilities": a.probabilities} for a in answers]))

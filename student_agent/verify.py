@@ -1,7 +1,7 @@
 """The student's own check of a packet before it trains on anything.
 
 The key comes from the broker's agent registry (the publishing teacher's non-revoked keys) and,
-when the student keeps a trust list, only from keys on it. Then `open_packet` runs the PROTOCOL
+when the student keeps a trust list, only from keys on it. Then `open_packet` runs the protocol's
 checks (envelope, signature, digest, payload, manifest) and `Knowledge.from_packet` the
 packet-format contract. Every failure is a `Rejection` with a reason that goes into the report.
 """

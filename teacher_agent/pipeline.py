@@ -267,7 +267,7 @@ def publish_topics(
 
 
 def inspect(envelope: Path, public_keys: Sequence[Path]) -> OpenedPacket:
-    """Check a packet offline against the given public keys (PROTOCOL order of checks)."""
+    """Check a packet offline against the given public keys (protocol order of checks)."""
     env, pay = packet_files(envelope)
     trusted = {keys.keyid(k): k for k in (keys.load_public(p) for p in public_keys)}
     return open_packet(env, pay, trusted)

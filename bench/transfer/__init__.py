@@ -1,1 +1,1 @@
-"""The transfer benchmark of METHOD.md: M2KT against KD and latent translation on the same frozen students."""
+"""The transfer benchmark of docs/method.md: M2KT against KD and latent translation on the same frozen students."""

@@ -1,4 +1,4 @@
-"""`python -m bench.transfer [--quick] [--out FILE]`: the transfer benchmark of METHOD.md.
+"""`python -m bench.transfer [--quick] [--out FILE]`: the transfer benchmark of docs/method.md.
 
 The full run trains (once, cached) two heterogeneous pairs on two task families and
 measures, per seed, M2KT at every m against KD at equal data, KD with self-training on

@@ -1,4 +1,4 @@
-"""The hash-chained event log (PROTOCOL §2, 'The event log').
+"""The hash-chained event log (docs/protocol.md §2, 'The event log').
 
 hash = sha256(prev_hash_bytes || JCS(entry without hash)). Each entry's
 `body_sha256` is the SHA-256 of the canonical JSON of what happened (the body is

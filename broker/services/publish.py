@@ -1,4 +1,4 @@
-"""Publishing: PROTOCOL §2's ordered checks, then the all-or-nothing store.
+"""Publishing: docs/protocol.md §2's ordered checks, then the all-or-nothing store.
 
 Order of events for a new packet: every check passes on the spooled upload;
 the payload and envelope blobs are made durable at their content addresses;
@@ -57,7 +57,7 @@ def publish(
     """Check and store one packet; the same statement again answers `created=False`.
 
     Raises:
-        M2KTError subclasses: the first PROTOCOL check that fails; nothing is stored then.
+        M2KTError subclasses: the first protocol check that fails; nothing is stored then.
     """
     opened = _check(sessions, teacher, envelope, payload)
     with sessions.reader() as session:

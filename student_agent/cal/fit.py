@@ -2,7 +2,7 @@
 
 Default direction, ``student_to_teacher``: ψ maps the student's standardized all-block
 read-out states ``[L_S * d_S]`` into the teacher's space ``[L_T * d_T]``, where the packet's
-own read-outs apply: concept k is ``w_k · ψ(s)[layer_k] + b_k``. The terms (METHOD.md):
+own read-outs apply: concept k is ``w_k · ψ(s)[layer_k] + b_k``. The terms (docs/method.md):
 
 * **geo**: anchor alignment ``‖ψ(s_i) − h_T(x_i)‖²`` (per-feature standardized teacher
   space), the concept read-outs on mapped anchors against the teacher's scores (the part of
@@ -10,7 +10,7 @@ own read-outs apply: concept k is ``w_k · ψ(s)[layer_k] + b_k``. The terms (ME
   prototype match (class means of mapped anchors against the shipped prototypes).
 * **struct**: the anchors' relational geometry: L1 between cosine-similarity matrices of
   mapped and teacher states. A frozen student's attention cannot move, so this is the
-  structure the CAL can affect (docs/method-choices.md).
+  structure the CAL can affect (docs/method.md).
 * **reason**: the teacher's step and answer heads, applied to mapped states, must reproduce
   the teacher's own intermediate answers on the anchors and the *student's* own answers on
   its unlabelled inputs. This is the lever the feasibility run found.

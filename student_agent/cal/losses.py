@@ -1,6 +1,6 @@
 """The composite loss's terms, as pure functions (tensors in, scalar out).
 
-Loss = α·L_geo + β·L_struct + γ·L_reason + λ·L_safety (METHOD.md). Every term checks
+Loss = α·L_geo + β·L_struct + γ·L_reason + λ·L_safety (docs/method.md). Every term checks
 its shapes on entry; the weights live in the fitting code, where 0 switches a term off.
 """
 

@@ -41,3 +41,67 @@ def test_bad_inputs_give_one_line(env, tmp_path):
     assert result.exit_code == 1 and "base64" in result.output and "Traceback" not in result.output
     weak = runner.invoke(app, ["migrate"], env={**env, "M2KT_ADMIN_TOKEN": "changethis"})
     assert weak.exit_code == 2 and "M2KT_ADMIN_TOKEN" in weak.output and len(weak.output.strip().splitlines()) == 1
+
+
+ADMIN_COMMANDS = [
+    ["agents", "create", "--name", "s1", "--role", "student"],
+    ["keys", "revoke", "--name", "t1", "--keyid", "0" * 64],
+]
+
+
+def _refused(args, env, *expected):
+    """One line on stderr naming the database, exit 1, nothing on stdout (no empty token in `$(...)`)."""
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", ADMIN_COMMANDS)
+def test_admin_commands_refuse_a_missing_sqlite_database_and_create_nothing(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"M2KT_DATABASE_URL": None, "M2KT_DATA_DIR": None, "M2KT_LOG_JSON": "false"}
+    line = _refused(args, env, f"sqlite:///{tmp_path / '.m2kt' / 'broker.db'}", "M2KT_DATABASE_URL", "migrate")
+    assert line.startswith("error: no broker database at")
+    assert list(tmp_path.iterdir()) == []  # no .m2kt/, no empty broker.db
+
+
+@pytest.mark.parametrize("args", ADMIN_COMMANDS)
+def test_admin_commands_refuse_an_unmigrated_sqlite_database(args, tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    env = {"M2KT_DATABASE_URL": f"sqlite:///{empty}", "M2KT_DATA_DIR": str(tmp_path / "data"), "M2KT_LOG_JSON": "false"}
+    _refused(args, env, f"sqlite:///{empty}", "no broker schema", "m2kt-broker migrate")
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_admin_commands_refuse_a_missing_or_unmigrated_postgres_database(tmp_path):
+    import uuid
+
+    from brokerkit import pg_admin, pg_url
+
+    name = f"m2kt_cli_{uuid.uuid4().hex[:10]}"
+    missing = pg_url(name)
+    env = {"M2KT_DATABASE_URL": missing, "M2KT_DATA_DIR": str(tmp_path / "data"), "M2KT_LOG_JSON": "false"}
+    _refused(ADMIN_COMMANDS[0], env, "cannot open the broker database at", f"/{name}")
+    with pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        _refused(ADMIN_COMMANDS[0], env, "no broker schema", f"/{name}")
+        assert runner.invoke(app, ["migrate"], env=env).exit_code == 0
+        created = runner.invoke(app, ADMIN_COMMANDS[0], env=env)
+        assert created.exit_code == 0 and created.stdout.startswith("m2kt_")
+    finally:
+        with pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_messages_mask_the_database_password():
+    from broker.migrate import shown_url
+
+    shown = shown_url("postgresql+psycopg://m2kt:s3cret@db:5432/m2kt")
+    assert "s3cret" not in shown and shown.startswith("postgresql+psycopg://m2kt:")

@@ -1,4 +1,4 @@
-"""Hostile packets, from one table: each is refused with PROTOCOL's exact problem type and stores nothing.
+"""Hostile packets, from one table: each is refused with the protocol's exact problem type and stores nothing.
 
 A new case is one line in ``CASES``: a label, a function of the test's context that returns
 ``(token, envelope, payload)``, and the expected status and problem type. Everything is

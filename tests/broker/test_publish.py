@@ -1,4 +1,4 @@
-"""POST /v1/packets: the happy path, idempotence, and each refusal in PROTOCOL order."""
+"""POST /v1/packets: the happy path, idempotence, and each refusal in protocol order."""
 
 import base64
 import hashlib
@@ -107,7 +107,7 @@ def test_each_check_answers_its_own_problem_type(broker):
 
 
 def test_statement_form_is_checked_before_the_key(broker):
-    """A form error by an unknown key is invalid-manifest: the order of PROTOCOL §2 decides."""
+    """A form error by an unknown key is invalid-manifest: the order of docs/protocol.md §2 decides."""
     teacher = broker.teacher()
     stranger = Ed25519PrivateKey.generate()
     payload = factory.safetensors_bytes(factory.default_tensors())

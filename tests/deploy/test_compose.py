@@ -1,12 +1,14 @@
-"""docker-compose.yml: valid for Compose, and its broker command really serves on PostgreSQL.
+"""docker-compose.yml: valid for Compose, safe by default, and its services' commands really run.
 
 There is no Docker engine here, so the compose file is checked with `docker-compose
-config` and the broker service's own command runs directly, with the service's
-environment, pointed at the local PostgreSQL instead of the `postgres` service.
+config` and the services' own commands run directly, with the services' environment,
+pointed at the local PostgreSQL instead of the `postgres` service. The broker's image, built
+from the wheel, is exercised in test_wheel.py.
 """
 
 import os
-import shutil
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,24 +16,15 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
+import pytest
 from brokerkit import free_port
+from deploykit import COMPOSE_SECRETS, compose_config, compose_refusal, dockerfile_stages
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def compose_config(env: dict[str, str]) -> dict:
-    exe = shutil.which("docker-compose")
-    assert exe, "docker-compose is needed (Debian package docker-compose; .ci/run installs it)"
-    out = subprocess.run(
-        [exe, "-f", str(ROOT / "docker-compose.yml"), "config"], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    return yaml.safe_load(out)
-
-
 def test_compose_file_is_valid_and_complete():
-    config = compose_config({**os.environ, "M2KT_ADMIN_TOKEN": "a-long-admin-token-for-tests"})
+    config = compose_config()
     services = config["services"]
     assert set(services) >= {"postgres", "broker"}
     for name in ("postgres", "broker"):
@@ -41,18 +34,66 @@ def test_compose_file_is_valid_and_complete():
     assert broker["environment"]["M2KT_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert "brokerdata" in config["volumes"] and "pgdata" in config["volumes"]
     assert broker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    password = COMPOSE_SECRETS["POSTGRES_PASSWORD"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    assert f"m2kt:{password}@postgres:5432" in broker["environment"]["M2KT_DATABASE_URL"]
 
 
-def test_compose_refuses_to_start_without_an_admin_token():
-    env = {k: v for k, v in os.environ.items() if k != "M2KT_ADMIN_TOKEN"}
-    exe = shutil.which("docker-compose")
-    assert exe
-    result = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config"], env=env, capture_output=True)
-    assert result.returncode != 0 and b"M2KT_ADMIN_TOKEN" in result.stderr
+@pytest.mark.parametrize("secret", sorted(COMPOSE_SECRETS))
+def test_compose_refuses_to_start_without_a_secret(secret):
+    """No weak defaults: each secret comes from the environment or .env, or Compose stops with its name."""
+    env = {k: v for k, v in {**os.environ, **COMPOSE_SECRETS}.items() if k != secret}
+    result = compose_refusal(env)
+    assert result.returncode != 0 and f"set {secret}" in result.stderr
+
+
+def _published(config: dict) -> list[str]:
+    ports = []
+    for port in config["services"]["broker"]["ports"]:
+        if isinstance(port, dict):  # the long syntax, in newer Compose versions
+            port = f"{port.get('host_ip', '')}:{port['published']}:{port['target']}"
+        ports.append(str(port).removesuffix("/tcp"))
+    return ports
+
+
+def test_broker_port_is_bound_where_the_operator_says():
+    assert _published(compose_config()) == ["127.0.0.1:8080:8080"]  # loopback unless told otherwise
+    operator = {"M2KT_BROKER_BIND": "0.0.0.0", "M2KT_BROKER_PORT": "9000"}
+    chosen = compose_config({**os.environ, **COMPOSE_SECRETS, **operator})
+    assert _published(chosen) == ["0.0.0.0:9000:8080"]
+
+
+def test_agents_volumes_are_theirs_and_the_student_waits_for_the_teacher():
+    services = compose_config()["services"]
+    assert services["student"]["depends_on"]["teacher"]["condition"] == "service_completed_successfully"
+    stages = dockerfile_stages()
+    agents = stages["agents"]
+    assert re.search(r"useradd .*--uid 10001 .*m2kt", " ".join(stages["base"].runs))
+    assert agents.user == "m2kt"
+    setup = " ".join(agents.runs)
+    for name, env in (("teacher", "M2KT_TEACHER_WORKDIR"), ("student", "M2KT_STUDENT_STATE_DIR")):
+        mounts = [v for v in services[name]["volumes"] if str(v).startswith(f"{name}data:")]
+        assert len(mounts) == 1, services[name]["volumes"]
+        target = str(mounts[0]).split(":")[1]
+        assert agents.env[env] == target
+        # the mount point exists in the image, owned by the user the container runs as, so that a fresh
+        # named volume takes that owner instead of root
+        assert target in shlex.split(setup[setup.index("mkdir -p") :].split("&&")[0])
+        assert "chown -R m2kt:m2kt /data" in setup
+
+
+def test_images_install_the_built_wheel_not_the_source_tree():
+    stages = dockerfile_stages()
+    assert any("pip wheel" in run and "--wheel-dir /dist" in run for run in stages["wheel"].runs)
+    for name in ("broker", "agents"):
+        (install,) = [run for run in stages[name].runs if "pip install" in run]
+        assert "/dist/m2kt-" in install and not re.search(r"pip install[^&]* \.(\s|$|\[)", install), install
+    copied = {src for *sources, _ in stages["base"].copies for src in sources}
+    assert copied == {"constraints.txt"}  # the runtime stages see no source files
 
 
 def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
-    config = compose_config({**os.environ, "M2KT_ADMIN_TOKEN": "a-long-admin-token-for-tests"})
+    config = compose_config()
     service = config["services"]["broker"]
     env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}}
     env["M2KT_DATABASE_URL"] = pg_database_url  # the local server stands in for the `postgres` service
@@ -86,7 +127,7 @@ def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
 
 
 AGENT_ENV = {  # few epochs: the services' commands, not the models' quality, are under test here
-    "M2KT_ADMIN_TOKEN": "a-long-admin-token-for-tests",
+    **COMPOSE_SECRETS,
     "M2KT_TEACHER_TRAIN_EPOCHS": "2",
     "M2KT_STUDENT_TRAIN_EPOCHS": "2",
     "M2KT_STUDENT_TOPICS": "modarith.carry",
@@ -108,6 +149,7 @@ def _shell(service: dict, data: Path) -> list[str]:
     return cmd
 
 
+@pytest.mark.slow
 def test_teacher_and_student_services_publish_and_learn(pg_database_url, tmp_path):
     config = compose_config({**os.environ, **AGENT_ENV})
     services = config["services"]

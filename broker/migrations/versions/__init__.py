@@ -1,0 +1,1 @@
+"""One revision per schema change; hand-reviewed, never edited after merge."""
