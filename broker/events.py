@@ -93,6 +93,31 @@ class Broadcaster:
         return result
 
 
+class StreamSlots:
+    """Per-token caps on concurrent event streams; owned by `app.state`, used on the event loop only.
+
+    Without a cap one token could open hundreds of streams, and every publish wakes every stream.
+    """
+
+    def __init__(self, per_holder: int) -> None:
+        self.per_holder = per_holder
+        self._held: dict[str, int] = {}
+
+    def acquire(self, holder: str) -> bool:
+        """Take a slot for ``holder``; False when it already holds its cap."""
+        if self._held.get(holder, 0) >= self.per_holder:
+            return False
+        self._held[holder] = self._held.get(holder, 0) + 1
+        return True
+
+    def release(self, holder: str) -> None:
+        left = self._held.get(holder, 0) - 1
+        if left > 0:
+            self._held[holder] = left
+        else:
+            self._held.pop(holder, None)
+
+
 class PostgresListener:
     """A thread that LISTENs on the packet channel and turns notifications into wake-ups.
 
