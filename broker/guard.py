@@ -10,7 +10,8 @@ middleware sits in front of everything:
 - the publish route streams (broker/upload.py limits each part); here the whole stream
   is counted too, so chunked bodies and ignored parts stop at the same limit;
 - every other body is read up to its limit (chunked or not) and checked once, strictly:
-  JSON bodies by `m2kt.jsonutil.loads_strict` (depth, finite numbers, 64-bit integers,
+  JSON bodies by `m2kt.jsonutil.loads_strict` (depth, finite numbers, integers RFC 8785 can
+  canonicalize,
   no duplicate keys, no NUL or lone surrogate), form bodies for valid UTF-8 and no NUL,
   then replayed to the app;
 - a path or query string carrying a NUL is refused (404 / 422) before it can reach a
@@ -31,7 +32,7 @@ from broker.errors import problem_response
 from broker.settings import BrokerSettings
 from m2kt.constants import MAX_BODY_JSON_DEPTH
 from m2kt.errors import InvalidRequest, M2KTError, NotFound, PayloadTooLarge
-from m2kt.jsonutil import JSONError, bad_text, loads_strict
+from m2kt.jsonutil import SAFE_INT_MAX, JSONError, bad_text, loads_strict
 
 __all__ = ["RequestGuard", "body_limit"]
 
@@ -95,7 +96,8 @@ def _check_body(scope: Scope, body: bytes) -> None:
                 raise InvalidRequest(f"form field {name[:40]!r} contains {why}")
         return
     try:
-        loads_strict(body, max_depth=MAX_BODY_JSON_DEPTH)
+        # bodies are stored as canonical JSON (RFC 8785) and hashed into the log: integers within its safe range
+        loads_strict(body, max_depth=MAX_BODY_JSON_DEPTH, max_int=SAFE_INT_MAX)
     except JSONError as exc:
         raise InvalidRequest(f"body: {exc}") from exc
 

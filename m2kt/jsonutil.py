@@ -15,17 +15,19 @@ surrogate (`"\ud800"` parses in Python but cannot be encoded as UTF-8 again).
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import rfc8785
 
 from m2kt.constants import MAX_JSON_DEPTH
 
-__all__ = ["INT_MAX", "JSONError", "bad_text", "canonical", "loads_strict"]
+__all__ = ["INT_MAX", "SAFE_INT_MAX", "JSONError", "bad_text", "canonical", "loads_strict"]
 
 # Integers must fit a signed 64-bit column, the range both databases and most JSON parsers share.
 INT_MAX = 2**63 - 1
-_INT_DIGITS = len(str(INT_MAX))
+# What RFC 8785 (JCS) can canonicalize: JSON that will be hashed in the log must stay inside it.
+SAFE_INT_MAX = 2**53 - 1
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -46,13 +48,18 @@ def _no_constant(name: str) -> Any:
     raise JSONError(f"{name} is not JSON")
 
 
-def _int(text: str) -> int:
-    if len(text.lstrip("-")) > _INT_DIGITS:
-        raise JSONError(f"integer of {len(text)} characters does not fit in 64 bits")
-    value = int(text)
-    if not -INT_MAX - 1 <= value <= INT_MAX:
-        raise JSONError("integer does not fit in 64 bits")
-    return value
+def _int_parser(max_int: int) -> Callable[[str], int]:
+    digits = len(str(max_int))
+
+    def parse(text: str) -> int:
+        if len(text.lstrip("-")) > digits:  # before int(): Python refuses 4,300+ digits with a ValueError
+            raise JSONError(f"integer of {len(text)} characters is out of range")
+        value = int(text)
+        if not -max_int <= value <= max_int:
+            raise JSONError(f"integer {text} is out of range (at most {max_int} in magnitude)")
+        return value
+
+    return parse
 
 
 def _float(text: str) -> float:
@@ -88,7 +95,7 @@ def _walk(value: Any, max_depth: int) -> None:
             stack.extend((v, level + 1) for v in node)
 
 
-def loads_strict(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def loads_strict(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, max_int: int = INT_MAX) -> Any:
     """Parse UTF-8 JSON, refusing duplicates, non-finite or oversized numbers, bad text and deep nesting.
 
     Raises:
@@ -100,7 +107,11 @@ def loads_strict(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise JSONError(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
         value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_int=_int, parse_float=_float
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_int=_int_parser(max_int),
+            parse_float=_float,
         )
     except JSONError:
         raise
