@@ -43,6 +43,7 @@ class Packet(Base):
     envelope_size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     teacher: Mapped[Agent] = relationship()
+    key: Mapped[Key] = relationship()
     topics: Mapped[list["PacketTopic"]] = relationship(order_by="PacketTopic.topic")
 
 

@@ -12,10 +12,10 @@ from broker.deps import (
     AnyAgentDep,
     BroadcasterDep,
     MetricsDep,
+    PublisherDep,
     SessionsDep,
     SettingsDep,
     StoreDep,
-    TeacherDep,
 )
 from broker.schemas import PacketOut, ProvenanceOut, Published, QuarantineIn, QuarantineOut
 from broker.services import packets as packets_service
@@ -57,7 +57,7 @@ _MULTIPART = {
 )
 async def publish(
     request: Request,
-    caller: TeacherDep,
+    caller: PublisherDep,
     settings: SettingsDep,
     sessions: SessionsDep,
     store: StoreDep,

@@ -9,7 +9,11 @@ from broker.repositories import packets as packets_repo
 
 def recent_packets(*, session: Session, before: int | None, limit: int, include_quarantined: bool) -> list[Packet]:
     """The newest packets (by seq, descending), paged with ``before`` = the last seq of the previous page."""
-    stmt = select(Packet).options(joinedload(Packet.teacher), selectinload(Packet.topics)).order_by(Packet.seq.desc())
+    stmt = (
+        select(Packet)
+        .options(joinedload(Packet.teacher), joinedload(Packet.key), selectinload(Packet.topics))
+        .order_by(Packet.seq.desc())
+    )
     if before is not None:
         stmt = stmt.where(Packet.seq < before)
     if not include_quarantined:
