@@ -32,6 +32,8 @@ class BrokerSettings(BaseSettings):
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
     # Unreferenced blobs younger than this survive start-up: another replica may be mid-publish.
     orphan_grace_seconds: float = Field(default=600.0, ge=0)
+    # A new packet's manifest created_at must lie within this many seconds of the broker's clock.
+    created_at_window_seconds: float = Field(default=86400.0, gt=0)
     log_json: bool = True
 
     @field_validator("admin_token")

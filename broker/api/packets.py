@@ -1,6 +1,7 @@
 """Packets: publish, read, quarantine, provenance."""
 
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -78,6 +79,7 @@ async def publish(
                 teacher=caller.agent,
                 envelope=upload.envelope,
                 payload=upload.payload,
+                window=timedelta(seconds=settings.created_at_window_seconds),
             )
         finally:
             upload.payload.discard()  # no-op once committed to its content address

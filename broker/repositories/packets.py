@@ -1,5 +1,7 @@
 """Packets and their topics."""
 
+from datetime import UTC, datetime
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -21,6 +23,19 @@ def teachers_of(*, session: Session, packet_ids: list[str]) -> dict[str, str]:
         return {}
     stmt = select(Packet.id, Agent.name).join(Agent, Agent.id == Packet.teacher_id).where(Packet.id.in_(packet_ids))
     return {pid: name for pid, name in session.execute(stmt)}
+
+
+def newest_created_at(*, session: Session, teacher_id: int, topics: list[str]) -> datetime | None:
+    """The newest manifest created_at among this teacher's packets on any of ``topics``."""
+    stmt = (
+        select(func.max(Packet.created_at))
+        .join(PacketTopic, PacketTopic.packet_id == Packet.id)
+        .where(Packet.teacher_id == teacher_id, PacketTopic.topic.in_(topics))
+    )
+    value = session.scalar(stmt)
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def insert(*, session: Session, packet: Packet, topics: list[str]) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import factory
 import pytest
@@ -40,6 +40,9 @@ class Ctx:
     student_token: str
     packet: str  # a stored packet every case aims at
     fresh: str  # a packet id nobody has reported on
+    other: str = ""  # another teacher's name, token and key
+    other_token: str = ""
+    other_key: Ed25519PrivateKey | None = None
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -53,8 +56,8 @@ def chunks(total: int, size: int = 64 * 1024):
         yield block
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def now(shift: timedelta = timedelta(0)) -> str:
+    return (datetime.now(UTC) + shift).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def manifest(c: Ctx, seed: int = 0, **changes) -> tuple[dict, bytes]:
@@ -190,9 +193,27 @@ CASES = [
      lambda c: statement_text(c, lambda t: t.replace('"count": 3', '"count": ' + "9" * 5000)), 422, "invalid-manifest"),
     ("NaN in the statement",
      lambda c: statement_text(c, lambda t: t.replace('"count": 3', '"count": 3, "x": NaN')), 422, "invalid-manifest"),
+    # ownership and freshness
+    ("a statement naming another teacher", lambda c: with_manifest(c, teacher={**manifest(c)[0]["teacher"],
+                                                                             "agent": c.other}),
+     403, "forbidden"),
+    ("another teacher re-signs my statement", lambda c: resigned(c), 403, "forbidden"),
+    ("created_at in 1970", lambda c: with_manifest(c, created_at="1970-01-01T00:00:00Z"), 422, "invalid-manifest"),
+    ("created_at in 9999", lambda c: with_manifest(c, created_at="9999-12-31T23:59:59Z"), 422, "invalid-manifest"),
+    ("created_at two days ahead", lambda c: with_manifest(c, created_at=now(timedelta(days=2))),
+     422, "invalid-manifest"),
+    ("older than my newest on the topic", lambda c: with_manifest(c, created_at=now(-timedelta(hours=1))),
+     422, "invalid-manifest"),
     ("1e400 in the statement",
      lambda c: statement_text(c, lambda t: t.replace('"count": 3', '"count": 3, "x": 1e400')), 422, "invalid-manifest"),
 ]  # fmt: skip
+
+
+def resigned(c: Ctx) -> tuple:
+    """My statement, signed again by another teacher and sent with its token."""
+    statement, payload = _statement_and_payload(c, 5)
+    method, path, kwargs = publish(c, statement, payload, key=c.other_key)
+    return method, path, {**kwargs, "headers": bearer(c.other_token)}
 
 
 def publish_n(c: Ctx, n: int) -> tuple:
@@ -201,9 +222,9 @@ def publish_n(c: Ctx, n: int) -> tuple:
 
 
 def _setup(broker) -> Ctx:
-    teacher = broker.teacher()
+    teacher, other = broker.teacher(), broker.teacher()
     _student, student_token = broker.student()
-    ctx = Ctx(teacher.name, teacher.token, teacher.key, student_token, "", "")
+    ctx = Ctx(teacher.name, teacher.token, teacher.key, student_token, "", "", other.name, other.token, other.key)
     with broker.http(teacher.token) as http:
         ids = []
         for seed in (0, 1):
