@@ -34,6 +34,8 @@ class BrokerSettings(BaseSettings):
     orphan_grace_seconds: float = Field(default=600.0, ge=0)
     # A new packet's manifest created_at must lie within this many seconds of the broker's clock.
     created_at_window_seconds: float = Field(default=86400.0, gt=0)
+    # A dashboard session (server-side, broker/services/dashboard_sessions.py) lasts this long.
+    dashboard_session_seconds: int = Field(default=8 * 3600, gt=0)
     log_json: bool = True
 
     @field_validator("admin_token")

@@ -1,9 +1,11 @@
 """Read-only queries for the dashboard: each page is a fixed number of queries, never one per row."""
 
-from sqlalchemy import func, select
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, aliased, joinedload, selectinload
 
-from broker.models import Agent, LogEntry, Packet, PacketTopic, Report
+from broker.models import Agent, DashboardSession, LogEntry, Packet, PacketTopic, Report
 from broker.repositories import packets as packets_repo
 
 
@@ -73,3 +75,24 @@ def reports_of(*, session: Session, packet_id: str) -> list[Report]:
 def log_window(*, session: Session, first: int, last: int) -> list[LogEntry]:
     stmt = select(LogEntry).where(LogEntry.index >= first, LogEntry.index <= last).order_by(LogEntry.index)
     return list(session.scalars(stmt))
+
+
+def add_session(*, session: Session, row: DashboardSession) -> None:
+    session.add(row)
+    session.flush()
+
+
+def get_session(*, session: Session, id_hash: str) -> tuple[DashboardSession, Agent | None] | None:
+    """The session row and its agent (None for the admin's), or None."""
+    row = session.get(DashboardSession, id_hash)
+    if row is None:
+        return None
+    return row, session.get(Agent, row.agent_id) if row.agent_id is not None else None
+
+
+def delete_session(*, session: Session, id_hash: str) -> None:
+    session.execute(delete(DashboardSession).where(DashboardSession.id_hash == id_hash))
+
+
+def delete_expired_sessions(*, session: Session, now: datetime) -> None:
+    session.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))
