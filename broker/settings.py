@@ -22,7 +22,7 @@ class BrokerSettings(BaseSettings):
     max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, gt=0)
     # Every request body is limited before any route, dependency or token check reads it (broker/guard.py).
     max_json_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    max_report_bytes: int = Field(default=256 * 1024, gt=0)
+    max_report_bytes: int = Field(default=128 * 1024, gt=0)  # detail alone may be 64 KiB
     # Concurrent event streams one token may hold; more are answered 429 with Retry-After.
     max_streams_per_agent: int = Field(default=16, gt=0)
     # Threads that run blocking routes; the database pool is sized to them, so no thread waits on the pool.
