@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import factory
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_publish import problem_type
@@ -362,3 +363,23 @@ def broker_streams(database_url, tmp_path):
     settings = broker_settings(database_url, tmp_path / "data", max_streams_per_agent=2, sse_keepalive_seconds=0.2)
     with ServerThread(settings) as server:
         yield Broker(server.url, settings, "sqlite" if settings.is_sqlite else "postgresql")
+
+
+def test_an_exhausted_pool_is_503_unavailable_with_retry_after_and_healthz_still_answers(database_url, tmp_path):
+    from brokerkit import ADMIN_TOKEN, ServerThread, broker_settings
+
+    settings = broker_settings(database_url, tmp_path / "data", worker_threads=1, pool_timeout_seconds=0.5)
+    with ServerThread(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        engine = server.server.config.app.state.sessions.engine
+        assert engine.pool.size() == settings.worker_threads + 2  # the pool is sized to the threads
+        held = [engine.connect() for _ in range(engine.pool.size())]  # every connection taken
+        try:
+            r = http.get("/v1/agents/nobody", headers=bearer(ADMIN_TOKEN))
+            assert (r.status_code, problem_type(r)) == (503, "unavailable")
+            assert int(r.headers["retry-after"]) > 0
+            assert http.get("/healthz").status_code == 200
+        finally:
+            for conn in held:
+                conn.close()
+        r = http.get("/v1/agents/nobody", headers=bearer(ADMIN_TOKEN))
+        assert (r.status_code, problem_type(r)) == (404, "not-found")
