@@ -66,6 +66,11 @@ class Caller:
     def sees_quarantined(self) -> bool:
         return self.role != "student"
 
+    @property
+    def stream_holder(self) -> str:
+        """Whose budget of concurrent event streams a stream counts against (API and dashboard alike)."""
+        return f"agent:{self.agent.id}" if self.agent is not None else self.role
+
 
 def get_caller(request: Request, settings: SettingsDep, sessions: SessionsDep) -> Caller:
     token = auth.parse_bearer(request.headers.get("authorization"))

@@ -11,13 +11,15 @@ delivers every packet.
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, TypeVar
 
 import psycopg
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 Future = asyncio.Future[Any]
@@ -116,6 +118,20 @@ class StreamSlots:
             self._held[holder] = left
         else:
             self._held.pop(holder, None)
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """A stream that gives its `StreamSlots` slot back however it ends (finished, failed or cancelled)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 class PostgresListener:

@@ -4,17 +4,16 @@ import asyncio
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from broker.api import params
 from broker.db import Sessions
 from broker.deps import AnyAgentDep, BroadcasterDep, Caller, MetricsDep, SessionsDep, SettingsDep, StreamSlotsDep
-from broker.events import Broadcaster
+from broker.events import Broadcaster, SlotStreamingResponse
 from broker.metrics import Metrics
 from broker.repositories import packets as packets_repo
 from broker.schemas import PacketPage, PacketSummary, TopicOut
@@ -123,7 +122,7 @@ async def topic_events(
 ) -> StreamingResponse:
     params.topic(topic)
     cursor = _last_event_id(last_event_id)
-    holder = _holder(caller)
+    holder = caller.stream_holder
     if not slots.acquire(holder):
         raise TooManyRequests(f"this token already holds {slots.per_holder} event streams; close one first")
     release = functools.partial(slots.release, holder)
@@ -135,21 +134,7 @@ async def topic_events(
         raise
     stream = _stream(request, sessions, broadcaster, metrics, topic, cursor, caller, settings.sse_keepalive_seconds)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return _SlotResponse(stream, release, media_type="text/event-stream", headers=headers)
-
-
-class _SlotResponse(StreamingResponse):
-    """A stream that gives its slot back however it ends (finished, failed or cancelled)."""
-
-    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: object) -> None:
-        super().__init__(content, **kwargs)  # type: ignore[arg-type]
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
+    return SlotStreamingResponse(stream, release, media_type="text/event-stream", headers=headers)
 
 
 def _last_event_id(value: str | None) -> int | None:
@@ -164,7 +149,3 @@ def _last_event_id(value: str | None) -> int | None:
     if not _SEQ.fullmatch(text) or int(text) > params.MAX_CURSOR:
         raise InvalidRequest("Last-Event-ID must be a packet seq (a non-negative 64-bit integer)")
     return int(text)
-
-
-def _holder(caller: Caller) -> str:
-    return f"agent:{caller.agent.id}" if caller.agent is not None else caller.role

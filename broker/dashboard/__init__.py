@@ -31,12 +31,22 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.templating import Jinja2Templates
 
 from broker.api.params import MAX_CURSOR
-from broker.deps import ADMIN, BroadcasterDep, Caller, SessionsDep, SettingsDep, StoreDep, caller_for_token
+from broker.deps import (
+    ADMIN,
+    BroadcasterDep,
+    Caller,
+    SessionsDep,
+    SettingsDep,
+    StoreDep,
+    StreamSlotsDep,
+    caller_for_token,
+)
+from broker.events import SlotStreamingResponse
 from broker.repositories import dashboard as queries
 from broker.repositories import packets as packets_repo
 from broker.services import dashboard_sessions, eventlog
 from broker.services import packets as packets_service
-from m2kt.errors import Forbidden, NotFound, Unauthorized
+from m2kt.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from m2kt.payload import read_header
 
 __all__ = ["COOKIE", "SignInThrottle", "router"]
@@ -235,9 +245,19 @@ def topics_fragment(request: Request, caller: PageCaller, sessions: SessionsDep)
 
 @router.get("/events")
 async def events(
-    request: Request, caller: PageCaller, settings: SettingsDep, sessions: SessionsDep, broadcaster: BroadcasterDep
+    request: Request,
+    caller: PageCaller,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    broadcaster: BroadcasterDep,
+    slots: StreamSlotsDep,
 ) -> StreamingResponse:
-    """One SSE message whenever a packet is published anywhere: the page refetches its rows."""
+    """One SSE message whenever a packet is published anywhere: the page refetches its rows.
+
+    Counts against the caller's cap on concurrent event streams, like the API's streams.
+    """
+    if not slots.acquire(caller.stream_holder):
+        raise TooManyRequests(f"this agent already holds {slots.per_holder} event streams; close a page first")
 
     async def stream() -> AsyncIterator[str]:
         wake = broadcaster.subscribe()
@@ -256,7 +276,10 @@ async def events(
         finally:
             broadcaster.unsubscribe(wake)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    release = functools.partial(slots.release, caller.stream_holder)
+    return SlotStreamingResponse(
+        stream(), release, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 def _max_seq(sessions: Any) -> int:

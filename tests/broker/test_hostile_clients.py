@@ -341,6 +341,10 @@ def test_a_token_may_hold_only_so_many_event_streams(broker_streams):
             r = http.get(url)
             assert (r.status_code, problem_type(r)) == (429, "too-many-requests")
             assert int(r.headers["retry-after"]) > 0
+            with httpx.Client(base_url=broker.url, timeout=30) as page:  # the dashboard's stream counts too
+                assert page.post("/dashboard/login", data={"token": token}).status_code == 303
+                r = page.get("/dashboard/events")
+                assert (r.status_code, problem_type(r)) == (429, "too-many-requests")
             with broker.http(other_token) as other:  # the cap is per token, not per broker
                 with other.stream("GET", url) as r3:
                     assert r3.status_code == 200
