@@ -128,7 +128,11 @@ def same_origin(request: Request) -> None:
     source = request.headers.get("origin") or request.headers.get("referer")
     if source is None:
         return
-    if source == "null" or urlsplit(source).netloc != request.headers.get("host", ""):
+    try:
+        netloc = urlsplit(source).netloc
+    except ValueError:  # e.g. "http://[": not a URL at all
+        netloc = ""
+    if source == "null" or not netloc or netloc != request.headers.get("host", ""):
         raise Forbidden("this form was not sent from this dashboard")
 
 

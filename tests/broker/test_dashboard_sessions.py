@@ -85,6 +85,8 @@ def test_forms_need_the_session_csrf_token_and_this_origin(broker):
             ({"action": "quarantine", "csrf": token}, {"Origin": f"{broker.url.rsplit(':', 1)[0]}:1"}),  # another port
             ({"action": "quarantine", "csrf": token}, {"Origin": "null"}),
             ({"action": "quarantine", "csrf": token}, {"Referer": "http://evil.example/page"}),
+            ({"action": "quarantine", "csrf": token}, {"Origin": "http://["}),  # not a URL: refused, not a 500
+            ({"action": "quarantine", "csrf": token}, {"Origin": "garbage"}),
         ]
         for data, headers in attempts:
             r = admin.post(url, data=data, headers=headers)

@@ -100,6 +100,11 @@ def admin(method: str, path: str, **kwargs) -> tuple:
     return method, path, {**kwargs, "headers": {**kwargs.get("headers", {}), **bearer(ADMIN_TOKEN)}}
 
 
+def multipart(c: Ctx, boundary: str) -> tuple:
+    headers = {**bearer(c.teacher_token), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return "POST", "/v1/packets", {"headers": headers, "content": b"--b\r\n\r\n--b--\r\n"}
+
+
 def get(c: Ctx, path: str) -> tuple:
     return "GET", path, {"headers": bearer(c.student_token)}
 
@@ -139,6 +144,9 @@ CASES = [
     ("declared body on a GET over the limit", lambda c: ("GET", "/v1/topics", {"content": b" " * (BODY_LIMIT + 1),
                                                                                "headers": bearer(c.student_token)}),
      413, "payload-too-large"),
+    ("publish with a 100,000-character boundary", lambda c: multipart(c, "b" * 100_000), 422, "invalid-request"),
+    ("publish with an empty boundary", lambda c: multipart(c, '""'), 422, "invalid-request"),
+    ("publish with a boundary of DEL", lambda c: multipart(c, "\x7f"), 422, "invalid-request"),
     # JSON that parses in Python but would break a later read, in a report
     ("report nested 40 deep", lambda c: report(c, '{"verdict": "accepted", "metrics": {"x": ' + nested(40) + "}}"),
      422, "invalid-request"),
