@@ -53,6 +53,7 @@ __all__ = ["COOKIE", "SignInThrottle", "router"]
 
 COOKIE = "m2kt_dashboard"
 PAGE = 50
+REPORTS_SHOWN = 200  # a packet page shows its newest reports, not all of them (one per student, unbounded)
 # What the sign-in page may say: fixed texts chosen by the server, never text from the request.
 _MESSAGES = {
     "invalid": "That token is not valid.",
@@ -298,7 +299,7 @@ def packet_page(
     caller = page.caller
     with sessions.reader() as session:
         packet = _visible(packets_service.get_packet(session=session, packet_id=packet_id), caller)
-        reports = queries.reports_of(session=session, packet_id=packet_id)
+        reports = queries.reports_of(session=session, packet_id=packet_id, limit=REPORTS_SHOWN)
         prov = packets_service.provenance(session=session, packet_id=packet_id)
         sha, _size = packets_service.get_blob_ref(session=session, packet_id=packet_id, which="payload")
     with store.path(sha).open("rb") as fh:

@@ -67,9 +67,16 @@ def report_bodies(*, session: Session, limit: int) -> list[tuple[str, str, str]]
     return [(s, t, b) for s, t, b in session.execute(stmt)]
 
 
-def reports_of(*, session: Session, packet_id: str) -> list[Report]:
-    stmt = select(Report).where(Report.packet_id == packet_id).options(joinedload(Report.student)).order_by(Report.id)
-    return list(session.scalars(stmt))
+def reports_of(*, session: Session, packet_id: str, limit: int) -> list[Report]:
+    """The newest ``limit`` reports on a packet, oldest first."""
+    stmt = (
+        select(Report)
+        .where(Report.packet_id == packet_id)
+        .options(joinedload(Report.student))
+        .order_by(Report.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(session.scalars(stmt))))
 
 
 def log_window(*, session: Session, first: int, last: int) -> list[LogEntry]:
