@@ -395,3 +395,25 @@ def test_an_exhausted_pool_is_503_unavailable_with_retry_after_and_healthz_still
                 conn.close()
         r = http.get("/v1/agents/nobody", headers=bearer(ADMIN_TOKEN))
         assert (r.status_code, problem_type(r)) == (404, "not-found")
+
+
+def test_provenance_is_a_fixed_number_of_queries_however_many_parents(broker):
+    """One query for all parents, not one per parent: 256 parents cost what 1 does."""
+    from test_dashboard import _counting_queries
+
+    teacher = broker.teacher()
+    ctx = Ctx(teacher.name, teacher.token, teacher.key, "", "", "")
+    with broker.http(teacher.token) as http:
+        known = []
+        for seed in range(3):
+            method, path, kwargs = publish(ctx, *_statement_and_payload(ctx, seed))
+            known.append(http.request(method, path, **kwargs).json()["id"])
+        counts = []
+        for parents in ([known[0]], known + [hashlib.sha256(str(i).encode()).hexdigest() for i in range(253)]):
+            method, path, kwargs = with_manifest(ctx, parents=parents)
+            child = http.request(method, path, **kwargs).json()["id"]
+            with _counting_queries() as statements:
+                r = http.get(f"/v1/packets/{child}/provenance")
+            assert r.status_code == 200 and len(r.json()["parents"]) == len(parents)
+            counts.append(len(statements))
+    assert counts[0] == counts[1], counts
