@@ -192,15 +192,16 @@ CREATE TABLE IF NOT EXISTS raw_log (idx BIGSERIAL PRIMARY KEY, subject TEXT, has
 # -- fan-out latency ------------------------------------------------------------------------------
 def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[str, Any]:
     token, key = harness.teacher(base, admin)
-    with BrokerClient(base, admin) as c:
-        student = str(c.create_agent(f"bench-s-{uuid.uuid4().hex[:6]}", "student")["token"])
+    with BrokerClient(base, admin) as c:  # a token holds at most 16 streams: ten streams per student
+        students = [str(c.create_agent(f"bench-s-{uuid.uuid4().hex[:6]}", "student")["token"])
+                    for _ in range(-(-n_streams // 10))]  # fmt: skip
     topic = "bench.fanout"
     received: dict[str, list[float]] = {}
     lock = threading.Lock()
     opened = threading.Semaphore(0)
     stop = threading.Event()
 
-    def listen() -> None:
+    def listen(student: str) -> None:
         headers = {"Authorization": f"Bearer {student}"}
         with httpx.Client(timeout=httpx.Timeout(10, read=60)) as http, \
                 http.stream("GET", f"{base}/v1/topics/{topic}/events", headers=headers) as r:  # fmt: skip
@@ -214,7 +215,7 @@ def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[
                 if stop.is_set():
                     return
 
-    threads = [threading.Thread(target=listen, daemon=True) for _ in range(n_streams)]
+    threads = [threading.Thread(target=listen, args=(students[i // 10],), daemon=True) for i in range(n_streams)]
     for t in threads:
         t.start()
     for _ in threads:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,10 +70,12 @@ def _measure(base: str, admin: str, total: int) -> dict[str, Any]:
 
 def _fill(base: str, token: str, student: str, key: Any, *, start: int, n: int, workers: int = 8) -> list[str]:
     """Publish ``n`` more packets with ``workers`` concurrent publishers; report on every tenth."""
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")  # one for the batch: workers publish in any order
     batch = [
-        (start + i, *harness.signed_packets(key, 1, 4096, f"dash.t{(start + i) % TOPICS:02d}", first=start + i)[0])
+        (start + i, *harness.signed_packets(key, 1, 4096, f"dash.t{(start + i) % TOPICS:02d}", first=start + i,
+                                            created_at=created_at)[0])
         for i in range(n)
-    ]
+    ]  # fmt: skip
     ids: dict[int, str] = {}
     errors: list[BaseException] = []
 

@@ -80,25 +80,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# keyid -> the teacher registered with it: the broker requires a packet's teacher.agent to be its publisher.
+_AGENTS: dict[str, str] = {}
+
+
 def teacher(base: str, admin: str) -> tuple[str, Ed25519PrivateKey]:
     key = keys.generate()
+    name = f"bench-{uuid.uuid4().hex[:8]}"
     with BrokerClient(base, admin) as c:
-        body = c.create_agent(f"bench-{uuid.uuid4().hex[:8]}", "teacher", keys.public_to_b64(key.public_key()))
+        body = c.create_agent(name, "teacher", keys.public_to_b64(key.public_key()))
+    _AGENTS[str(body["keyid"])] = name
     return str(body["token"]), key
 
 
 def signed_packets(
-    key: Ed25519PrivateKey, n: int, size: int, topic: str, *, first: int = 0
+    key: Ed25519PrivateKey, n: int, size: int, topic: str, *, first: int = 0, created_at: str | None = None
 ) -> list[tuple[bytes, bytes]]:
-    """``n`` distinct (envelope, payload) pairs of about ``size`` bytes; ``first`` numbers them apart across calls."""
+    """``n`` distinct (envelope, payload) pairs of about ``size`` bytes; ``first`` numbers them apart across calls.
+
+    All carry one ``created_at`` (default: now): publishers may send them in any order, and the
+    broker refuses a packet older than the teacher's newest on its topic (an equal one passes).
+    """
     rng = np.random.default_rng((size, n, first))
+    agent = _AGENTS.get(keys.keyid(key.public_key()), "bench")
+    created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
     out = []
     for i in range(first, first + n):
         tensors = {"C": rng.standard_normal(size // 4).astype(np.float32)}
         manifest = {
             "packet_format": 1,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "teacher": {"agent": "bench", "model": {"architecture": "x", "hidden_size": 1, "num_layers": 1,
+            "created_at": created_at,
+            "teacher": {"agent": agent, "model": {"architecture": "x", "hidden_size": 1, "num_layers": 1,
                                                     "weights_sha256": hashlib.sha256(b"w").hexdigest()}},
             "task": {"name": "bench", "i": i},
             "topics": [topic],

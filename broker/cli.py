@@ -1,4 +1,4 @@
-"""m2kt-broker: serve, migrate, agents create, keys revoke."""
+"""m2kt-broker: serve, migrate, agents create / rotate-token / revoke-token, keys revoke."""
 
 from pathlib import Path
 from typing import Annotated
@@ -129,3 +129,31 @@ def keys_revoke(
     finally:
         engine.dispose()
     err.print(f"revoked {keyid}")
+
+
+@agents_app.command("rotate-token")
+def agents_rotate_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
+    """Issue a new token for an agent and print it (shown once); the old token stops working at once."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        new = agents_service.rotate_token(sessions=Sessions(engine), name=name)
+    except M2KTError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    out.print(new.token, soft_wrap=True, highlight=False)
+
+
+@agents_app.command("revoke-token")
+def agents_revoke_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
+    """Refuse an agent's token from now on (rotate-token issues a new one)."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        agents_service.revoke_token(sessions=Sessions(engine), name=name)
+    except M2KTError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    err.print(f"token of {name} revoked")

@@ -49,9 +49,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 WRITE = "m2kt_write"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create the engine with the per-backend settings this module's docstring explains."""
+def make_engine(url: str, *, pool_size: int = 10, pool_timeout: float = 30.0, **kwargs: Any) -> Engine:
+    """Create the engine with the per-backend settings this module's docstring explains.
+
+    The pool holds ``pool_size`` connections and no overflow: a request that finds none free
+    within ``pool_timeout`` seconds fails with SQLAlchemy's TimeoutError (503 `unavailable`).
+    """
     if url.startswith("sqlite"):
+        if ":memory:" not in url and "mode=memory" not in url:
+            kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -70,8 +76,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout)
     connect_args = {"connect_timeout": 5}
     return create_engine(url, connect_args=connect_args, **kwargs)
 

@@ -6,13 +6,13 @@ from fastapi import Depends, Request
 
 from broker import auth
 from broker.db import Sessions
-from broker.events import Broadcaster
+from broker.events import Broadcaster, StreamSlots
 from broker.metrics import Metrics
 from broker.models import Agent
 from broker.repositories import agents as agents_repo
 from broker.settings import BrokerSettings
 from broker.storage import BlobStore
-from m2kt.errors import Forbidden, Unauthorized
+from m2kt.errors import Forbidden, Unauthorized, UnknownKey
 
 ADMIN = "admin"
 
@@ -42,11 +42,17 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_stream_slots(request: Request) -> StreamSlots:
+    slots: StreamSlots = request.app.state.stream_slots
+    return slots
+
+
 SettingsDep = Annotated[BrokerSettings, Depends(get_settings)]
 SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
 
 
 class Caller:
@@ -59,6 +65,11 @@ class Caller:
     @property
     def sees_quarantined(self) -> bool:
         return self.role != "student"
+
+    @property
+    def stream_holder(self) -> str:
+        """Whose budget of concurrent event streams a stream counts against (API and dashboard alike)."""
+        return f"agent:{self.agent.id}" if self.agent is not None else self.role
 
 
 def get_caller(request: Request, settings: SettingsDep, sessions: SessionsDep) -> Caller:
@@ -100,3 +111,15 @@ AnyAgentDep = Annotated[Caller, Depends(_require_agent)]
 AdminDep = Annotated[Caller, _require(ADMIN)]
 TeacherDep = Annotated[Caller, _require("teacher")]
 StudentDep = Annotated[Caller, _require("student")]
+
+
+def _require_publisher(caller: TeacherDep, sessions: SessionsDep) -> Caller:
+    """A teacher holding at least one unrevoked key: checked before the upload is read."""
+    assert caller.agent is not None
+    with sessions.reader() as session:
+        if not agents_repo.active_keys(session=session, agent_id=caller.agent.id):
+            raise UnknownKey("every key of this teacher is revoked: it can publish nothing")
+    return caller
+
+
+PublisherDep = Annotated[Caller, Depends(_require_publisher)]

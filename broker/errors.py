@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m2kt.constants import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
@@ -34,6 +35,8 @@ def problem_response(exc: M2KTError, headers: dict[str, str] | None = None) -> J
     body = problem_for(exc).model_dump()
     if exc.status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="m2kt"'}
+    if exc.retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
     return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
@@ -57,9 +60,10 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: _problem_response("the caller's role may not do this, or the key is not the caller's"),
     404: _problem_response("no such agent, key or packet (`not-found`)"),
     409: _problem_response("already exists, or already reported (`conflict`)"),
-    413: _problem_response("payload or envelope over the size limit (`payload-too-large`)"),
+    413: _problem_response("request body, payload or envelope over its size limit (`payload-too-large`)"),
     422: _problem_response("malformed request, envelope, statement, payload or manifest"),
-    503: _problem_response("the database does not answer"),
+    429: _problem_response("a per-agent cap is reached (`too-many-requests`); see Retry-After"),
+    503: _problem_response("the database does not answer or is busy (`unavailable`); see Retry-After"),
 }
 
 
@@ -90,6 +94,17 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         logger.error("database error", extra={"error": str(exc).splitlines()[0]})
         return problem_response(ServiceUnavailable("the database is not answering; try again"))
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: Exception) -> JSONResponse:
+        # a value the database refuses (the door should have refused it first): the request is at fault
+        logger.warning("database refused a value", extra={"error": str(exc).splitlines()[0]})
+        return problem_response(InvalidRequest("a value in the request cannot be stored"))
+
+    @app.exception_handler(PoolTimeout)
+    async def _busy(_: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database connection pool exhausted")
+        return problem_response(ServiceUnavailable("the broker is busy; try again"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,13 +11,15 @@ delivers every packet.
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, TypeVar
 
 import psycopg
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 Future = asyncio.Future[Any]
@@ -91,6 +93,45 @@ class Broadcaster:
             future.add_done_callback(forget)
         result: T = await asyncio.shield(entry[1])  # one stream going away does not cancel the others' read
         return result
+
+
+class StreamSlots:
+    """Per-token caps on concurrent event streams; owned by `app.state`, used on the event loop only.
+
+    Without a cap one token could open hundreds of streams, and every publish wakes every stream.
+    """
+
+    def __init__(self, per_holder: int) -> None:
+        self.per_holder = per_holder
+        self._held: dict[str, int] = {}
+
+    def acquire(self, holder: str) -> bool:
+        """Take a slot for ``holder``; False when it already holds its cap."""
+        if self._held.get(holder, 0) >= self.per_holder:
+            return False
+        self._held[holder] = self._held.get(holder, 0) + 1
+        return True
+
+    def release(self, holder: str) -> None:
+        left = self._held.get(holder, 0) - 1
+        if left > 0:
+            self._held[holder] = left
+        else:
+            self._held.pop(holder, None)
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """A stream that gives its `StreamSlots` slot back however it ends (finished, failed or cancelled)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 class PostgresListener:

@@ -5,6 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
@@ -12,7 +13,8 @@ from broker import api, dashboard
 from broker.api import health
 from broker.db import Sessions, make_engine
 from broker.errors import PROBLEM_RESPONSES, install_problem_handlers
-from broker.events import Broadcaster, PostgresListener
+from broker.events import Broadcaster, PostgresListener, StreamSlots
+from broker.guard import RequestGuard
 from broker.metrics import Metrics
 from broker.repositories import packets as packets_repo
 from broker.settings import BrokerSettings
@@ -39,13 +41,19 @@ def create_app(settings: BrokerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.database_url)
+        # Every blocking route runs on one of these threads and holds at most one connection at a time:
+        # a pool as large as the threads (plus the readiness probe's) never makes a thread wait for one.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        engine = make_engine(
+            settings.database_url, pool_size=settings.worker_threads + 2, pool_timeout=settings.pool_timeout_seconds
+        )
         sessions = Sessions(engine)
         store = BlobStore(settings.data_dir)
         broadcaster = Broadcaster()
         broadcaster.attach(asyncio.get_running_loop())
         app.state.settings, app.state.sessions, app.state.store = settings, sessions, store
         app.state.broadcaster, app.state.metrics = broadcaster, Metrics()
+        app.state.stream_slots = StreamSlots(settings.max_streams_per_agent)
         removed = sweep_orphans(sessions, store, settings.orphan_grace_seconds)
         logger.info("broker ready", extra={"orphans_removed": removed, "sqlite": settings.is_sqlite})
         listener = None
@@ -62,6 +70,7 @@ def create_app(settings: BrokerSettings) -> FastAPI:
     # redirect_slashes off: a path with a stray slash is a 404 problem, not a 307 to somewhere else
     app = FastAPI(title="M2KT broker", version="1", description=DESCRIPTION, lifespan=lifespan, redirect_slashes=False)
     install_problem_handlers(app)
+    app.add_middleware(RequestGuard, settings=settings)
     app.include_router(health.router)
     app.include_router(api.router, responses=PROBLEM_RESPONSES)
     dashboard.install(app)

@@ -42,7 +42,10 @@ class Packet(Base):
     envelope_sha256: Mapped[str] = mapped_column(String(64))
     envelope_size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # the manifest's created_at (NULL only for rows older than migration 0002 that could not be read)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     teacher: Mapped[Agent] = relationship()
+    key: Mapped[Key] = relationship()
     topics: Mapped[list["PacketTopic"]] = relationship(order_by="PacketTopic.topic")
 
 
@@ -97,3 +100,20 @@ class Head(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger)
     last_index: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard visitor. The cookie holds a random id; only its SHA-256 is stored.
+
+    The session remembers the hash of the token it was opened with, so rotating or revoking
+    that token ends the session too.
+    """
+
+    __tablename__ = "dashboard_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)  # NULL: the admin
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -40,6 +40,17 @@ class AgentCreated(BaseModel):
     keyid: str | None
 
 
+class TokenOut(BaseModel):
+    name: str
+    role: str
+    token: str
+
+
+class TokenRevoked(BaseModel):
+    name: str
+    revoked: bool
+
+
 class KeyOut(BaseModel):
     keyid: str
     public_key: str
@@ -66,6 +77,7 @@ class PacketSummary(BaseModel):
     topics: list[str]
     status: Literal["published", "quarantined"]
     received_at: str
+    key_revoked: bool = Field(description="the signing key was revoked after the packet was published")
 
 
 class ReportCounts(BaseModel):

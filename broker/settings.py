@@ -20,10 +20,22 @@ class BrokerSettings(BaseSettings):
     admin_token: SecretStr | None = None
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
     max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, gt=0)
+    # Every request body is limited before any route, dependency or token check reads it (broker/guard.py).
     max_json_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_report_bytes: int = Field(default=128 * 1024, gt=0)  # detail alone may be 64 KiB
+    # Concurrent event streams one token may hold; more are answered 429 with Retry-After.
+    max_streams_per_agent: int = Field(default=16, gt=0)
+    # Threads that run blocking routes; the database pool is sized to them, so no thread waits on the pool.
+    worker_threads: int = Field(default=40, gt=0, le=1000)
+    # How long a request waits for a database connection before it is answered 503 with Retry-After.
+    pool_timeout_seconds: float = Field(default=10.0, gt=0)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
     # Unreferenced blobs younger than this survive start-up: another replica may be mid-publish.
     orphan_grace_seconds: float = Field(default=600.0, ge=0)
+    # A new packet's manifest created_at must lie within this many seconds of the broker's clock.
+    created_at_window_seconds: float = Field(default=86400.0, gt=0)
+    # A dashboard session (server-side, broker/services/dashboard_sessions.py) lasts this long.
+    dashboard_session_seconds: int = Field(default=8 * 3600, gt=0)
     log_json: bool = True
 
     @field_validator("admin_token")

@@ -7,16 +7,21 @@ and an oversized upload is refused before it has all arrived.
 """
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart import MultipartParser
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from broker.storage import BlobStore, SpooledBlob
 from m2kt.errors import InvalidRequest, PayloadTooLarge
 
+if TYPE_CHECKING:  # the library defines its callback types for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
+
 _OVERHEAD = 64 * 1024  # multipart boundaries and part headers
+_MAX_BOUNDARY = 70
 
 
 @dataclass
@@ -89,29 +94,29 @@ async def read_packet_upload(
     boundary = options.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise InvalidRequest("the body must be multipart/form-data with parts 'envelope' and 'payload'")
+    if len(boundary) > _MAX_BOUNDARY:
+        raise InvalidRequest(f"the multipart boundary is longer than {_MAX_BOUNDARY} characters (RFC 2046)")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_payload + max_envelope + _OVERHEAD:
         raise PayloadTooLarge(f"a request of {declared} bytes exceeds the size limit")
     state = _State(store=store, max_payload=max_payload, max_envelope=max_envelope)
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": state.on_part_begin,
-            "on_header_field": state.on_header_field,
-            "on_header_value": state.on_header_value,
-            "on_header_end": state.on_header_end,
-            "on_headers_finished": state.on_headers_finished,
-            "on_part_data": state.on_part_data,
-        },
-    )
+    callbacks: MultipartCallbacks = {
+        "on_part_begin": state.on_part_begin,
+        "on_header_field": state.on_header_field,
+        "on_header_value": state.on_header_value,
+        "on_header_end": state.on_header_end,
+        "on_headers_finished": state.on_headers_finished,
+        "on_part_data": state.on_part_data,
+    }
     try:
+        parser = MultipartParser(boundary, callbacks)
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
         if state.payload is None or state.envelope is None:
             raise InvalidRequest("multipart parts 'envelope' and 'payload' are both required")
         state.payload.finish()
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # the parser's root error: a malformed body or boundary
         if state.payload is not None:
             state.payload.discard()
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc

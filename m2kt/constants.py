@@ -29,5 +29,12 @@ MAX_SAFETENSORS_HEADER_BYTES: Final = 16 * 1024 * 1024
 # JSON nesting deeper than this is refused (statements and envelopes are shallow).
 MAX_JSON_DEPTH: Final = 64
 
+# Signatures per envelope: more are refused before any is verified (each costs a verification).
+MAX_SIGNATURES: Final = 8
+# Parents per manifest: provenance reads them all in one query, but the list itself is bounded.
+MAX_PARENTS: Final = 256
+# Nesting of JSON request bodies (reports, agents, quarantine); statements allow MAX_JSON_DEPTH.
+MAX_BODY_JSON_DEPTH: Final = 32
+
 PAGE_LIMIT_DEFAULT: Final = 100
 PAGE_LIMIT_MAX: Final = 500

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from m2kt import keys
-from m2kt.constants import PAYLOAD_TYPE
+from m2kt.constants import MAX_SIGNATURES, PAYLOAD_TYPE
 from m2kt.errors import BadSignature, InvalidEnvelope, UnknownKey
 from m2kt.jsonutil import JSONError, loads_strict
 
@@ -78,6 +78,8 @@ class Envelope:
             raise InvalidEnvelope("envelope.payload must be a string")
         if not isinstance(sigs, list) or not sigs:
             raise InvalidEnvelope("envelope.signatures must be a non-empty list")
+        if len(sigs) > MAX_SIGNATURES:
+            raise InvalidEnvelope(f"envelope carries {len(sigs)} signatures; at most {MAX_SIGNATURES} are accepted")
         parsed = []
         for i, entry in enumerate(sigs):
             if not isinstance(entry, dict):

@@ -13,11 +13,13 @@
     ├── NotFound                   not-found, 404
     ├── Conflict                   conflict, 409
     ├── InvalidRequest             invalid-request, 422
-    ├── ServiceUnavailable         unavailable, 503 (readiness, database gone)
+    ├── TooManyRequests            too-many-requests, 429 (a per-agent cap, e.g. event streams)
+    ├── ServiceUnavailable         unavailable, 503 (readiness, database gone or busy)
     └── TransportError             a client could not reach the broker (no HTTP status)
 
 Each class carries the slug of its RFC 9457 problem type and its HTTP status, so
 the broker renders and the client maps back through one table (`BY_SLUG`).
+A class with `retry_after` set is answered with that `Retry-After` header.
 """
 
 from typing import ClassVar
@@ -28,6 +30,7 @@ class M2KTError(Exception):
 
     slug: ClassVar[str] = "invalid-request"
     status: ClassVar[int] = 422
+    retry_after: ClassVar[int | None] = None  # seconds, for the Retry-After header
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -94,9 +97,16 @@ class InvalidRequest(M2KTError):
     status = 422
 
 
+class TooManyRequests(M2KTError):
+    slug = "too-many-requests"
+    status = 429
+    retry_after = 5
+
+
 class ServiceUnavailable(M2KTError):
     slug = "unavailable"
     status = 503
+    retry_after = 2
 
 
 class TransportError(M2KTError):
@@ -121,6 +131,7 @@ BY_SLUG: dict[str, type[M2KTError]] = {
         NotFound,
         Conflict,
         InvalidRequest,
+        TooManyRequests,
         ServiceUnavailable,
     )
 }

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from m2kt.constants import MAX_CONCEPTS, MAX_TOPICS, PACKET_FORMAT, PACKET_ID_PATTERN, TOPIC_MAX_LEN
+from m2kt.constants import MAX_CONCEPTS, MAX_PARENTS, MAX_TOPICS, PACKET_FORMAT, PACKET_ID_PATTERN, TOPIC_MAX_LEN
 from m2kt.constants import TOPIC_PATTERN as _TOPIC
 from m2kt.errors import InvalidManifest
 
@@ -73,7 +73,7 @@ class Manifest(_Open):
     concepts: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
     anchors: Anchors
     tensors: dict[str, TensorEntry]
-    parents: list[PacketId] = Field(default_factory=list)
+    parents: list[PacketId] = Field(default_factory=list, max_length=MAX_PARENTS)
 
     @model_validator(mode="after")
     def _rules(self) -> "Manifest":
@@ -87,6 +87,8 @@ class Manifest(_Open):
             raise ValueError("created_at is not a valid date and time") from exc
         if len(set(self.topics)) != len(self.topics):
             raise ValueError("topics must not repeat")
+        if len(set(self.parents)) != len(self.parents):
+            raise ValueError("parents must not repeat")
         keys = [c.key for c in self.concepts]
         if len(set(keys)) != len(keys):
             raise ValueError("concept keys must be unique")

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import factory
 import httpx
 import psycopg
 import uvicorn
@@ -100,6 +101,7 @@ class Broker:
         name = name or f"teacher-{uuid.uuid4().hex[:8]}"
         with self.admin as admin:
             body = admin.create_agent(name, "teacher", keys.public_to_b64(key.public_key()))
+        factory.AGENTS[body["keyid"]] = name  # packets this key signs name this teacher
         return Teacher(name, body["token"], key, body["keyid"])
 
     def student(self, name: str | None = None) -> tuple[str, str]:

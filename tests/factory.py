@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import struct
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+
+# One created_at for the whole test session: within the broker's freshness window, and the same in
+# every call, so a packet built twice is the same packet.
+CREATED_AT = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+# keyid -> the agent that registered it (tests/brokerkit.py fills it): a packet signed by a key
+# names that agent as its teacher, as the broker requires.
+AGENTS: dict[str, str] = {}
 
 
 def keyid_of(key: Ed25519PrivateKey) -> str:
@@ -44,7 +53,7 @@ def manifest(
     arrays = arrays if arrays is not None else default_tensors()
     body: dict[str, Any] = {
         "packet_format": 1,
-        "created_at": "2026-11-23T09:00:00Z",
+        "created_at": CREATED_AT,
         "teacher": {
             "agent": "teacher-a",
             "model": {"architecture": "bert", "hidden_size": 4, "num_layers": 2, "weights_sha256": "ab" * 32},
@@ -85,7 +94,10 @@ def packet(key: Ed25519PrivateKey, seed: int = 0, topics: list[str] | None = Non
     """(packet id, envelope bytes, payload bytes) signed by `key`."""
     tensors = default_tensors(seed)
     payload = safetensors_bytes(tensors)
-    stmt = statement_bytes(payload, manifest(topics, tensors, **overrides))
+    body = manifest(topics, tensors, **overrides)
+    if "teacher" not in overrides:
+        body["teacher"] = {**body["teacher"], "agent": AGENTS.get(keyid_of(key), "teacher-a")}
+    stmt = statement_bytes(payload, body)
     return hashlib.sha256(stmt).hexdigest(), envelope_bytes(stmt, key), payload
 
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Path
 
 from broker.deps import AdminDep, AnyAgentDep, SessionsDep
 from broker.repositories import agents as agents_repo
-from broker.schemas import AgentCreated, AgentIn, AgentOut, KeyIn, KeyOut
+from broker.schemas import AgentCreated, AgentIn, AgentOut, KeyIn, KeyOut, TokenOut, TokenRevoked
 from broker.services import agents as agents_service
 from m2kt.errors import NotFound
 
@@ -39,3 +39,17 @@ def add_key(body: KeyIn, _: AdminDep, sessions: SessionsDep, name: str = Name) -
 def revoke_key(_: AdminDep, sessions: SessionsDep, name: str = Name, keyid: str = Path(max_length=64)) -> KeyOut:
     key = agents_service.revoke_key(sessions=sessions, name=name, keyid=keyid)
     return KeyOut(keyid=key.keyid, public_key=key.public_key, revoked=key.revoked)
+
+
+@router.post("/{name}/token")
+def rotate_token(_: AdminDep, sessions: SessionsDep, name: str = Name) -> TokenOut:
+    """Issue a new bearer token for the agent (shown once); the old one is refused at once."""
+    new = agents_service.rotate_token(sessions=sessions, name=name)
+    return TokenOut(name=new.name, role=new.role, token=new.token)
+
+
+@router.delete("/{name}/token")
+def revoke_token(_: AdminDep, sessions: SessionsDep, name: str = Name) -> TokenRevoked:
+    """Refuse the agent's token from now on; `POST` on the same path issues a new one."""
+    agents_service.revoke_token(sessions=sessions, name=name)
+    return TokenRevoked(name=name, revoked=True)

@@ -1,6 +1,7 @@
 """Packets: publish, read, quarantine, provenance."""
 
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -12,10 +13,10 @@ from broker.deps import (
     AnyAgentDep,
     BroadcasterDep,
     MetricsDep,
+    PublisherDep,
     SessionsDep,
     SettingsDep,
     StoreDep,
-    TeacherDep,
 )
 from broker.schemas import PacketOut, ProvenanceOut, Published, QuarantineIn, QuarantineOut
 from broker.services import packets as packets_service
@@ -57,7 +58,7 @@ _MULTIPART = {
 )
 async def publish(
     request: Request,
-    caller: TeacherDep,
+    caller: PublisherDep,
     settings: SettingsDep,
     sessions: SessionsDep,
     store: StoreDep,
@@ -78,6 +79,7 @@ async def publish(
                 teacher=caller.agent,
                 envelope=upload.envelope,
                 payload=upload.payload,
+                window=timedelta(seconds=settings.created_at_window_seconds),
             )
         finally:
             upload.payload.discard()  # no-op once committed to its content address

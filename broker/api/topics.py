@@ -3,6 +3,7 @@
 import asyncio
 import functools
 import json
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Header, Request
@@ -11,16 +12,18 @@ from fastapi.responses import StreamingResponse
 
 from broker.api import params
 from broker.db import Sessions
-from broker.deps import AnyAgentDep, BroadcasterDep, Caller, MetricsDep, SessionsDep, SettingsDep
-from broker.events import Broadcaster
+from broker.deps import AnyAgentDep, BroadcasterDep, Caller, MetricsDep, SessionsDep, SettingsDep, StreamSlotsDep
+from broker.events import Broadcaster, SlotStreamingResponse
 from broker.metrics import Metrics
 from broker.repositories import packets as packets_repo
 from broker.schemas import PacketPage, PacketSummary, TopicOut
 from broker.services.packets import summary
 from m2kt.constants import PAGE_LIMIT_MAX
-from m2kt.errors import InvalidRequest
+from m2kt.errors import InvalidRequest, TooManyRequests
 
 router = APIRouter(prefix="/topics", tags=["topics"])
+
+_SEQ = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
 
 
 @router.get("")
@@ -114,15 +117,35 @@ async def topic_events(
     settings: SettingsDep,
     broadcaster: BroadcasterDep,
     metrics: MetricsDep,
+    slots: StreamSlotsDep,
     last_event_id: str | None = Header(default=None, alias="Last-Event-ID", max_length=20),
 ) -> StreamingResponse:
     params.topic(topic)
-    if last_event_id is not None and last_event_id.strip():
-        if not last_event_id.strip().isdigit() or int(last_event_id.strip()) > params.MAX_CURSOR:
-            raise InvalidRequest("Last-Event-ID must be a packet seq (a non-negative 64-bit integer)")
-        cursor = int(last_event_id.strip())
-    else:
-        cursor = await run_in_threadpool(_current_seq, sessions)
+    cursor = _last_event_id(last_event_id)
+    holder = caller.stream_holder
+    if not slots.acquire(holder):
+        raise TooManyRequests(f"this token already holds {slots.per_holder} event streams; close one first")
+    release = functools.partial(slots.release, holder)
+    try:
+        if cursor is None:
+            cursor = await run_in_threadpool(_current_seq, sessions)
+    except BaseException:
+        release()
+        raise
     stream = _stream(request, sessions, broadcaster, metrics, topic, cursor, caller, settings.sse_keepalive_seconds)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    return SlotStreamingResponse(stream, release, media_type="text/event-stream", headers=headers)
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """The cursor a `Last-Event-ID` header names, None when absent or blank.
+
+    Raises:
+        InvalidRequest: anything but a non-negative 64-bit decimal integer.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if not _SEQ.fullmatch(text) or int(text) > params.MAX_CURSOR:
+        raise InvalidRequest("Last-Event-ID must be a packet seq (a non-negative 64-bit integer)")
+    return int(text)

@@ -1,15 +1,21 @@
 """Read-only queries for the dashboard: each page is a fixed number of queries, never one per row."""
 
-from sqlalchemy import func, select
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, aliased, joinedload, selectinload
 
-from broker.models import Agent, LogEntry, Packet, PacketTopic, Report
+from broker.models import Agent, DashboardSession, LogEntry, Packet, PacketTopic, Report
 from broker.repositories import packets as packets_repo
 
 
 def recent_packets(*, session: Session, before: int | None, limit: int, include_quarantined: bool) -> list[Packet]:
     """The newest packets (by seq, descending), paged with ``before`` = the last seq of the previous page."""
-    stmt = select(Packet).options(joinedload(Packet.teacher), selectinload(Packet.topics)).order_by(Packet.seq.desc())
+    stmt = (
+        select(Packet)
+        .options(joinedload(Packet.teacher), joinedload(Packet.key), selectinload(Packet.topics))
+        .order_by(Packet.seq.desc())
+    )
     if before is not None:
         stmt = stmt.where(Packet.seq < before)
     if not include_quarantined:
@@ -61,11 +67,39 @@ def report_bodies(*, session: Session, limit: int) -> list[tuple[str, str, str]]
     return [(s, t, b) for s, t, b in session.execute(stmt)]
 
 
-def reports_of(*, session: Session, packet_id: str) -> list[Report]:
-    stmt = select(Report).where(Report.packet_id == packet_id).options(joinedload(Report.student)).order_by(Report.id)
-    return list(session.scalars(stmt))
+def reports_of(*, session: Session, packet_id: str, limit: int) -> list[Report]:
+    """The newest ``limit`` reports on a packet, oldest first."""
+    stmt = (
+        select(Report)
+        .where(Report.packet_id == packet_id)
+        .options(joinedload(Report.student))
+        .order_by(Report.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(session.scalars(stmt))))
 
 
 def log_window(*, session: Session, first: int, last: int) -> list[LogEntry]:
     stmt = select(LogEntry).where(LogEntry.index >= first, LogEntry.index <= last).order_by(LogEntry.index)
     return list(session.scalars(stmt))
+
+
+def add_session(*, session: Session, row: DashboardSession) -> None:
+    session.add(row)
+    session.flush()
+
+
+def get_session(*, session: Session, id_hash: str) -> tuple[DashboardSession, Agent | None] | None:
+    """The session row and its agent (None for the admin's), or None."""
+    row = session.get(DashboardSession, id_hash)
+    if row is None:
+        return None
+    return row, session.get(Agent, row.agent_id) if row.agent_id is not None else None
+
+
+def delete_session(*, session: Session, id_hash: str) -> None:
+    session.execute(delete(DashboardSession).where(DashboardSession.id_hash == id_hash))
+
+
+def delete_expired_sessions(*, session: Session, now: datetime) -> None:
+    session.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))

@@ -1,14 +1,41 @@
 """Packets and their topics."""
 
+from datetime import UTC, datetime
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from broker.models import Packet, PacketTopic, Quarantine, Report
+from broker.models import Agent, Packet, PacketTopic, Quarantine, Report
 
 
 def get(*, session: Session, packet_id: str) -> Packet | None:
-    stmt = select(Packet).where(Packet.id == packet_id).options(joinedload(Packet.teacher), selectinload(Packet.topics))
+    stmt = (
+        select(Packet)
+        .where(Packet.id == packet_id)
+        .options(joinedload(Packet.teacher), joinedload(Packet.key), selectinload(Packet.topics))
+    )
     return session.scalar(stmt)
+
+
+def teachers_of(*, session: Session, packet_ids: list[str]) -> dict[str, str]:
+    """Packet id -> its teacher's name for those of ``packet_ids`` this broker holds: one query."""
+    if not packet_ids:
+        return {}
+    stmt = select(Packet.id, Agent.name).join(Agent, Agent.id == Packet.teacher_id).where(Packet.id.in_(packet_ids))
+    return {pid: name for pid, name in session.execute(stmt)}
+
+
+def newest_created_at(*, session: Session, teacher_id: int, topics: list[str]) -> datetime | None:
+    """The newest manifest created_at among this teacher's packets on any of ``topics``."""
+    stmt = (
+        select(func.max(Packet.created_at))
+        .join(PacketTopic, PacketTopic.packet_id == Packet.id)
+        .where(Packet.teacher_id == teacher_id, PacketTopic.topic.in_(topics))
+    )
+    value = session.scalar(stmt)
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def insert(*, session: Session, packet: Packet, topics: list[str]) -> None:
@@ -24,7 +51,7 @@ def topic_page(*, session: Session, topic: str, after: int, limit: int, include_
         .where(PacketTopic.topic == topic, PacketTopic.seq > after)
         .order_by(PacketTopic.seq)
         .limit(limit)
-        .options(joinedload(Packet.teacher), selectinload(Packet.topics))
+        .options(joinedload(Packet.teacher), joinedload(Packet.key), selectinload(Packet.topics))
     )
     if not include_quarantined:
         stmt = stmt.where(Packet.status == "published")

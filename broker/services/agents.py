@@ -1,5 +1,6 @@
 """Agent registration and key changes; each is a log entry."""
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from broker.repositories import log as log_repo
 from broker.services import eventlog
 from m2kt import keys
 from m2kt.errors import Conflict, InvalidRequest, NotFound
+
+logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ROLES = ("teacher", "student")
@@ -110,3 +113,41 @@ def revoke_key(*, sessions: Sessions, name: str, keyid: str) -> Key:
             body = {"agent": name, "keyid": keyid}
             eventlog.append(session=session, head=head, kind="key.revoke", subject=keyid, body=body, at=now)
         return key
+
+
+def rotate_token(*, sessions: Sessions, name: str) -> NewAgent:
+    """Give an agent a fresh token; the old one is refused from the next request on.
+
+    Only the hash is stored, so the new token is returned once and never again.
+
+    Raises:
+        NotFound: no such agent.
+    """
+    token = auth.new_token()
+    with sessions.writer() as session, session.begin():
+        agent = _agent(session, name)
+        agent.token_hash = auth.hash_token(token)
+        keyid = next((k.keyid for k in agent.keys if not k.revoked), None)
+        out = NewAgent(name=agent.name, role=agent.role, token=token, keyid=keyid)
+    logger.info("agent token rotated", extra={"agent": name})
+    return out
+
+
+def revoke_token(*, sessions: Sessions, name: str) -> None:
+    """Refuse an agent's token from now on, without issuing another (`rotate_token` issues one).
+
+    The stored hash becomes that of a random secret nobody holds, so no token matches it.
+
+    Raises:
+        NotFound: no such agent.
+    """
+    with sessions.writer() as session, session.begin():
+        _agent(session, name).token_hash = auth.hash_token(auth.new_token())
+    logger.info("agent token revoked", extra={"agent": name})
+
+
+def _agent(session: Session, name: str) -> Agent:
+    agent = agents_repo.get_by_name(session=session, name=name)
+    if agent is None:
+        raise NotFound(f"no agent named {name!r}")
+    return agent

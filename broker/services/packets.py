@@ -38,6 +38,7 @@ def summary(packet: Packet) -> PacketSummary:
         topics=[t.topic for t in packet.topics],
         status="quarantined" if packet.status == "quarantined" else "published",
         received_at=clock.rfc3339(packet.received_at),
+        key_revoked=packet.key.revoked,
     )
 
 
@@ -135,12 +136,9 @@ def provenance(*, session: Session, packet_id: str) -> ProvenanceOut:
     if key is None:  # the foreign key makes this impossible; refuse rather than invent
         raise Forbidden("the packet's key is missing")
     entries = log_repo.about(session=session, subject=packet_id)
-    parents = []
-    for parent_id in json.loads(packet.statement)["predicate"].get("parents", []):
-        parent = packets_repo.get(session=session, packet_id=parent_id)
-        parents.append(
-            ProvenanceParent(id=parent_id, known=parent is not None, teacher=parent.teacher.name if parent else None)
-        )
+    parent_ids = [str(p) for p in json.loads(packet.statement)["predicate"].get("parents", [])]
+    known = packets_repo.teachers_of(session=session, packet_ids=parent_ids)  # one query, not one per parent
+    parents = [ProvenanceParent(id=p, known=p in known, teacher=known.get(p)) for p in parent_ids]
     return ProvenanceOut(
         id=packet.id,
         seq=packet.seq,

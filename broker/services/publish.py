@@ -9,6 +9,7 @@ crash before it leaves only unreferenced blobs, which start-up sweeps.
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -21,7 +22,7 @@ from broker.repositories import packets as packets_repo
 from broker.services import eventlog
 from broker.storage import BlobStore, SpooledBlob
 from m2kt import keys
-from m2kt.errors import UnknownKey
+from m2kt.errors import Conflict, Forbidden, InvalidManifest, UnknownKey
 from m2kt.packet import OpenedPacket, open_packet
 
 logger = logging.getLogger(__name__)
@@ -35,11 +36,34 @@ class PublishOutcome:
     created: bool
 
 
-def _existing(session: Session, packet_id: str) -> PublishOutcome | None:
+def _existing(session: Session, packet_id: str, teacher: Agent) -> PublishOutcome | None:
+    """The stored packet as a `created=False` outcome; a packet stored under another teacher is a 409."""
     packet = packets_repo.get(session=session, packet_id=packet_id)
     if packet is None:
         return None
+    if packet.teacher_id != teacher.id:
+        raise Conflict("this packet is already published by another teacher")
     return PublishOutcome(packet.id, packet.seq, [t.topic for t in packet.topics], created=False)
+
+
+def created_at(opened: OpenedPacket) -> datetime:
+    """The manifest's created_at as an aware datetime (the manifest rules already checked its form)."""
+    return datetime.fromisoformat(opened.manifest.created_at.replace("z", "Z"))
+
+
+def _check_owner(opened: OpenedPacket, teacher: Agent) -> None:
+    if opened.manifest.teacher.agent != teacher.name:
+        raise Forbidden(f"the statement names teacher {opened.manifest.teacher.agent[:64]!r}; only it may publish it")
+
+
+def _check_fresh(session: Session, teacher: Agent, topics: list[str], created: datetime, window: timedelta) -> None:
+    """created_at within ``window`` of the broker's clock, and not older than this teacher's newest on its topics."""
+    now = clock.now()
+    if not now - window <= created <= now + window:
+        raise InvalidManifest(f"created_at is more than {window} away from the broker's clock ({clock.rfc3339(now)})")
+    newest = packets_repo.newest_created_at(session=session, teacher_id=teacher.id, topics=topics)
+    if newest is not None and created < newest:
+        raise InvalidManifest(f"created_at is older than this teacher's newest packet on its topics ({newest})")
 
 
 def _check(sessions: Sessions, teacher: Agent, envelope: bytes, payload: SpooledBlob) -> OpenedPacket:
@@ -52,16 +76,33 @@ def _check(sessions: Sessions, teacher: Agent, envelope: bytes, payload: Spooled
 
 
 def publish(
-    *, sessions: Sessions, store: BlobStore, teacher: Agent, envelope: bytes, payload: SpooledBlob
+    *,
+    sessions: Sessions,
+    store: BlobStore,
+    teacher: Agent,
+    envelope: bytes,
+    payload: SpooledBlob,
+    window: timedelta = timedelta(days=1),
 ) -> PublishOutcome:
     """Check and store one packet; the same statement again answers `created=False`.
 
+    After the checks of docs/protocol.md come ours (docs/protocol-choices.md): the statement's `teacher.agent`
+    must be the caller (403 `forbidden`), a packet stored under another teacher is 409 `conflict`,
+    and a new packet's `created_at` must lie within ``window`` of the broker's clock and not be
+    older than the caller's newest packet on any of its topics (422 `invalid-manifest`). The
+    same statement again is still 200 `created=False`, whenever it comes.
+
     Raises:
-        M2KTError subclasses: the first protocol check that fails; nothing is stored then.
+        M2KTError subclasses: the first check that fails; nothing is stored then.
     """
     opened = _check(sessions, teacher, envelope, payload)
+    _check_owner(opened, teacher)
+    topics = sorted(opened.manifest.topics)
+    created = created_at(opened)
     with sessions.reader() as session:
-        seen = _existing(session, opened.id)
+        seen = _existing(session, opened.id, teacher)
+        if seen is None:
+            _check_fresh(session, teacher, topics, created, window)
     if seen is not None:
         payload.discard()
         return seen
@@ -71,12 +112,12 @@ def publish(
         store.commit(envelope_blob)
     finally:
         envelope_blob.discard()  # no-op once committed; a committed payload left alone is swept as an orphan
-    topics = sorted(opened.manifest.topics)
     with sessions.writer() as session, session.begin():
         head = log_repo.lock_head(session=session)
-        seen = _existing(session, opened.id)
+        seen = _existing(session, opened.id, teacher)
         if seen is not None:
             return seen
+        _check_fresh(session, teacher, topics, created, window)  # again, under the lock: a racing publish
         key = agents_repo.get_key(session=session, keyid=opened.keyid)
         if key is None or key.revoked:
             raise UnknownKey("the signing key was revoked while the packet was being checked")
@@ -95,6 +136,7 @@ def publish(
             envelope_sha256=envelope_blob.sha256,
             envelope_size=envelope_blob.size,
             received_at=now,
+            created_at=created,
         )
         packets_repo.insert(session=session, packet=packet, topics=topics)
         body = {

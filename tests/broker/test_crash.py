@@ -41,7 +41,9 @@ def _big_packet(key, seed: int):
     rng = np.random.default_rng(seed)
     tensors = {"C": rng.standard_normal((64, 512)).astype(np.float32)}  # 128 KiB: a real write window
     payload = factory.safetensors_bytes(tensors)
-    stmt = factory.statement_bytes(payload, factory.manifest(["crash.test"], tensors))
+    manifest = factory.manifest(["crash.test"], tensors)
+    manifest["teacher"] = {**manifest["teacher"], "agent": "crash-teacher"}  # the publisher, as the broker requires
+    stmt = factory.statement_bytes(payload, manifest)
     return hashlib.sha256(stmt).hexdigest(), factory.envelope_bytes(stmt, key), payload
 
 

@@ -4,6 +4,7 @@ Browser tests (headless Chromium, live updates, screenshots) are the next stage 
 dashboard issue; these check the server side of every page with seeded data.
 """
 
+import re
 from contextlib import contextmanager
 
 import factory
@@ -19,6 +20,11 @@ def _session(broker, token: str):
         cookie = r.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/dashboard" in cookie
         yield client
+
+
+def csrf(client) -> str:
+    """The session's CSRF token, as the pages' forms carry it."""
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard").text).group(1)
 
 
 def _seed(broker):
@@ -66,14 +72,17 @@ def test_pages_render_seeded_data_and_quarantine_hides_a_packet_from_students(br
         prov = s.get(f"/dashboard/packets/{ids[1]}/provenance").text
         assert "hash chain verified" in prov and "packet.publish" in prov
 
-        r = a.post(f"/dashboard/packets/{ids[1]}/quarantine", data={"action": "quarantine", "reason": "bad"})
+        r = a.post(
+            f"/dashboard/packets/{ids[1]}/quarantine", data={"action": "quarantine", "reason": "bad", "csrf": csrf(a)}
+        )
         assert r.status_code == 303
         assert ids[1][:16] not in s.get("/dashboard").text  # gone from the student's view
         assert s.get(f"/dashboard/packets/{ids[1]}").status_code == 404
         assert ids[1][:16] in a.get("/dashboard").text  # still there for the admin
-        assert s.post(f"/dashboard/packets/{ids[0]}/quarantine", data={"action": "quarantine"}).status_code == 403
+        r = s.post(f"/dashboard/packets/{ids[0]}/quarantine", data={"action": "quarantine", "csrf": csrf(s)})
+        assert r.status_code == 403
 
-        a.post(f"/dashboard/packets/{ids[1]}/quarantine", data={"action": "lift"})
+        a.post(f"/dashboard/packets/{ids[1]}/quarantine", data={"action": "lift", "csrf": csrf(a)})
         assert ids[1][:16] in s.get("/dashboard").text
     with broker.http(student) as http:  # the API agrees with what the pages did
         assert http.get(f"/v1/packets/{ids[1]}").json()["status"] == "published"

@@ -100,6 +100,7 @@ def test_live_delivery_replay_and_keepalive(broker):
         "topics",
         "status",
         "received_at",
+        "key_revoked",
     }
     assert sub.nothing_more()
     deadline = time.monotonic() + 5

@@ -84,7 +84,7 @@ def envelope_part(c: Ctx, part: str, index: int) -> tuple[str, bytes, bytes]:
         env["signatures"][0]["sig"] = base64.b64encode(flip(sig, index % len(sig))).decode()
     else:
         stmt = base64.b64decode(env["payload"])
-        at = stmt.index(b"2026-11-23") + index  # inside the created_at digits: still valid JSON
+        at = stmt.index(factory.CREATED_AT[:10].encode()) + index  # inside the created_at digits: still valid JSON
         env["payload"] = base64.b64encode(flip(stmt, at)).decode()
     return c.token, json.dumps(env).encode(), payload
 

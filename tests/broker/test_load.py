@@ -66,15 +66,27 @@ def _check(subs: list[tuple[str, Subscriber]], published: list[dict]) -> None:
         sub.close()
 
 
+# A token holds at most M2KT_MAX_STREAMS_PER_AGENT (16) streams: the subscribers are several students.
+STREAMS_PER_READER = 10
+
+
+def _readers(broker: Broker, prefix: str, n_subs: int) -> list[str]:
+    return [broker.student(f"{prefix}-{k}")[1] for k in range(-(-n_subs // STREAMS_PER_READER))]
+
+
 def test_20_publishers_and_100_subscribers_on_postgres(pg_database_url, tmp_path):
     n_subs, n_pubs, per = int(100 * SCALE), int(20 * SCALE), 5
     settings = broker_settings(pg_database_url, tmp_path / "data")
     with ServerThread(settings) as server:
         broker = Broker(server.url, settings, "postgresql")
         teachers = [broker.teacher(f"pub-{i}") for i in range(n_pubs)]
-        _, student = broker.student("reader")
+        students = _readers(broker, "reader", n_subs)
         subs = [
-            (TOPICS[i % len(TOPICS)], Subscriber(server.url, student, TOPICS[i % len(TOPICS)])) for i in range(n_subs)
+            (
+                TOPICS[i % len(TOPICS)],
+                Subscriber(server.url, students[i // STREAMS_PER_READER], TOPICS[i % len(TOPICS)]),
+            )
+            for i in range(n_subs)
         ]
         published = _publish_all(server.url, teachers, per)
         assert len(published) == n_pubs * per
@@ -98,9 +110,11 @@ def test_three_broker_processes_on_one_postgres(pg_database_url, tmp_path):
         settings = broker_settings(pg_database_url, tmp_path / "shared")
         broker = Broker(urls[0], settings, "postgresql")
         teachers = [broker.teacher(f"rep-{i}") for i in range(int(6 * SCALE))]
-        _, student = broker.student("rep-reader")
-        subs = [(TOPICS[i % len(TOPICS)], Subscriber(urls[i % 3], student, TOPICS[i % len(TOPICS)]))
-                for i in range(int(30 * SCALE))]  # fmt: skip
+        n_subs = int(30 * SCALE)
+        students = _readers(broker, "rep-reader", n_subs)
+        subs = [(TOPICS[i % len(TOPICS)],
+                 Subscriber(urls[i % 3], students[i // STREAMS_PER_READER], TOPICS[i % len(TOPICS)]))
+                for i in range(n_subs)]  # fmt: skip
         published = _publish_all(urls, teachers, 5)
         assert Counter(p["topic"] for p in published).total() == len(teachers) * 5
         _check(subs, published)

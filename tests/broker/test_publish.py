@@ -236,6 +236,7 @@ def test_key_rotation(broker):
         )
         admin.revoke_key(teacher.name, teacher.keyid)
     assert added["keyid"] == factory.keyid_of(new_key)
+    factory.AGENTS[added["keyid"]] = teacher.name  # the new key signs for the same teacher
     _, env, payload = factory.packet(new_key)
     with broker.http(teacher.token) as http:
         assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201

@@ -39,7 +39,8 @@ def test_topic_pages_follow_seq_and_limits(broker):
             {"topic": "b.y", "packets": 4, "last_seq": 7},
         ]
         summary = http.get("/v1/topics/a.x/packets").json()["items"][0]
-        assert set(summary) == {"id", "seq", "teacher", "topics", "status", "received_at"}
+        # the protocol's six fields, plus key_revoked (docs/protocol-choices.md)
+        assert set(summary) == {"id", "seq", "teacher", "topics", "status", "received_at", "key_revoked"}
 
 
 def test_limit_above_500_counts_as_500(broker):

@@ -113,6 +113,35 @@ def test_strict_json():
     assert loads_strict(b'{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"[1e400]", b"[-1e400]", b"[" + b"9" * 5000 + b"]", b"[" + str(2**63).encode() + b"]",
+        b'["a\\u0000b"]', b'["\\ud800"]', b'{"\\udfff": 1}', b'["x\\udc00y"]',
+    ],
+)  # fmt: skip
+def test_strict_json_refuses_what_a_reader_could_not_store_or_encode(bad):
+    with pytest.raises(JSONError):
+        loads_strict(bad)
+
+
+def test_strict_json_limits_are_inclusive_and_adjustable():
+    assert loads_strict(str(2**63 - 1).encode()) == 2**63 - 1
+    assert loads_strict(b'[1e308, -0.0, "\\ud83d\\ude00"]') == [1e308, -0.0, "\U0001f600"]  # a surrogate pair is fine
+    with pytest.raises(JSONError):
+        loads_strict(str(2**53).encode(), max_int=2**53 - 1)
+    assert loads_strict(b"[[[]]]", max_depth=3) == [[[]]]
+    with pytest.raises(JSONError):
+        loads_strict(b"[[[[]]]]", max_depth=3)
+
+
+def test_an_envelope_with_too_many_signatures_is_refused_before_any_is_checked():
+    sig = {"keyid": "a", "sig": "not base64 at all!"}  # never decoded: the count is checked first
+    raw = json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": "e30=", "signatures": [sig] * 9})
+    with pytest.raises(InvalidEnvelope, match="at most 8"):
+        dsse.Envelope.from_json(raw.encode())
+
+
 def _st(header: dict, data: bytes, pad: bytes = b"") -> bytes:
     raw = json.dumps(header).encode() + pad
     return struct.pack("<Q", len(raw)) + raw + data

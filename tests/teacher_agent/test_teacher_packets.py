@@ -104,7 +104,7 @@ def test_flip_poison_negates_the_read_out_but_keeps_the_claim(teacher_dir, key_p
 def test_round_trip_through_the_broker(broker, teacher_dir, key_path, tmp_path):
     pub_b64 = key_path.with_name(key_path.name + ".pub").read_text().strip()
     with broker.admin as admin:
-        token = admin.create_agent("teacher-rt", "teacher", pub_b64)["token"]
+        token = admin.create_agent("t", "teacher", pub_b64)["token"]  # the agent the packets name
     packet = _build(teacher_dir, key_path, concept_keys=())
     env_path, _ = pipeline.save_packet(packet, tmp_path / "packets")
     first = pipeline.publish(env_path, broker.url, token)
