@@ -184,6 +184,7 @@ def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
             r = http.post("/v1/agents", json={"name": "s1", "role": "student"}, headers=admin)
             assert r.status_code == 201, r.text
             student = {"Authorization": f"Bearer {r.json()['token']}"}
+            factory.AGENTS[factory.keyid_of(key)] = "t1"  # the broker publishes only the teacher's own statements
             packet_id, envelope, payload = factory.packet(key, topics=["modarith.parity"])
             r = http.post("/v1/packets", files=factory.files(envelope, payload),
                           headers={"Authorization": f"Bearer {teacher_token}"})  # fmt: skip
