@@ -55,6 +55,7 @@ def reader_entry(kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any]) 
         "teacher_weights": kn.teacher_weights,
         "topics": list(kn.topics),
         "concepts": [{"key": c.key, "name": c.name, "topic": c.topic} for c in kn.concepts],
+        "excluded": list(metrics.get("not_transferred", [])),  # audited as not transferred: not served
         "cal": asdict(reader.cal_config),
         "shape": {
             "d_student": int(reader.student_norm.mean.shape[-1]),  # per slot for views

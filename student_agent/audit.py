@@ -44,7 +44,7 @@ __all__ = ["AuditConfig", "Decision", "audit"]
 class AuditConfig:
     min_agreement: float = 0.6
     min_reasoning: float = 0.5
-    agreement_drop: float = 0.2  # below the packet's median agreement by more than this: flagged
+    agreement_drop: float = 0.2  # below the packet's median by more than this: not served
     min_separation: float = 0.4  # d' below this (or below the claim's share): contradicts its prototypes
     separation_share: float = 0.5
     min_prevalence: float = 0.08  # anchor labels of one class rarer than this: trigger-like
@@ -121,10 +121,15 @@ def audit(
                                                       f"{c.teacher_accuracy:.2f})"))  # fmt: skip
         if min(float(prevalence[k]), 1 - float(prevalence[k])) < config.min_prevalence:
             reasons.append(("narrow-trigger", f"fires on {float(prevalence[k]):.1%} of the anchors"))
-        if float(agreement[k]) < median - config.agreement_drop:
-            reasons.append(("does-not-transfer", f"probe agreement {float(agreement[k]):.2f} vs median {median:.2f}"))
         for kind, why in reasons:
             findings.append({"concept": c.key, "kind": kind, "detail": why})
+    # A concept far below the packet's own level did not transfer to this student: a matter of
+    # quality, not of safety. It is reported and left out of what the student serves (the packet's
+    # other concepts are integrated); flagging it as a finding rolled back honest packets of a
+    # weak pair (answer ranges at agreement 0.5 where the teacher's own answers were 76 % right).
+    not_transferred = [c.key for k, c in enumerate(kn.concepts)
+                       if float(agreement[k]) < median - config.agreement_drop and c.key not in
+                       {f["concept"] for f in findings}]  # fmt: skip
     reasoning = reasoning_agreement(reader, kn, held)
     base_same = torch.equal(base_before.answer, base_after.answer) and torch.equal(base_before.steps, base_after.steps)
     metrics: dict[str, Any] = {
@@ -132,6 +137,7 @@ def audit(
         "median_agreement": round(median, 4),
         "reasoning_agreement": None if reasoning != reasoning else round(reasoning, 4),
         "base_task_unchanged": base_same,
+        "not_transferred": not_transferred,
         "concepts": {c.key: {"agreement": round(float(agreement[k]), 4),
                              "separation": round(float(sep[k]), 4),
                              "anchor_prevalence": round(float(prevalence[k]), 4)}

@@ -55,6 +55,8 @@ class TransferredConcepts:
         found: dict[str, KnownConcept] = {}
         for entry, _ in self._readers:
             for c in entry["concepts"]:
+                if c["key"] in entry.get("excluded", ()):
+                    continue
                 found[c["key"]] = KnownConcept(c["key"], c["name"], c["topic"], entry["teacher"], entry["packet_id"])
         return list(found.values())
 
@@ -75,6 +77,8 @@ class TransferredConcepts:
                     raise InvalidRequest(f"the student cannot read these texts: {exc}") from None
             p = torch.sigmoid(reader(reader.input_of(seen[words])))  # [N, K]
             for k, c in enumerate(entry["concepts"]):
+                if c["key"] in entry.get("excluded", ()):
+                    continue
                 if not topics or c["topic"] in topics:
                     probs[c["key"]] = p[:, k]
         return [ConceptAnswer(t, {k: round(float(v[i]), 4) for k, v in probs.items()}) for i, t in enumerate(texts)]
