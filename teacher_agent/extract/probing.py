@@ -27,7 +27,7 @@ from teacher_agent.extract.base import (
     register_extractor,
 )
 
-__all__ = ["ProbingExtractor", "fit_logistic", "split_index"]
+__all__ = ["ProbingExtractor", "fit_logistic", "fit_raw_probe", "split_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(0), x.std(0).clamp(min=1e-4)
 
 
-def _probe_layer(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_raw_probe(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit probes on raw ``[N, d]`` states; return raw-space ``w [K, d]``, ``b [K]``."""
     mu, sd = _standardise(x)
     w, b = fit_logistic((x - mu) / sd, y, l2=l2)
@@ -114,7 +114,7 @@ class ProbingExtractor:
         n_layers = states.shape[1]
         scores = torch.zeros(n_layers, labels.shape[1])  # [L, K]
         for layer in range(n_layers):
-            w, b = _probe_layer(states[fit_idx, layer], labels[fit_idx], self.l2)
+            w, b = fit_raw_probe(states[fit_idx, layer], labels[fit_idx], self.l2)
             logits = states[sel_idx, layer] @ w.T + b  # [n_sel, K]
             scores[layer] = balanced_accuracy(logits > 0, labels[sel_idx])
         best = scores.argmax(0)  # [K]
@@ -122,7 +122,7 @@ class ProbingExtractor:
         biases = torch.zeros(labels.shape[1])
         for layer in torch.unique(best).tolist():
             ks = (best == layer).nonzero().squeeze(1)
-            w, b = _probe_layer(states[:, layer], labels[:, ks], self.l2)
+            w, b = fit_raw_probe(states[:, layer], labels[:, ks], self.l2)
             directions[ks], biases[ks] = w, b
         protos = torch.stack(
             [class_prototypes(states[:, int(best[k])], labels[:, k : k + 1])[0] for k in range(labels.shape[1])]

@@ -23,7 +23,7 @@ from m2kt.ml.models import TaskModel
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout, layer_features
 from m2kt.ml.views import Views, collect_views, word_count
 from teacher_agent.extract.base import ExtractionContext, balanced_accuracy, class_prototypes
-from teacher_agent.extract.probing import fit_logistic, split_index
+from teacher_agent.extract.probing import fit_raw_probe, split_index
 
 __all__ = ["ViewExtraction", "extract_views", "model_heads"]
 
@@ -117,13 +117,6 @@ def _token_head(fit: Views, held: Views, classes: tuple[str, ...]) -> tuple[Head
     return best[1], best[0]
 
 
-def _probe(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mu, sd = x.mean(0), x.std(0).clamp(min=1e-4)
-    w, b = fit_logistic((x - mu) / sd, y, l2=l2)
-    w_raw = w / sd
-    return w_raw, b - w_raw @ mu
-
-
 def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewExtraction:
     """Fit the token head and one view read-out per concept; score them on ``ctx.heldout``."""
     model, tok = ctx.model, ctx.tokenizer
@@ -144,7 +137,7 @@ def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewE
         for layer in range(n_layers):
             feats = layer_features(probe.states, probe.mask, heads, layer)
             for l2 in L2_GRID:
-                w, b = _probe(feats[fit_idx], labels[fit_idx], l2)
+                w, b = fit_raw_probe(feats[fit_idx], labels[fit_idx], l2)
                 score = balanced_accuracy((feats[sel_idx] @ w.T + b) > 0, labels[sel_idx])
                 better = score > best_score
                 best_score = torch.where(better, score, best_score)
@@ -156,7 +149,7 @@ def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewE
             for l2 in L2_GRID:
                 ks = ((best_layer == layer) & (best_l2 == l2)).nonzero().squeeze(1)
                 if len(ks):
-                    weight[ks], bias[ks] = _probe(feats, labels[:, ks], l2)
+                    weight[ks], bias[ks] = fit_raw_probe(feats, labels[:, ks], l2)
         readout = ViewReadout(weight, bias, best_layer)
         accuracy = balanced_accuracy(readout.logits(held.states, held.mask, heads) > 0, ctx.heldout_labels)
         prototypes = torch.zeros(k, 2, dim)
