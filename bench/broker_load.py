@@ -1,6 +1,6 @@
 """`python -m bench.broker_load [--db sqlite|postgresql ...] [--out FILE]`: the broker under load.
 
-Three measurements per database, each against a baseline taken in the same run:
+Five measurements per database, each against a baseline taken in the same run:
 
 * **publish throughput** for 64 KiB and 1 MiB payloads with 1 and 8 concurrent publishers,
   against the *raw storage path*: the same envelope and payload bytes written, fsynced and
@@ -10,6 +10,15 @@ Three measurements per database, each against a baseline taken in the same run:
   receiving the packet: p50, p99, max.
 * **memory**: the broker's resident set while 100 streams are open and across a 60 MiB upload
   (peak minus before: what the upload holds in memory).
+* **many streams**: publish p50 and `/healthz` p99 while 1,000 event streams (``--load-streams``)
+  are open on distinct topics, ten per student token (under the per-token cap of 16), against
+  the same publishes and probes with no stream open; reported as ratios. Every publish wakes
+  every stream, and a stream on another topic reads its own (empty) page.
+* **provenance at the parents cap**: the read time of `GET /v1/packets/{id}/provenance` for a
+  packet naming 256 known parents (the cap), against a packet naming one; reported as the ratio.
+
+The last two run in a broker of their own on a fresh database, so no stream of the others is
+open. ``--cells`` runs a subset; the cells not run keep their figures from the existing ``--out``.
 
 The broker is the real ``python -m broker serve`` process; packets are signed beforehand so the
 publishers measure the broker, not Ed25519.
@@ -17,6 +26,7 @@ publishers measure the broker, not Ed25519.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -25,6 +35,8 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,10 +49,13 @@ from rich.table import Table
 
 from bench import harness
 from m2kt import BrokerClient
+from m2kt.constants import MAX_PARENTS
 
 app = typer.Typer(add_completion=False)
 console = Console(width=max(Console().width, 120))
 ROOT = Path(__file__).resolve().parents[1]
+CELLS = ("throughput", "fanout", "memory", "streams", "provenance")
+PER_STUDENT = 10  # event streams per student token; the broker caps a token at 16
 
 
 @app.command()
@@ -48,17 +63,43 @@ def main(
     db: Annotated[list[str] | None, typer.Option(help="sqlite and/or postgresql")] = None,
     packets: Annotated[int, typer.Option(help="packets per throughput cell")] = 40,
     streams: Annotated[int, typer.Option(help="open event streams for fan-out and memory")] = 100,
+    load_streams: Annotated[int, typer.Option(help="streams on distinct topics, many-streams cell")] = 1000,
+    cells: Annotated[list[str] | None, typer.Option(help=f"a subset of {', '.join(CELLS)}")] = None,
     out: Annotated[Path, typer.Option(help="result JSON")] = ROOT / "bench" / "results" / "broker-load.json",
 ) -> None:
-    """Run the three measurements on each database, print tables, write JSON."""
-    result: dict[str, Any] = {"packets": packets, "streams": streams, "databases": {}}
+    """Run the measurements on each database, print tables, write JSON."""
+    chosen = [c for c in CELLS if c in (cells or CELLS)]
+    if unknown := set(cells or ()) - set(CELLS):
+        raise typer.BadParameter(f"unknown cells {sorted(unknown)}; choose from {', '.join(CELLS)}")
+    result: dict[str, Any] = {"databases": {}}
+    if chosen != list(CELLS) and out.exists():  # a partial run updates its cells and keeps the others
+        result = json.loads(out.read_text())
+    if "throughput" in chosen:
+        result["packets"] = packets
+    if {"fanout", "memory"} & set(chosen):
+        result["streams"] = streams
+    if "streams" in chosen:
+        result["load_streams"] = load_streams
+    if "provenance" in chosen:
+        result["parents"] = MAX_PARENTS
     for name in db or ["sqlite", "postgresql"]:
-        with harness.database(name) as url, harness.scratch() as tmp:
-            with harness.broker_process(url, tmp) as (base, admin, pid):
-                res: dict[str, Any] = {"throughput": _throughput(base, admin, url, tmp, packets)}
-                res["fanout"] = _fanout(base, admin, streams)
-                res["memory"] = _memory(base, admin, pid, streams)
-            result["databases"][name] = res
+        res: dict[str, Any] = result["databases"].setdefault(name, {})
+        if {"throughput", "fanout", "memory"} & set(chosen):
+            with harness.database(name) as url, harness.scratch() as tmp:
+                with harness.broker_process(url, tmp) as (base, admin, pid):
+                    if "throughput" in chosen:
+                        res["throughput"] = _throughput(base, admin, url, tmp, packets)
+                    if "fanout" in chosen or "memory" in chosen:  # memory is measured with these streams open
+                        res["fanout"] = _fanout(base, admin, streams)
+                    if "memory" in chosen:
+                        res["memory"] = _memory(base, admin, pid, streams)
+        if {"streams", "provenance"} & set(chosen):
+            with harness.database(name) as url, harness.scratch() as tmp:
+                with harness.broker_process(url, tmp) as (base, admin, _pid):
+                    if "provenance" in chosen:
+                        res["provenance"] = _provenance(base, admin)
+                    if "streams" in chosen:
+                        res["many_streams"] = _many_streams(base, admin, load_streams)
     _show(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -280,27 +321,194 @@ def _memory(base: str, admin: str, pid: int, n_streams: int) -> dict[str, Any]:
     return res
 
 
+# -- publish and /healthz with many streams open --------------------------------------------------
+def _many_streams(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[str, Any]:
+    """Publish p50 and `/healthz` p99 with ``n_streams`` streams open on distinct topics, against none open.
+
+    The same teacher publishes ``n_packets`` 4 KiB packets one at a time (50 ms apart, as in the
+    fan-out cell) to a topic no stream listens to, while a prober asks `/healthz` every 10 ms.
+    """
+    token, key = harness.teacher(base, admin)
+    batches = [harness.signed_packets(key, n_packets + 3, 4096, "bench.load", first=i * (n_packets + 3))
+               for i in range(2)]  # fmt: skip
+    baseline = _publish_and_probe(base, token, batches[0])
+    with _open_streams(base, admin, n_streams):
+        loaded = _publish_and_probe(base, token, batches[1])
+    res = {"streams": n_streams, "packets": n_packets, "students": -(-n_streams // PER_STUDENT),
+           "publish_p50_ms_no_streams": baseline["publish_p50_ms"], "publish_p50_ms": loaded["publish_p50_ms"],
+           "publish_ratio": round(loaded["publish_p50_ms"] / baseline["publish_p50_ms"], 2),
+           "healthz_p99_ms_no_streams": baseline["healthz_p99_ms"], "healthz_p99_ms": loaded["healthz_p99_ms"],
+           "healthz_ratio": round(loaded["healthz_p99_ms"] / baseline["healthz_p99_ms"], 2),
+           "healthz_probes_no_streams": baseline["healthz_probes"], "healthz_probes": loaded["healthz_probes"],
+           "healthz_max_ms": loaded["healthz_max_ms"]}  # fmt: skip
+    console.print(f"many streams: {res}")
+    return res
+
+
+def _publish_and_probe(base: str, token: str, batch: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """Publish ``batch`` (the first three warm up, unmeasured) while a prober times `/healthz`."""
+    publish_ms: list[float] = []
+    healthz_ms: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                if http.get("/healthz").status_code != 200:
+                    raise SystemExit("/healthz did not answer 200")
+                healthz_ms.append((time.perf_counter() - t0) * 1000)
+                time.sleep(0.01)
+
+    with BrokerClient(base, token, retries=0, timeout=httpx.Timeout(120, connect=10)) as c:
+        for env, payload in batch[:3]:
+            c.publish(env, payload)
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        for env, payload in batch[3:]:
+            t0 = time.perf_counter()
+            c.publish(env, payload)
+            publish_ms.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.05)
+        stop.set()
+        prober.join()
+    return {"publish_p50_ms": round(_pct(publish_ms, 50), 2), "healthz_p99_ms": round(_pct(healthz_ms, 99), 2),
+            "healthz_max_ms": round(max(healthz_ms), 2), "healthz_probes": len(healthz_ms)}  # fmt: skip
+
+
+@contextmanager
+def _open_streams(base: str, admin: str, n: int) -> Iterator[None]:
+    """``n`` event streams on topics ``bench.s<i>``, held open (and drained) by one asyncio loop.
+
+    Raw HTTP/1.1 over asyncio sockets rather than a thread and a client per stream: a thousand
+    threads would cost the 2 cores more than the broker's side does. Opens 50 at a time.
+    """
+    with BrokerClient(base, admin) as c:
+        students = [str(c.create_agent(f"bench-l-{uuid.uuid4().hex[:8]}", "student")["token"])
+                    for _ in range(-(-n // PER_STUDENT))]  # fmt: skip
+    url = httpx.URL(base)
+    host, port = url.host, url.port or 80
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    writers: list[asyncio.StreamWriter] = []
+    drains: list[asyncio.Task[None]] = []
+    gate = asyncio.Semaphore(50)
+
+    async def drain(reader: asyncio.StreamReader) -> None:
+        while await reader.read(4096):  # keep-alives; nothing is published on these topics
+            pass
+
+    async def one(i: int) -> None:
+        async with gate:
+            reader, writer = await asyncio.open_connection(host, port)
+            writers.append(writer)
+            writer.write(f"GET /v1/topics/bench.s{i}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                         f"Authorization: Bearer {students[i // PER_STUDENT]}\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())  # fmt: skip
+            status = await asyncio.wait_for(reader.readline(), 60)
+            if b" 200 " not in status:
+                raise SystemExit(f"stream {i}: {status!r}")
+            while (line := await asyncio.wait_for(reader.readline(), 60)) and not line.startswith(b": stream open"):
+                pass
+            if not line:
+                raise SystemExit(f"stream {i} closed before it opened")
+            drains.append(asyncio.create_task(drain(reader)))
+
+    async def open_all() -> None:
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    async def close_all() -> None:
+        for task in drains:
+            task.cancel()
+        for writer in writers:
+            writer.close()
+
+    try:
+        t0 = time.perf_counter()
+        asyncio.run_coroutine_threadsafe(open_all(), loop).result(timeout=600)
+        console.print(f"{n} streams open in {time.perf_counter() - t0:.1f} s")
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+# -- provenance at the parents cap ----------------------------------------------------------------
+def _provenance(base: str, admin: str, reads: int = 50) -> dict[str, Any]:
+    """Read time of a packet's provenance with MAX_PARENTS known parents, against one known parent.
+
+    The parents are real packets of the same teacher (each read names its teacher): the most a
+    provenance read can be asked to resolve. Reads alternate between the two packets, three
+    unmeasured first.
+    """
+    token, key = harness.teacher(base, admin)
+    batch = harness.signed_packets(key, MAX_PARENTS, 4096, "bench.parents")
+    children: dict[str, str] = {}
+    with BrokerClient(base, token, retries=0) as c:
+        parents = [c.publish(env, payload).id for env, payload in batch]
+        for label, names in (("one", parents[:1]), ("cap", parents)):
+            (env, payload), = harness.signed_packets(key, 1, 4096, f"bench.child.{label}", parents=names)  # fmt: skip
+            children[label] = c.publish(env, payload).id
+    times: dict[str, list[float]] = {"one": [], "cap": []}
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        for i in range(reads + 3):
+            for label, pid in children.items():
+                t0 = time.perf_counter()
+                r = http.get(f"/v1/packets/{pid}/provenance")
+                elapsed = (time.perf_counter() - t0) * 1000
+                want = 1 if label == "one" else MAX_PARENTS
+                if r.status_code != 200 or len(r.json()["parents"]) != want:
+                    raise SystemExit(f"provenance of {pid}: {r.status_code} {r.text[:200]}")
+                if i >= 3:
+                    times[label].append(elapsed)
+    res: dict[str, Any] = {"parents": MAX_PARENTS, "reads": reads}
+    for label, name in (("one", "one_parent"), ("cap", "cap")):
+        res[f"{name}_p50_ms"] = round(_pct(times[label], 50), 2)
+        res[f"{name}_p99_ms"] = round(_pct(times[label], 99), 2)
+    res["ratio"] = round(res["cap_p50_ms"] / res["one_parent_p50_ms"], 2)
+    console.print(f"provenance: {res}")
+    return res
+
+
 def _show(result: dict[str, Any]) -> None:
     t = Table(title="Publish throughput: broker against the raw storage path (same bytes fsynced + same rows)")
     for col in ("db", "payload", "publishers", "broker pkt/s", "raw pkt/s", "broker/raw"):
         t.add_column(col, justify="right")
-    f = Table(title=f"Fan-out latency, publish ack -> receipt on {result['streams']} event streams")
+    f = Table(title=f"Fan-out latency, publish ack -> receipt on {result.get('streams')} event streams")
     for col in ("db", "deliveries", "p50 ms", "p99 ms", "max ms"):
         f.add_column(col, justify="right")
     m = Table(title="Broker resident memory")
     for col in ("db", "idle MiB", "upload MiB", "peak growth during upload MiB", "after MiB"):
         m.add_column(col, justify="right")
+    s = Table(title=f"Publish and /healthz with {result.get('load_streams')} streams open on distinct topics, "
+                    "against none open")  # fmt: skip
+    for col in ("db", "publish p50 ms: none / streams", "ratio", "/healthz p99 ms: none / streams", "ratio"):
+        s.add_column(col, justify="right")
+    p = Table(title=f"Provenance read, {result.get('parents')} known parents against one")
+    for col in ("db", "1 parent p50 ms", "cap p50 ms", "cap p99 ms", "cap/1"):
+        p.add_column(col, justify="right")
     for db, r in result["databases"].items():
-        for row in r["throughput"]:
+        for row in r.get("throughput", []):
             t.add_row(db, f"{row['payload_bytes'] // 1024} KiB", str(row["publishers"]), str(row["broker_per_s"]),
                       str(row["raw_per_s"]), f"{row['ratio']:.2f}")  # fmt: skip
-        fo = r["fanout"]
-        f.add_row(db, f"{fo['deliveries']}/{fo['expected']}", str(fo["p50_ms"]), str(fo["p99_ms"]), str(fo["max_ms"]))
-        mem = r["memory"]
-        m.add_row(db, str(mem["rss_idle_mib"]), str(mem["upload_mib"]), str(mem["peak_growth_during_upload_mib"]),
-                  str(mem["rss_after_upload_mib"]))  # fmt: skip
-    for table in (t, f, m):
-        console.print(table)
+        if fo := r.get("fanout"):
+            f.add_row(db, f"{fo['deliveries']}/{fo['expected']}", str(fo["p50_ms"]), str(fo["p99_ms"]),
+                      str(fo["max_ms"]))  # fmt: skip
+        if mem := r.get("memory"):
+            m.add_row(db, str(mem["rss_idle_mib"]), str(mem["upload_mib"]), str(mem["peak_growth_during_upload_mib"]),
+                      str(mem["rss_after_upload_mib"]))  # fmt: skip
+        if ms := r.get("many_streams"):
+            publish = f"{ms['publish_p50_ms_no_streams']} / {ms['publish_p50_ms']}"
+            healthz = f"{ms['healthz_p99_ms_no_streams']} / {ms['healthz_p99_ms']}"
+            s.add_row(db, publish, f"{ms['publish_ratio']:.2f}", healthz, f"{ms['healthz_ratio']:.2f}")
+        if pr := r.get("provenance"):
+            p.add_row(db, str(pr["one_parent_p50_ms"]), str(pr["cap_p50_ms"]), str(pr["cap_p99_ms"]),
+                      f"{pr['ratio']:.2f}")  # fmt: skip
+    for table in (t, f, m, s, p):
+        if table.row_count:
+            console.print(table)
 
 
 if __name__ == "__main__":

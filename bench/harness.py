@@ -94,9 +94,18 @@ def teacher(base: str, admin: str) -> tuple[str, Ed25519PrivateKey]:
 
 
 def signed_packets(
-    key: Ed25519PrivateKey, n: int, size: int, topic: str, *, first: int = 0, created_at: str | None = None
+    key: Ed25519PrivateKey,
+    n: int,
+    size: int,
+    topic: str,
+    *,
+    first: int = 0,
+    created_at: str | None = None,
+    parents: list[str] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """``n`` distinct (envelope, payload) pairs of about ``size`` bytes; ``first`` numbers them apart across calls.
+
+    ``parents``: packet ids every manifest names as its parents (provenance reads them back).
 
     All carry one ``created_at`` (default: now): publishers may send them in any order, and the
     broker refuses a packet older than the teacher's newest on its topic (an equal one passes).
@@ -118,6 +127,8 @@ def signed_packets(
             "anchors": {"count": 0},
             "tensors": {"C": {"role": "concepts"}},
         }  # fmt: skip
+        if parents is not None:
+            manifest["parents"] = parents
         built = build_packet(manifest, tensors, key)
         out.append((built.envelope, built.payload))
     return out

@@ -156,15 +156,19 @@ def _secured(send: Send, path: str) -> Send:
 
 
 def _counted(receive: Receive, limit: int) -> Receive:
-    size = 0
+    size, complete = 0, False
 
     async def counted() -> Message:
-        nonlocal size
+        nonlocal size, complete
         message = await receive()
         if message["type"] == "http.request":
             size += len(message.get("body", b""))
             if size > limit:
                 raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+            complete = not message.get("more_body", False)
+        elif message["type"] == "http.disconnect" and not complete:
+            # as for the other routes: a body cut short is the client's doing, not an unhandled error (a 500)
+            raise InvalidRequest("the client went away before the body arrived")
         return message
 
     return counted
