@@ -1,6 +1,6 @@
 """Task families (symbolic reasoning with exact steps and derived concepts) and their registry.
 
-Importing this package registers the built-in families ``modarith`` and ``boolean``.
+Importing this package registers the built-in families ``modarith``, ``boolean`` and ``digitsum``.
 """
 
 from m2kt.ml.tasks.base import (
@@ -18,6 +18,7 @@ from m2kt.ml.tasks.base import (
     task_from_spec,
 )
 from m2kt.ml.tasks.boolean import BooleanFormula
+from m2kt.ml.tasks.digitsum import DigitSum
 from m2kt.ml.tasks.modarith import ModArith
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "BooleanFormula",
     "ConceptDef",
     "ConceptSpec",
+    "DigitSum",
     "ModArith",
     "StepSpec",
     "TaskBatch",

@@ -8,13 +8,13 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from m2kt.ml.tasks import BooleanFormula, ModArith, TaskFamily, available_tasks, get_task, task_from_spec
+from m2kt.ml.tasks import BooleanFormula, DigitSum, ModArith, TaskFamily, available_tasks, get_task, task_from_spec
 from m2kt.ml.tasks import base as task_base
 
 TOPIC = re.compile(r"^[a-z0-9]+(\.[a-z0-9_-]+)*$")
 
 
-@pytest.mark.parametrize("name", ["modarith", "boolean"])
+@pytest.mark.parametrize("name", ["modarith", "boolean", "digitsum"])
 def test_family_is_deterministic_and_well_formed(name):
     fam = get_task(name)
     a, b, c = fam.generate(300, seed=5), fam.generate(300, seed=5), fam.generate(300, seed=6)
@@ -48,6 +48,23 @@ def test_modarith_labels_match_an_independent_computation():
         assert labels[col["modarith.a_lt_s1"]] == (a < s1)
         assert labels[col["modarith.wrap"]] == (a + s1 >= 23)
         assert labels[col["modarith.c.third_hi"]] == (c >= 15)
+
+
+def test_digitsum_labels_match_an_independent_computation():
+    fam = DigitSum()
+    batch = fam.generate(500, seed=4)
+    col = {s.key: i for i, s in enumerate(fam.concept_specs)}
+    for text, ans, steps, labels in zip(batch.texts, batch.answers, batch.steps, batch.concepts, strict=True):
+        d = [int(t) for t in text.split()]
+        assert len(d) == 5 and all(0 <= x <= 9 for x in d)
+        partial = [sum(d[: i + 1]) for i in range(5)]
+        assert steps.tolist() == partial[1:4] and ans == partial[4]
+        assert labels[col["digitsum.d3.mod3"]] == (d[2] % 3 == 0)
+        assert labels[col["digitsum.s2.high"]] == (partial[2] > 13)
+        assert labels[col["digitsum.answer.even"]] == (ans % 2 == 0)
+        assert labels[col["digitsum.d2_lt_d4"]] == (d[1] < d[3])
+        assert labels[col["digitsum.d3d4.carry"]] == (d[2] + d[3] >= 10)
+    assert len(fam.concept_specs) >= 32 and fam.n_classes == 46
 
 
 def _eval_formula(tokens):
