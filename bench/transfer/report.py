@@ -62,8 +62,32 @@ def aggregate(setup_info: dict[str, Any], runs: list[dict[str, Any]]) -> dict[st
         "m2kt": _concept_means(runs, lambda r: r["per_m"][last_m]["m2kt"]),
         "kd_equal": _concept_means(runs, lambda r: r["per_m"][last_m]["kd_equal"]),
     }
+    if setup_info.get("groups"):
+        out["groups"] = _groups(setup_info, runs, ms)
     out["fit_seconds"] = _mean([s for r in runs for s in r["fit_seconds"]])
     out["train_seconds"] = setup_info["seconds"]
+    return out
+
+
+def _groups(setup_info: dict[str, Any], runs: list[dict[str, Any]], ms: list[str]) -> dict[str, Any]:
+    """The same means over each concept group alone (input / step-answer / relation concepts)."""
+    out: dict[str, Any] = {}
+    labels = setup_info["groups"]
+    for group in dict.fromkeys(labels):
+        idx = [k for k, g in enumerate(labels) if g == group]
+
+        def part(xs: Sequence[float], idx: list[int] = idx) -> list[float]:
+            return [xs[k] for k in idx]
+
+        g: dict[str, Any] = {"concepts": len(idx), "teacher": _mean(part(setup_info["teacher_score"])),
+                             "oracle": _mean(part(setup_info["oracle_score"]))}  # fmt: skip
+        for method in ("m2kt", "kd_equal"):
+            g[method] = {m: _mean(_seedwise(runs, lambda r, m=m, method=method: part(r["per_m"][m][method])))
+                         for m in ms}  # fmt: skip
+        if "ablations" in runs[0]:
+            g["ablations"] = {n: _mean(_seedwise(runs, lambda r, n=n: part(r["ablations"][n])))
+                              for n in runs[0]["ablations"] if not n.startswith("unsafe_")}  # fmt: skip
+        out[group] = g
     return out
 
 
@@ -93,13 +117,30 @@ def summary_tables(result: dict[str, Any]) -> list[Table]:
                 nm = r["n_match"][m]
                 t.add_row(m, *cells, f"{r['m2kt'][m] / r['teacher']:.2f}", "never" if nm is None else str(nm))
             tables.append(t)
+            if "groups" in r:
+                g = Table(title=f"{family}, {pair}: by concept group (mean balanced accuracy)")
+                g.add_column("group")
+                g.add_column("K", justify="right")
+                g.add_column("teacher", justify="right")
+                g.add_column("oracle", justify="right")
+                for m in r["m2kt"]:
+                    g.add_column(f"M2KT m={m}", justify="right")
+                    g.add_column(f"KD m={m}", justify="right")
+                for name, v in r["groups"].items():
+                    cells = [f"{v[method][m]:.3f}" for m in r["m2kt"] for method in ("m2kt", "kd_equal")]
+                    g.add_row(name, str(v["concepts"]), f"{v['teacher']:.3f}", f"{v['oracle']:.3f}", *cells)
+                tables.append(g)
             if "ablations" in r:
                 a = Table(title=f"{family}, {pair}: ablations at m={r['ablation_m']} (M2KT default "
                                 f"{r['m2kt'][str(r['ablation_m'])]:.3f})")  # fmt: skip
                 a.add_column("variant")
                 a.add_column("mean balanced accuracy", justify="right")
+                groups = {n: g["ablations"] for n, g in r.get("groups", {}).items() if "ablations" in g}
+                for group in groups:
+                    a.add_column(group, justify="right")
                 for name, v in r["ablations"].items():
-                    a.add_row(name, f"{v['mean']:.3f}±{v['std']:.3f}")
+                    per_group = [f"{g[name]:.3f}" if name in g else "" for g in groups.values()]
+                    a.add_row(name, f"{v['mean']:.3f}±{v['std']:.3f}", *per_group)
                 tables.append(a)
     s = result["safety"]
     st = Table(title="Safety: poisoned concepts caught by the student's auditor")

@@ -91,6 +91,7 @@ def main(
             "teacher_score": setup.teacher_score.tolist(),
             "oracle_score": setup.oracle_score.tolist(),
             "keys": [c.key for c in setup.extractions["probing"].concepts],
+            "groups": setup.groups,
             "seconds": setup.seconds,
             "ablation_m": profile.ablation_m,
         }

@@ -50,7 +50,7 @@ PAIRS = {
     "bert128-llama64": Pair("bert128-llama64", ModelConfig("bert", 128, 4, 4), ModelConfig("llama", 64, 3, 4)),
     "llama96-gpt2-64": Pair("llama96-gpt2-64", ModelConfig("llama", 96, 4, 4), ModelConfig("gpt2", 64, 3, 4)),
 }
-FAMILIES: dict[str, dict[str, Any]] = {"modarith": {"p": 23}, "boolean": {}}
+FAMILIES: dict[str, dict[str, Any]] = {"modarith": {"p": 23}, "boolean": {}, "digitsum": {}}
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ FULL = Profile(
 )
 QUICK = Profile(
     "quick",
-    sizes={"train": 3000, "eval": 200, "probe": 800, "heldout": 400, "pool": 500},
+    sizes={"train": 6000, "eval": 300, "probe": 800, "heldout": 400, "pool": 600},
     train=TrainConfig(
         epochs=60, batch_size=64, lr=3e-3, target_accuracy=0.97
     ),  # epochs with a convergence check, never the clock
@@ -89,7 +89,8 @@ QUICK = Profile(
     probes=128,
     unlabelled=3000,
     ablation_m=None,
-    families={"modarith": {"p": 17}},
+    kd_max=12800,  # 256 / 0.02: the curve reaches 50x the largest m (digitsum has 100,000 inputs)
+    families={"digitsum": {}},
     pairs=(Pair("bert64-llama48", ModelConfig("bert", 64, 3, 4), ModelConfig("llama", 48, 3, 4)),),
 )
 
@@ -124,6 +125,7 @@ class Setup:
     kd_labels: Tensor
     teacher_score: Tensor
     oracle_score: Tensor
+    groups: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -150,6 +152,35 @@ def _extra_inputs(family: TaskFamily, splits: dict[str, TaskBatch], n: int) -> l
     rows = np.stack(list(found.values())[:n])
     logger.info("KD pool: %d extra inputs beyond the splits", len(rows))
     return list(family.build(rows).texts)
+
+
+def _determined_by(column: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> bool:
+    """Whether ``labels`` is a function of ``column`` on these rows (constant per value of it)."""
+    order = np.lexsort((labels, column))
+    c, y = column[order], labels[order]
+    same = c[1:] == c[:-1]
+    return bool(np.all(y[1:][same] == y[:-1][same]))
+
+
+def concept_groups(batch: TaskBatch, labels: np.ndarray[Any, Any]) -> list[str]:
+    """Per column of ``labels [N, K]`` (concepts on ``batch``): ``input`` (a property of one input),
+    ``step/answer`` (of one step value or the answer) or ``relation`` (anything else: comparisons,
+    carries).
+
+    Read off the family's own data, so that any plug-in family gets the per-group breakdown.
+    """
+    inputs = [batch.inputs[:, j] for j in range(batch.inputs.shape[1])]
+    computed = [batch.steps[:, j] for j in range(batch.steps.shape[1])] + [batch.answers]
+    groups = []
+    for k in range(labels.shape[1]):
+        y = labels[:, k]
+        if any(_determined_by(x, y) for x in inputs):
+            groups.append("input")
+        elif any(_determined_by(x, y) for x in computed):
+            groups.append("step/answer")
+        else:
+            groups.append("relation")
+    return groups
 
 
 def teacher_score(extraction: ExtractionResult) -> Tensor:
@@ -230,6 +261,7 @@ def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profi
         kd_labels=kd_labels,
         teacher_score=teacher_score(probing),
         oracle_score=scores(oracle(kd_features(held_obs)), truth),
+        groups=concept_groups(train, concept_truth(family, train, keys).numpy()),
         seconds={
             "teacher_train": float(run.get("seconds", 0.0)),
             "student_train": float(student.run.get("seconds", 0.0)),
