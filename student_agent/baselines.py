@@ -37,11 +37,15 @@ class LinearReadout(nn.Module):
         return out
 
 
-def fit_readout(x: Tensor, labels: Tensor, *, l2: float = 1e-2, steps: int = 300) -> LinearReadout:
+def fit_readout(
+    x: Tensor, labels: Tensor, *, l2: float = 1e-2, steps: int = 300, init: LinearReadout | None = None
+) -> LinearReadout:
     """Balanced logistic regression for every column of ``labels`` ``[N, K]`` (0/1) at once.
 
     Classes are re-weighted per concept (the measure is balanced accuracy); L2 scales with 1/N
     as in the usual regularised-likelihood form, so small n is not over-fitted. Full-batch L-BFGS.
+    ``init`` starts from an earlier solution (a KD curve's previous n): the problem is convex, so
+    the optimum is the same and only the number of iterations to reach it shrinks.
     """
     mean = x.mean(0)
     std = x.std(0).clamp_min(1e-3) if x.shape[0] > 1 else torch.ones(x.shape[1])
@@ -50,8 +54,13 @@ def fit_readout(x: Tensor, labels: Tensor, *, l2: float = 1e-2, steps: int = 300
     pos = y.mean(0).clamp(1e-3, 1 - 1e-3)  # [K]
     w_pos, w_neg = 0.5 / pos, 0.5 / (1 - pos)
     weights = y * w_pos + (1 - y) * w_neg  # [N, K]
-    weight = torch.zeros(y.shape[1], z.shape[1], requires_grad=True)
-    bias = torch.zeros(y.shape[1], requires_grad=True)
+    if init is None:
+        weight = torch.zeros(y.shape[1], z.shape[1], requires_grad=True)
+        bias = torch.zeros(y.shape[1], requires_grad=True)
+    else:  # the same function of x, re-expressed in this fit's standardization
+        raw = init.weight / init.std  # [K, D]
+        weight = (raw * std).clone().requires_grad_(True)
+        bias = (init.bias - raw @ init.mean + raw @ mean).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:

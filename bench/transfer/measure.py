@@ -150,9 +150,10 @@ def _kd_curve(setup: Setup, seed: int) -> dict[str, list[float]]:
     feats, held = kd_features(setup.kd_obs), kd_features(setup.held_obs)
     perm = torch.randperm(feats.shape[0], generator=gen)
     curve = {}
+    readout = None
     for n in kd_sizes(len(perm)):
         idx = perm[:n]
-        readout = fit_readout(feats[idx], setup.kd_labels[idx])
+        readout = fit_readout(feats[idx], setup.kd_labels[idx], init=readout)
         curve[str(n)] = _acc(readout(held), setup.truth)
     return curve
 

@@ -23,7 +23,8 @@ def quick(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "quick.json"
     cmd = [sys.executable, "-m", "bench.transfer", "--quick", "--out", str(out), "--workdir", str(tmp / "models")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # a deadline for a hung run, not a speed check
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -32,7 +33,7 @@ def test_quick_json_has_the_published_shape(quick):
     result, stdout = quick
     assert set(result) >= {"families", "safety", "seconds"}
     (family, r), *_ = result["families"].items()
-    assert family == "modarith"
+    assert family == "digitsum"
     for key in ("teacher", "oracle"):
         assert 0.0 <= r[key] <= 1.0
     for key in ("m2kt", "kd_equal", "procrustes", "n_match"):
@@ -46,7 +47,7 @@ def test_quick_json_has_the_published_shape(quick):
 
 def test_quick_numbers_are_consistent_with_each_other(quick):
     result, _ = quick
-    r = result["families"]["modarith"]
+    r = result["families"]["digitsum"]
     chance = 0.5
     kd = {int(n): v for n, v in r["kd"].items()}
     assert kd[max(kd)] > kd[16] and kd[max(kd)] > chance  # more teacher labels help KD
@@ -58,6 +59,11 @@ def test_quick_numbers_are_consistent_with_each_other(quick):
         if nm is not None:
             assert r["n_match"][m] == round(nm)
     assert result["safety"]["detected"] > result["safety"]["false_positive"]
+    # the packet carries more than its anchors' labels: M2KT beats KD trained on the same m labels
+    for m in r["m2kt"]:
+        assert r["m2kt"][m] > r["kd_equal"][m]
+    # the KD curve reaches 50x the largest m (the family has the inputs), so n_match can say "never"
+    assert max(int(n) for n in r["kd"]) >= max(int(m) for m in r["m2kt"]) / 0.02
 
 
 def test_n_match_interpolates_on_the_log_scale():
