@@ -89,7 +89,7 @@ async def publish(
     metrics.publish_seconds.observe(time.perf_counter() - started)
     if outcome.created:
         metrics.packets_published.inc()
-        broadcaster.notify()
+        broadcaster.notify(outcome.topics)  # only the streams of its topics can have something new
     body = Published(id=outcome.id, seq=outcome.seq, topics=outcome.topics, created=outcome.created)
     return JSONResponse(body.model_dump(), status_code=201 if outcome.created else 200)
 

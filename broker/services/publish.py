@@ -149,6 +149,6 @@ def publish(
             "envelope_sha256": envelope_blob.sha256,
         }
         eventlog.append(session=session, head=head, kind="packet.publish", subject=opened.id, body=body, at=now)
-        events.announce(session, seq)
+        events.announce(session, seq, topics)
     logger.info("packet published", extra={"packet": opened.id, "seq": seq, "teacher": teacher.name})
     return PublishOutcome(opened.id, seq, topics, created=True)
