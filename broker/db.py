@@ -6,10 +6,12 @@ serialises writers on the `broker_head` row (SELECT ... FOR UPDATE), which is
 what keeps `seq` and the log's `index` gapless and in commit order.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, RootTransaction, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -94,3 +96,13 @@ class Sessions:
 
     def writer(self) -> Session:
         return self.write()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """One pool checkout for a unit of work of several short transactions (a publish: its check, its write)."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    def write_transaction(self, conn: Connection) -> RootTransaction:
+        """A writer's transaction on ``conn`` (BEGIN IMMEDIATE on SQLite), like the `writer()` sessions'."""
+        return conn.execution_options(**{WRITE: True}).begin()

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import psycopg
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
@@ -59,12 +59,13 @@ def topics_of(payload: str) -> frozenset[str] | None:
     return frozenset(topics)
 
 
-def announce(session: Session, seq: int, topics: Iterable[str] | None = None) -> None:
+def announce(session: Session | Connection, seq: int, topics: Iterable[str] | None = None) -> None:
     """Wake the other replicas' streams of ``topics`` (None: all) when this transaction commits.
 
     PostgreSQL NOTIFY; SQLite has one process.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    if dialect.name == "postgresql":
         session.execute(text(f"SELECT pg_notify('{CHANNEL}', :p)"), {"p": notify_payload(seq, topics)})
 
 

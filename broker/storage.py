@@ -4,6 +4,10 @@ A blob is written to `tmp/`, fsynced, then renamed to `blobs/<aa>/<sha256>` and
 the directory fsynced, all *before* the database rows that reference it commit.
 So a crash leaves either an unreferenced blob (swept at start) or a complete
 packet; never a row pointing at a missing or partial file.
+
+The fsyncs wait until a packet has passed its checks (a refused or repeated
+packet costs none) and run in the publishing thread, never on the event loop;
+`commit_all` syncs a packet's blobs together and each directory once.
 """
 
 import hashlib
@@ -11,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +61,13 @@ class SpooledBlob:
         return self.sha.hexdigest()
 
     def finish(self) -> None:
+        """Every byte is in: readable by path. Durable only once `BlobStore.commit_all` syncs it."""
         with storage_errors():
+            self.fh.flush()
+
+    def sync(self) -> None:
+        """fsync and close (the caller maps OSError)."""
+        if not self.fh.closed:
             self.fh.flush()
             os.fsync(self.fh.fileno())
             self.fh.close()
@@ -102,17 +112,34 @@ class BlobStore:
             raise
         return blob
 
-    def commit(self, blob: SpooledBlob) -> Path:
-        """Move a finished spooled blob to its content address (durably); idempotent."""
-        final = self.path(blob.sha256)
-        if final.exists():
-            blob.discard()
-            return final
+    def commit_all(self, blobs: Sequence[SpooledBlob]) -> None:
+        """Move finished spooled blobs to their content addresses, durably; idempotent.
+
+        Every file is fsynced before any rename, and each directory touched is fsynced once after
+        all of them: a packet's payload and envelope cost one fsync each plus one per directory.
+        A blob already at its address was made durable by whoever put it there.
+        """
+        todo = []
+        for blob in blobs:
+            if self.path(blob.sha256).exists():
+                blob.discard()
+            else:
+                todo.append(blob)
+        if not todo:
+            return
         with storage_errors():
-            final.parent.mkdir(exist_ok=True)
-            os.replace(blob.path, final)
-            _fsync_dir(final.parent)
-        return final
+            for blob in todo:
+                blob.sync()
+            dirs: set[Path] = set()
+            for blob in todo:
+                final = self.path(blob.sha256)
+                if not final.parent.is_dir():
+                    final.parent.mkdir(exist_ok=True)
+                    dirs.add(self.blobs)  # the new shard's own entry
+                os.replace(blob.path, final)
+                dirs.add(final.parent)
+            for directory in sorted(dirs):
+                _fsync_dir(directory)
 
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

@@ -1,11 +1,17 @@
 """Packets and their topics."""
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from broker.models import Agent, Packet, PacketTopic, Quarantine, Report
+from broker.db import Base
+from broker.models import Agent, Key, Packet, PacketTopic, Quarantine, Report
+
+_PACKETS = Base.metadata.tables["packets"]
+_TOPICS = Base.metadata.tables["packet_topics"]
 
 
 def get(*, session: Session, packet_id: str) -> Packet | None:
@@ -38,10 +44,48 @@ def newest_created_at(*, session: Session, teacher_id: int, topics: list[str]) -
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def insert(*, session: Session, packet: Packet, topics: list[str]) -> None:
-    session.add(packet)
-    session.add_all(PacketTopic(packet_id=packet.id, topic=t, seq=packet.seq) for t in topics)
-    session.flush()
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PublishState:
+    """What a publish must know before it writes: one statement, one round trip."""
+
+    owner_id: int | None  # the teacher of the stored packet with this id; None: not stored
+    seq: int | None
+    newest: datetime | None  # the teacher's newest created_at on the packet's topics
+    key_revoked: bool | None  # the signing key; None: no such key
+
+
+def publish_state(*, conn: Connection, packet_id: str, teacher_id: int, topics: list[str], keyid: str) -> PublishState:
+    """The idempotence lookup, the freshness bound and the key's state together (scalar subqueries)."""
+    stored = select(Packet.teacher_id, Packet.seq).where(Packet.id == packet_id)
+    newest = (
+        select(func.max(Packet.created_at))
+        .join(PacketTopic, PacketTopic.packet_id == Packet.id)
+        .where(Packet.teacher_id == teacher_id, PacketTopic.topic.in_(topics))
+    )
+    stmt = select(
+        stored.with_only_columns(Packet.teacher_id).scalar_subquery(),
+        stored.with_only_columns(Packet.seq).scalar_subquery(),
+        newest.scalar_subquery(),
+        select(Key.revoked).where(Key.keyid == keyid).scalar_subquery(),
+    )
+    owner, seq, newest_at, revoked = conn.execute(stmt).one()
+    return PublishState(owner, seq, _aware(newest_at), None if revoked is None else bool(revoked))
+
+
+def topics_of(*, conn: Connection, packet_id: str) -> list[str]:
+    return list(
+        conn.scalars(select(PacketTopic.topic).where(PacketTopic.packet_id == packet_id).order_by(PacketTopic.topic))
+    )
+
+
+def insert_row(*, conn: Connection, values: dict[str, Any], topics: list[str]) -> None:
+    """The packet row and its topic rows: Core inserts, no ORM unit of work."""
+    conn.execute(insert(_PACKETS), values)
+    conn.execute(insert(_TOPICS), [{"packet_id": values["id"], "topic": t, "seq": values["seq"]} for t in topics])
 
 
 def topic_page(*, session: Session, topic: str, after: int, limit: int, include_quarantined: bool) -> list[Packet]:

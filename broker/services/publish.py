@@ -5,18 +5,22 @@ the payload and envelope blobs are made durable at their content addresses;
 then one transaction, holding the head lock, assigns `seq`, inserts the rows
 and appends the log entry. Readers see the packet only after that commit, and a
 crash before it leaves only unreferenced blobs, which start-up sweeps.
+
+The database work of a publish is one pool checkout: one read statement before
+the blobs (the idempotence lookup and the freshness bound, so a refused or
+repeated packet writes no file), then the write transaction: the head lock, the
+same read again (a racing publish), and Core inserts, with no ORM flush.
 """
 
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from broker import clock, events
 from broker.db import Sessions
-from broker.models import Agent, Packet
-from broker.repositories import agents as agents_repo
+from broker.models import Agent
 from broker.repositories import log as log_repo
 from broker.repositories import packets as packets_repo
 from broker.services import eventlog
@@ -36,14 +40,15 @@ class PublishOutcome:
     created: bool
 
 
-def _existing(session: Session, packet_id: str, teacher: Agent) -> PublishOutcome | None:
+def _existing(
+    conn: Connection, state: packets_repo.PublishState, packet_id: str, teacher: Agent
+) -> PublishOutcome | None:
     """The stored packet as a `created=False` outcome; a packet stored under another teacher is a 409."""
-    packet = packets_repo.get(session=session, packet_id=packet_id)
-    if packet is None:
+    if state.owner_id is None or state.seq is None:
         return None
-    if packet.teacher_id != teacher.id:
+    if state.owner_id != teacher.id:
         raise Conflict("this packet is already published by another teacher")
-    return PublishOutcome(packet.id, packet.seq, [t.topic for t in packet.topics], created=False)
+    return PublishOutcome(packet_id, state.seq, packets_repo.topics_of(conn=conn, packet_id=packet_id), created=False)
 
 
 def created_at(opened: OpenedPacket) -> datetime:
@@ -56,23 +61,17 @@ def _check_owner(opened: OpenedPacket, teacher: Agent) -> None:
         raise Forbidden(f"the statement names teacher {opened.manifest.teacher.agent[:64]!r}; only it may publish it")
 
 
-def _check_fresh(session: Session, teacher: Agent, topics: list[str], created: datetime, window: timedelta) -> None:
-    """created_at within ``window`` of the broker's clock, and not older than this teacher's newest on its topics."""
+def _check_clock(created: datetime, window: timedelta) -> None:
+    """created_at within ``window`` of the broker's clock."""
     now = clock.now()
     if not now - window <= created <= now + window:
         raise InvalidManifest(f"created_at is more than {window} away from the broker's clock ({clock.rfc3339(now)})")
-    newest = packets_repo.newest_created_at(session=session, teacher_id=teacher.id, topics=topics)
-    if newest is not None and created < newest:
-        raise InvalidManifest(f"created_at is older than this teacher's newest packet on its topics ({newest})")
 
 
-def _check(sessions: Sessions, teacher: Agent, envelope: bytes, payload: SpooledBlob) -> OpenedPacket:
-    with sessions.reader() as session:
-        trusted = {
-            k.keyid: keys.public_from_b64(k.public_key)
-            for k in agents_repo.active_keys(session=session, agent_id=teacher.id)
-        }
-    return open_packet(envelope, payload.path, trusted, payload_sha256=payload.sha256, payload_size=payload.size)
+def _check_newest(state: packets_repo.PublishState, created: datetime) -> None:
+    """Not older than this teacher's newest packet on its topics."""
+    if state.newest is not None and created < state.newest:
+        raise InvalidManifest(f"created_at is older than this teacher's newest packet on its topics ({state.newest})")
 
 
 def publish(
@@ -80,12 +79,14 @@ def publish(
     sessions: Sessions,
     store: BlobStore,
     teacher: Agent,
+    trusted: dict[str, str],
     envelope: bytes,
     payload: SpooledBlob,
     window: timedelta = timedelta(days=1),
 ) -> PublishOutcome:
     """Check and store one packet; the same statement again answers `created=False`.
 
+    ``trusted``: the teacher's unrevoked keys (keyid -> base64), as read before the upload.
     After the checks of docs/protocol.md come ours (docs/protocol-choices.md): the statement's `teacher.agent`
     must be the caller (403 `forbidden`), a packet stored under another teacher is 409 `conflict`,
     and a new packet's `created_at` must lie within ``window`` of the broker's clock and not be
@@ -95,60 +96,68 @@ def publish(
     Raises:
         M2KTError subclasses: the first check that fails; nothing is stored then.
     """
-    opened = _check(sessions, teacher, envelope, payload)
+    public = {keyid: keys.public_from_b64(b64) for keyid, b64 in trusted.items()}
+    opened = open_packet(envelope, payload.path, public, payload_sha256=payload.sha256, payload_size=payload.size)
     _check_owner(opened, teacher)
     topics = sorted(opened.manifest.topics)
     created = created_at(opened)
-    with sessions.reader() as session:
-        seen = _existing(session, opened.id, teacher)
-        if seen is None:
-            _check_fresh(session, teacher, topics, created, window)
-    if seen is not None:
-        payload.discard()
-        return seen
-    envelope_blob = store.spool_bytes(envelope)
-    try:
-        store.commit(payload)
-        store.commit(envelope_blob)
-    finally:
-        envelope_blob.discard()  # no-op once committed; a committed payload left alone is swept as an orphan
-    with sessions.writer() as session, session.begin():
-        head = log_repo.lock_head(session=session)
-        seen = _existing(session, opened.id, teacher)
+    with sessions.connection() as conn:
+        with conn.begin():
+            state = packets_repo.publish_state(
+                conn=conn, packet_id=opened.id, teacher_id=teacher.id, topics=topics, keyid=opened.keyid
+            )
+            seen = _existing(conn, state, opened.id, teacher)
+            if seen is None:
+                _check_clock(created, window)
+                _check_newest(state, created)
         if seen is not None:
+            payload.discard()
             return seen
-        _check_fresh(session, teacher, topics, created, window)  # again, under the lock: a racing publish
-        key = agents_repo.get_key(session=session, keyid=opened.keyid)
-        if key is None or key.revoked:
-            raise UnknownKey("the signing key was revoked while the packet was being checked")
-        now = clock.now()
-        seq = head.last_seq + 1
-        head.last_seq = seq
-        packet = Packet(
-            id=opened.id,
-            seq=seq,
-            teacher_id=teacher.id,
-            keyid=opened.keyid,
-            status="published",
-            statement=opened.statement_bytes.decode("utf-8"),
-            payload_sha256=payload.sha256,
-            payload_size=payload.size,
-            envelope_sha256=envelope_blob.sha256,
-            envelope_size=envelope_blob.size,
-            received_at=now,
-            created_at=created,
-        )
-        packets_repo.insert(session=session, packet=packet, topics=topics)
-        body = {
-            "packet": opened.id,
-            "seq": seq,
-            "teacher": teacher.name,
-            "keyid": opened.keyid,
-            "topics": topics,
-            "payload_sha256": payload.sha256,
-            "envelope_sha256": envelope_blob.sha256,
-        }
-        eventlog.append(session=session, head=head, kind="packet.publish", subject=opened.id, body=body, at=now)
-        events.announce(session, seq, topics)
+        envelope_blob = store.spool_bytes(envelope)
+        try:
+            store.commit_all([payload, envelope_blob])
+        finally:
+            envelope_blob.discard()  # no-op once committed; a committed payload left alone is swept as an orphan
+        with sessions.write_transaction(conn):
+            last_seq, last_index, last_hash = log_repo.lock_head_row(conn=conn)
+            state = packets_repo.publish_state(  # again, under the lock: a racing publish
+                conn=conn, packet_id=opened.id, teacher_id=teacher.id, topics=topics, keyid=opened.keyid
+            )
+            seen = _existing(conn, state, opened.id, teacher)
+            if seen is not None:
+                return seen
+            _check_newest(state, created)
+            if state.key_revoked is not False:
+                raise UnknownKey("the signing key was revoked while the packet was being checked")
+            now = clock.now()
+            seq = last_seq + 1
+            values = {
+                "id": opened.id,
+                "seq": seq,
+                "teacher_id": teacher.id,
+                "keyid": opened.keyid,
+                "status": "published",
+                "statement": opened.statement_bytes.decode("utf-8"),
+                "payload_sha256": payload.sha256,
+                "payload_size": payload.size,
+                "envelope_sha256": envelope_blob.sha256,
+                "envelope_size": envelope_blob.size,
+                "received_at": now,
+                "created_at": created,
+            }
+            packets_repo.insert_row(conn=conn, values=values, topics=topics)
+            body = {
+                "packet": opened.id,
+                "seq": seq,
+                "teacher": teacher.name,
+                "keyid": opened.keyid,
+                "topics": topics,
+                "payload_sha256": payload.sha256,
+                "envelope_sha256": envelope_blob.sha256,
+            }
+            entry = eventlog.next_entry(last_index=last_index, last_hash=last_hash, kind="packet.publish",
+                                        subject=opened.id, body=body, at=now)  # fmt: skip
+            log_repo.insert_entry(conn=conn, entry=entry, last_seq=seq)
+            events.announce(conn, seq, topics)
     logger.info("packet published", extra={"packet": opened.id, "seq": seq, "teacher": teacher.name})
     return PublishOutcome(opened.id, seq, topics, created=True)
