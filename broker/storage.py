@@ -6,16 +6,20 @@ So a crash leaves either an unreferenced blob (swept at start) or a complete
 packet; never a row pointing at a missing or partial file.
 
 The fsyncs wait until a packet has passed its checks (a refused or repeated
-packet costs none) and run in the publishing thread, never on the event loop;
-`commit_all` syncs a packet's blobs together and each directory once.
+packet costs none) and never run on the event loop. `commit_all` syncs a
+packet's blobs at the same time and then each directory once, also at the same
+time: the same fsyncs, in the same order relative to the renames and the
+commit, in two rounds of disk latency instead of four.
 """
 
+import functools
 import hashlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +97,7 @@ class BlobStore:
         self.tmp = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._fsyncs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="m2kt-fsync")
 
     def path(self, sha256: str) -> Path:
         return self.blobs / sha256[:2] / sha256
@@ -128,8 +133,7 @@ class BlobStore:
         if not todo:
             return
         with storage_errors():
-            for blob in todo:
-                blob.sync()
+            self._at_once([blob.sync for blob in todo])
             dirs: set[Path] = set()
             for blob in todo:
                 final = self.path(blob.sha256)
@@ -138,8 +142,18 @@ class BlobStore:
                     dirs.add(self.blobs)  # the new shard's own entry
                 os.replace(blob.path, final)
                 dirs.add(final.parent)
-            for directory in sorted(dirs):
-                _fsync_dir(directory)
+            self._at_once([functools.partial(_fsync_dir, d) for d in sorted(dirs)])
+
+    def _at_once(self, calls: list[Callable[[], None]]) -> None:
+        """Run ``calls`` concurrently (the last in this thread); return once every one has, raising the first error."""
+        futures = [self._fsyncs.submit(call) for call in calls[:-1]]
+        try:
+            calls[-1]()
+        finally:
+            errors = [f.exception() for f in futures]  # waits: nothing still syncs a file the caller may discard
+        for error in errors:
+            if error is not None:
+                raise error
 
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
