@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, MetaData, RootTransaction, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -98,11 +98,42 @@ class Sessions:
         return self.write()
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """One pool checkout for a unit of work of several short transactions (a publish: its check, its write)."""
+    def read_then_write(self) -> Iterator["ReadThenWrite"]:
+        """One pool checkout for a unit of work that reads, does something else, then writes (a publish)."""
         with self.engine.connect() as conn:
-            yield conn
+            if conn.dialect.name == "postgresql":
+                with conn.begin():
+                    yield ReadThenWrite(conn, shared=True)
+            else:
+                yield ReadThenWrite(conn, shared=False)
 
-    def write_transaction(self, conn: Connection) -> RootTransaction:
-        """A writer's transaction on ``conn`` (BEGIN IMMEDIATE on SQLite), like the `writer()` sessions'."""
-        return conn.execution_options(**{WRITE: True}).begin()
+
+class ReadThenWrite:
+    """The read phase and the write phase of one checkout.
+
+    On PostgreSQL one transaction spans both: in READ COMMITTED the read holds no lock, and each later
+    statement (the writers' row lock first) sees every commit before it. SQLite needs two: a deferred
+    transaction that has read cannot take the write lock once another writer committed (SQLITE_BUSY),
+    and BEGIN IMMEDIATE from the start would hold the lock across the work in between.
+    """
+
+    def __init__(self, conn: Connection, *, shared: bool) -> None:
+        self.conn = conn
+        self._shared = shared
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        if self._shared:
+            yield self.conn
+        else:
+            with self.conn.begin():
+                yield self.conn
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """The writers' transaction: BEGIN IMMEDIATE on SQLite, like the `writer()` sessions'."""
+        if self._shared:
+            yield self.conn
+        else:
+            with self.conn.execution_options(**{WRITE: True}).begin():
+                yield self.conn

@@ -1,15 +1,9 @@
 """The event log and the head row that serialises writers."""
 
-from typing import Any
-
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from broker.db import Base
 from broker.models import Head, LogEntry
-
-_LOG = Base.metadata.tables["log_entries"]
-_HEAD = Base.metadata.tables["broker_head"]
 
 
 def lock_head(*, session: Session) -> Head:
@@ -42,13 +36,3 @@ def lock_head_row(*, conn: Connection) -> tuple[int, int, str]:
     if head is None:
         raise RuntimeError("broker_head row missing: run the migrations")
     return int(head[0]), int(head[1]), str(head[2])
-
-
-def insert_entry(*, conn: Connection, entry: dict[str, Any], last_seq: int) -> None:
-    """Insert a `next_entry` dict and move the head to it and ``last_seq``: two statements, no ORM flush."""
-    conn.execute(insert(_LOG).values(log_index=entry["index"], **{k: v for k, v in entry.items() if k != "index"}))
-    conn.execute(
-        update(_HEAD)
-        .where(_HEAD.c.id == 1)
-        .values(last_seq=last_seq, last_index=entry["index"], last_hash=entry["hash"])
-    )

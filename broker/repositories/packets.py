@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from broker.db import Base
@@ -12,6 +12,8 @@ from broker.models import Agent, Key, Packet, PacketTopic, Quarantine, Report
 
 _PACKETS = Base.metadata.tables["packets"]
 _TOPICS = Base.metadata.tables["packet_topics"]
+_LOG = Base.metadata.tables["log_entries"]
+_HEAD = Base.metadata.tables["broker_head"]
 
 
 def get(*, session: Session, packet_id: str) -> Packet | None:
@@ -82,10 +84,33 @@ def topics_of(*, conn: Connection, packet_id: str) -> list[str]:
     )
 
 
-def insert_row(*, conn: Connection, values: dict[str, Any], topics: list[str]) -> None:
-    """The packet row and its topic rows: Core inserts, no ORM unit of work."""
-    conn.execute(insert(_PACKETS), values)
-    conn.execute(insert(_TOPICS), [{"packet_id": values["id"], "topic": t, "seq": values["seq"]} for t in topics])
+def insert_published(
+    *, conn: Connection, values: dict[str, Any], topics: list[str], entry: dict[str, Any], notify: tuple[str, str]
+) -> None:
+    """A new packet's rows, its log entry and the head moved to both; the caller holds the head lock.
+
+    Core statements, no ORM unit of work. On PostgreSQL they are one statement (data-modifying
+    CTEs, the NOTIFY ``(channel, payload)`` in its RETURNING): the writers' lock is held across
+    one round trip instead of five. SQLite runs them in turn, in-process; it has no NOTIFY.
+    """
+    packet = insert(_PACKETS).values(**values)
+    rows = insert(_TOPICS).values([{"packet_id": values["id"], "topic": t, "seq": values["seq"]} for t in topics])
+    log = insert(_LOG).values(log_index=entry["index"], **{k: v for k, v in entry.items() if k != "index"})
+    head = (
+        update(_HEAD)
+        .where(_HEAD.c.id == 1)
+        .values(last_seq=values["seq"], last_index=entry["index"], last_hash=entry["hash"])
+    )
+    if conn.dialect.name != "postgresql":
+        for stmt in (packet, rows, log, head):
+            conn.execute(stmt)
+        return
+    channel, payload = notify
+    conn.execute(
+        head.add_cte(packet.cte("new_packet"), rows.cte("new_topics"), log.cte("new_entry")).returning(
+            func.pg_notify(channel, payload)
+        )
+    )
 
 
 def topic_page(*, session: Session, topic: str, after: int, limit: int, include_quarantined: bool) -> list[Packet]:

@@ -6,10 +6,11 @@ then one transaction, holding the head lock, assigns `seq`, inserts the rows
 and appends the log entry. Readers see the packet only after that commit, and a
 crash before it leaves only unreferenced blobs, which start-up sweeps.
 
-The database work of a publish is one pool checkout: one read statement before
-the blobs (the idempotence lookup and the freshness bound, so a refused or
-repeated packet writes no file), then the write transaction: the head lock, the
-same read again (a racing publish), and Core inserts, with no ORM flush.
+The database work of a publish is one pool checkout (one transaction on
+PostgreSQL, see `ReadThenWrite`): one read statement before the blobs (the
+idempotence lookup and the freshness bound, so a refused or repeated packet
+writes no file), then the writes: the head lock, the same read again (a racing
+publish), and Core inserts with no ORM flush (on PostgreSQL one statement).
 """
 
 import logging
@@ -101,8 +102,8 @@ def publish(
     _check_owner(opened, teacher)
     topics = sorted(opened.manifest.topics)
     created = created_at(opened)
-    with sessions.connection() as conn:
-        with conn.begin():
+    with sessions.read_then_write() as unit:
+        with unit.reading() as conn:
             state = packets_repo.publish_state(
                 conn=conn, packet_id=opened.id, teacher_id=teacher.id, topics=topics, keyid=opened.keyid
             )
@@ -118,7 +119,7 @@ def publish(
             store.commit_all([payload, envelope_blob])
         finally:
             envelope_blob.discard()  # no-op once committed; a committed payload left alone is swept as an orphan
-        with sessions.write_transaction(conn):
+        with unit.writing() as conn:
             last_seq, last_index, last_hash = log_repo.lock_head_row(conn=conn)
             state = packets_repo.publish_state(  # again, under the lock: a racing publish
                 conn=conn, packet_id=opened.id, teacher_id=teacher.id, topics=topics, keyid=opened.keyid
@@ -145,7 +146,6 @@ def publish(
                 "received_at": now,
                 "created_at": created,
             }
-            packets_repo.insert_row(conn=conn, values=values, topics=topics)
             body = {
                 "packet": opened.id,
                 "seq": seq,
@@ -157,7 +157,7 @@ def publish(
             }
             entry = eventlog.next_entry(last_index=last_index, last_hash=last_hash, kind="packet.publish",
                                         subject=opened.id, body=body, at=now)  # fmt: skip
-            log_repo.insert_entry(conn=conn, entry=entry, last_seq=seq)
-            events.announce(conn, seq, topics)
+            notify = (events.CHANNEL, events.notify_payload(seq, topics))
+            packets_repo.insert_published(conn=conn, values=values, topics=topics, entry=entry, notify=notify)
     logger.info("packet published", extra={"packet": opened.id, "seq": seq, "teacher": teacher.name})
     return PublishOutcome(opened.id, seq, topics, created=True)
