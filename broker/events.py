@@ -79,7 +79,8 @@ class Broadcaster:
         # Wake-ups so far, of any topic; a read started at generation g sees every commit they announced.
         # One counter for all topics is conservative: a wake-up elsewhere only makes a stream read afresh.
         self.generation = 0
-        self.woken: Counter[str | None] = Counter()  # wake-ups delivered, by the woken stream's topic
+        # Wake-ups delivered, by the woken stream's topic; a topic's count goes with its last stream.
+        self.woken: Counter[str | None] = Counter()
         self._reads: dict[Hashable, tuple[int, Future]] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -100,6 +101,7 @@ class Broadcaster:
         waiters.discard(event)
         if not waiters:
             del self._by_topic[topic]
+            self.woken.pop(topic, None)
 
     @property
     def streams(self) -> int:
