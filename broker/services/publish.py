@@ -75,6 +75,12 @@ def _check_newest(state: packets_repo.PublishState, created: datetime) -> None:
         raise InvalidManifest(f"created_at is older than this teacher's newest packet on its topics ({state.newest})")
 
 
+def _check_key(state: packets_repo.PublishState) -> None:
+    """The signing key is still unrevoked (the signature was checked against the keys read before the upload)."""
+    if state.key_revoked is not False:
+        raise UnknownKey("the signing key was revoked while the packet was being checked")
+
+
 def publish(
     *,
     sessions: Sessions,
@@ -111,6 +117,7 @@ def publish(
             if seen is None:
                 _check_clock(created, window)
                 _check_newest(state, created)
+                _check_key(state)
         if seen is not None:
             payload.discard()
             return seen
@@ -128,8 +135,7 @@ def publish(
             if seen is not None:
                 return seen
             _check_newest(state, created)
-            if state.key_revoked is not False:
-                raise UnknownKey("the signing key was revoked while the packet was being checked")
+            _check_key(state)
             now = clock.now()
             seq = last_seq + 1
             values = {
