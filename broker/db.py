@@ -102,7 +102,7 @@ class Sessions:
         """One pool checkout for a unit of work that reads, does something else, then writes (a publish)."""
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":
-                with conn.begin():
+                with conn.begin():  # committed at the end of `writing()`, or here for a unit that only read
                     yield ReadThenWrite(conn, shared=True)
             else:
                 yield ReadThenWrite(conn, shared=False)
@@ -131,9 +131,14 @@ class ReadThenWrite:
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
-        """The writers' transaction: BEGIN IMMEDIATE on SQLite, like the `writer()` sessions'."""
+        """The writers' transaction, committed when this block ends: BEGIN IMMEDIATE on SQLite."""
         if self._shared:
-            yield self.conn
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
         else:
             with self.conn.execution_options(**{WRITE: True}).begin():
                 yield self.conn

@@ -85,32 +85,34 @@ def topics_of(*, conn: Connection, packet_id: str) -> list[str]:
 
 
 def insert_published(
-    *, conn: Connection, values: dict[str, Any], topics: list[str], entry: dict[str, Any], notify: tuple[str, str]
+    *,
+    conn: Connection,
+    packets: list[dict[str, Any]],
+    topics: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    head: tuple[int, int, str],
+    notify: tuple[str, str],
 ) -> None:
-    """A new packet's rows, its log entry and the head moved to both; the caller holds the head lock.
+    """New packets' rows, their log entries, and the head moved to ``head`` (last seq, index, hash).
 
-    Core statements, no ORM unit of work. On PostgreSQL they are one statement (data-modifying
-    CTEs, the NOTIFY ``(channel, payload)`` in its RETURNING): the writers' lock is held across
-    one round trip instead of five. SQLite runs them in turn, in-process; it has no NOTIFY.
+    The caller holds the head lock. Core statements, no ORM unit of work. On PostgreSQL they are
+    one statement (data-modifying CTEs, the NOTIFY ``(channel, payload)`` in its RETURNING): the
+    writers' lock is held across one round trip instead of five. SQLite runs them in turn,
+    in-process; it has no NOTIFY.
     """
-    packet = insert(_PACKETS).values(**values)
-    rows = insert(_TOPICS).values([{"packet_id": values["id"], "topic": t, "seq": values["seq"]} for t in topics])
-    log = insert(_LOG).values(log_index=entry["index"], **{k: v for k, v in entry.items() if k != "index"})
-    head = (
-        update(_HEAD)
-        .where(_HEAD.c.id == 1)
-        .values(last_seq=values["seq"], last_index=entry["index"], last_hash=entry["hash"])
-    )
+    new_packets = insert(_PACKETS).values(packets)
+    new_topics = insert(_TOPICS).values(topics)
+    new_entries = insert(_LOG).values([{"log_index": e["index"], **{k: v for k, v in e.items() if k != "index"}}
+                                       for e in entries])  # fmt: skip
+    last_seq, last_index, last_hash = head
+    moved = update(_HEAD).where(_HEAD.c.id == 1).values(last_seq=last_seq, last_index=last_index, last_hash=last_hash)
     if conn.dialect.name != "postgresql":
-        for stmt in (packet, rows, log, head):
+        for stmt in (new_packets, new_topics, new_entries, moved):
             conn.execute(stmt)
         return
     channel, payload = notify
-    conn.execute(
-        head.add_cte(packet.cte("new_packet"), rows.cte("new_topics"), log.cte("new_entry")).returning(
-            func.pg_notify(channel, payload)
-        )
-    )
+    ctes = (new_packets.cte("new_packets"), new_topics.cte("new_topics"), new_entries.cte("new_entries"))
+    conn.execute(moved.add_cte(*ctes).returning(func.pg_notify(channel, payload)))
 
 
 def topic_page(*, session: Session, topic: str, after: int, limit: int, include_quarantined: bool) -> list[Packet]:
