@@ -6,10 +6,12 @@ serialises writers on the `broker_head` row (SELECT ... FOR UPDATE), which is
 what keeps `seq` and the log's `index` gapless and in commit order.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -94,3 +96,49 @@ class Sessions:
 
     def writer(self) -> Session:
         return self.write()
+
+    @contextmanager
+    def read_then_write(self) -> Iterator["ReadThenWrite"]:
+        """One pool checkout for a unit of work that reads, does something else, then writes (a publish)."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                with conn.begin():  # committed at the end of `writing()`, or here for a unit that only read
+                    yield ReadThenWrite(conn, shared=True)
+            else:
+                yield ReadThenWrite(conn, shared=False)
+
+
+class ReadThenWrite:
+    """The read phase and the write phase of one checkout.
+
+    On PostgreSQL one transaction spans both: in READ COMMITTED the read holds no lock, and each later
+    statement (the writers' row lock first) sees every commit before it. SQLite needs two: a deferred
+    transaction that has read cannot take the write lock once another writer committed (SQLITE_BUSY),
+    and BEGIN IMMEDIATE from the start would hold the lock across the work in between.
+    """
+
+    def __init__(self, conn: Connection, *, shared: bool) -> None:
+        self.conn = conn
+        self._shared = shared
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        if self._shared:
+            yield self.conn
+        else:
+            with self.conn.begin():
+                yield self.conn
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """The writers' transaction, committed when this block ends: BEGIN IMMEDIATE on SQLite."""
+        if self._shared:
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
+        else:
+            with self.conn.execution_options(**{WRITE: True}).begin():
+                yield self.conn

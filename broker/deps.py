@@ -1,8 +1,10 @@
 """Dependencies, declared once as `Annotated` aliases; routes just name them."""
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
 from broker import auth
 from broker.db import Sessions
@@ -85,7 +87,11 @@ def caller_for_token(token: str, settings: BrokerSettings, sessions: Sessions) -
     if admin is not None and auth.same_secret(token, admin.get_secret_value()):
         return Caller(ADMIN, None)
     with sessions.reader() as session:
-        agent = agents_repo.get_by_token_hash(session=session, token_hash=auth.hash_token(token))
+        return _agent_caller(session, token)
+
+
+def _agent_caller(session: Session, token: str) -> Caller:
+    agent = agents_repo.get_by_token_hash(session=session, token_hash=auth.hash_token(token))
     if agent is None or not auth.same_secret(agent.token_hash, auth.hash_token(token)):
         raise Unauthorized("the token is not valid")
     return Caller(agent.role, agent)
@@ -113,13 +119,39 @@ TeacherDep = Annotated[Caller, _require("teacher")]
 StudentDep = Annotated[Caller, _require("student")]
 
 
-def _require_publisher(caller: TeacherDep, sessions: SessionsDep) -> Caller:
-    """A teacher holding at least one unrevoked key: checked before the upload is read."""
-    assert caller.agent is not None
+@dataclass(frozen=True)
+class Publisher:
+    """A teacher allowed to publish, and its unrevoked keys (keyid -> base64 public key) as read before the upload.
+
+    The publish verifies against these keys, and checks again under the writers' lock that the signing
+    key was not revoked meanwhile.
+    """
+
+    caller: Caller
+    keys: dict[str, str]
+
+
+def _require_publisher(request: Request, settings: SettingsDep, sessions: SessionsDep) -> Publisher:
+    """A teacher holding at least one unrevoked key: checked before the upload is read.
+
+    The token and the keys are read on one pool checkout, returned before the body arrives: a
+    connection is never held while a client sends its upload.
+    """
+    token = auth.parse_bearer(request.headers.get("authorization"))
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>'")
+    admin = settings.admin_token
+    if admin is not None and auth.same_secret(token, admin.get_secret_value()):
+        raise Forbidden("this needs the teacher role")
     with sessions.reader() as session:
-        if not agents_repo.active_keys(session=session, agent_id=caller.agent.id):
-            raise UnknownKey("every key of this teacher is revoked: it can publish nothing")
-    return caller
+        caller = _agent_caller(session, token)
+        if caller.role != "teacher":
+            raise Forbidden("this needs the teacher role")
+        assert caller.agent is not None
+        keys = {k.keyid: k.public_key for k in agents_repo.active_keys(session=session, agent_id=caller.agent.id)}
+    if not keys:
+        raise UnknownKey("every key of this teacher is revoked: it can publish nothing")
+    return Publisher(caller, keys)
 
 
-PublisherDep = Annotated[Caller, Depends(_require_publisher)]
+PublisherDep = Annotated[Publisher, Depends(_require_publisher)]

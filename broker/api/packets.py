@@ -58,7 +58,7 @@ _MULTIPART = {
 )
 async def publish(
     request: Request,
-    caller: PublisherDep,
+    publisher: PublisherDep,
     settings: SettingsDep,
     sessions: SessionsDep,
     store: StoreDep,
@@ -66,7 +66,7 @@ async def publish(
     metrics: MetricsDep,
 ) -> JSONResponse:
     started = time.perf_counter()
-    assert caller.agent is not None
+    assert publisher.caller.agent is not None
     try:
         upload = await read_packet_upload(
             request, store, max_payload=settings.max_payload_bytes, max_envelope=settings.max_envelope_bytes
@@ -76,7 +76,8 @@ async def publish(
                 publish_service.publish,
                 sessions=sessions,
                 store=store,
-                teacher=caller.agent,
+                teacher=publisher.caller.agent,
+                trusted=publisher.keys,
                 envelope=upload.envelope,
                 payload=upload.payload,
                 window=timedelta(seconds=settings.created_at_window_seconds),
@@ -89,7 +90,7 @@ async def publish(
     metrics.publish_seconds.observe(time.perf_counter() - started)
     if outcome.created:
         metrics.packets_published.inc()
-        broadcaster.notify()
+        broadcaster.notify(outcome.topics)  # only the streams of its topics can have something new
     body = Published(id=outcome.id, seq=outcome.seq, topics=outcome.topics, created=outcome.created)
     return JSONResponse(body.model_dump(), status_code=201 if outcome.created else 200)
 

@@ -78,7 +78,7 @@ async def _stream(
     caller: Caller,
     keepalive: float,
 ) -> AsyncIterator[str]:
-    wake = broadcaster.subscribe()
+    wake = broadcaster.subscribe(topic)  # woken by the commits on this topic only
     metrics.event_streams.inc()
     try:
         yield ": stream open\n\n"

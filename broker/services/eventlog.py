@@ -42,18 +42,27 @@ def as_dict(entry: LogEntry) -> dict[str, Any]:
     }
 
 
-def append(*, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime) -> LogEntry:
-    """Append one entry after the locked head and move the head forward."""
+def next_entry(
+    *, last_index: int, last_hash: str, kind: str, subject: str, body: dict[str, Any], at: datetime
+) -> dict[str, Any]:
+    """The entry after (last_index, last_hash): every field of `as_dict`, plus `body` as canonical JSON text."""
     body_bytes = canonical(body)
     fields: dict[str, Any] = {
-        "index": head.last_index + 1,
+        "index": last_index + 1,
         "kind": kind,
         "subject": subject,
         "body_sha256": hashlib.sha256(body_bytes).hexdigest(),
-        "prev_hash": head.last_hash,
+        "prev_hash": last_hash,
         "at": rfc3339(at),
     }
-    entry = LogEntry(**fields, hash=entry_hash(head.last_hash, fields), body=body_bytes.decode("utf-8"))
+    return {**fields, "hash": entry_hash(last_hash, fields), "body": body_bytes.decode("utf-8")}
+
+
+def append(*, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime) -> LogEntry:
+    """Append one entry after the locked head and move the head forward."""
+    fields = next_entry(last_index=head.last_index, last_hash=head.last_hash, kind=kind, subject=subject, body=body,
+                        at=at)  # fmt: skip
+    entry = LogEntry(**fields)
     log_repo.add(session=session, entry=entry)
     head.last_index, head.last_hash = entry.index, entry.hash
     return entry
