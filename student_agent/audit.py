@@ -6,13 +6,13 @@ Signals, per concept unless said:
   verification probe labels (inputs the CAL never saw).
 * **separation**: does the packet's read-out separate its own shipped class prototypes?
   ``d' = w·(p₁ − p₀) / std_i(w·h_i)`` over the teacher's anchor states. Honest read-outs
-  separate them (measured d' 0.5–1.9 on the demo teacher), a negated one gives d' < 0, a
-  random or trigger direction d' near 0. The threshold follows the claimed accuracy a: a
-  Gaussian read-out with balanced accuracy a has d' = 2·Φ⁻¹(a), and a concept is flagged
-  below ``separation_share`` of that (capped at ``min_separation``), so a concept that
-  claims little is not flagged for delivering little.
+  separate them, a negated one gives d' < 0, a random or trigger direction d' near chance.
+  Chance is calibrated per packet and per concept: the same weights in shuffled order
+  (``separation_null``) give the d' a read-out reaches without pointing at anything; a concept
+  at or below their 99th percentile is flagged. No constant carries across families and models.
 * **prevalence**: a trigger-style concept fires on a narrow slice; the packet's anchor labels
-  are then almost all one class while the prototypes say both classes are common.
+  are then almost all one class. Rare honest concepts exist (``answer < 15``), so this flags
+  only together with a separation under half of what the claimed accuracy implies.
 * **reasoning agreement** (per packet): the teacher's own step and answer heads on mapped
   states of the student's held-back inputs against the student's own answers. Low means the
   map does not carry the teacher's computation, and nothing read through it can be trusted.
@@ -21,7 +21,7 @@ Signals, per concept unless said:
 
 The thresholds are relative where the level is model-dependent: agreement is compared with
 the packet's own median (docs/method.md: a fixed threshold flagged most honest concepts), and
-consistency with the claimed accuracy. A packet is accepted only with no finding, mean
+separation with its own chance level. A packet is accepted only with no finding, mean
 agreement at least ``min_agreement`` and reasoning agreement at least ``min_reasoning``.
 """
 
@@ -37,7 +37,7 @@ from student_agent.cal.fit import ConceptReader
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge
 
-__all__ = ["AuditConfig", "Decision", "audit"]
+__all__ = ["AuditConfig", "Decision", "audit", "chance_separation", "separation", "separation_null"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,9 @@ class AuditConfig:
     min_agreement: float = 0.6
     min_reasoning: float = 0.5
     agreement_drop: float = 0.2  # below the packet's median by more than this: not served
-    min_separation: float = 0.4  # d' below this (or below the claim's share): contradicts its prototypes
-    separation_share: float = 0.5
-    min_prevalence: float = 0.08  # anchor labels of one class rarer than this: trigger-like
+    null_draws: int = 200  # shuffled read-outs per concept: the chance level of separation
+    null_quantile: float = 0.99  # d' at or below this quantile of the shuffled ones: contradicts its prototypes
+    min_prevalence: float = 0.08  # one class rarer than this on the anchors, with weak separation: trigger-like
 
 
 @dataclass
@@ -58,27 +58,64 @@ class Decision:
     detail: str = ""
 
 
+def _features(kn: Knowledge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per concept: anchor features ``[K, m, D]``, read-out weights ``[K, D]``, prototype gap ``[K, D]``."""
+    v = kn.views
+    if v is not None:
+        probs = v.heads.probs(v.anchor_states, v.anchor_mask)  # [m, F]
+        feats = torch.stack([torch.cat([v.anchor_states[:, :, int(layer)].flatten(1), probs], 1)
+                             for layer in v.readout.layers.tolist()])  # fmt: skip
+        return feats, v.readout.weight, v.prototypes[:, 1] - v.prototypes[:, 0]
+    feats = kn.anchor_states[:, kn.layers].transpose(0, 1)  # [K, m, d]
+    return feats, kn.directions, kn.prototypes[:, 1] - kn.prototypes[:, 0]
+
+
+def _dprime(feats: torch.Tensor, weight: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """d' of read-outs ``weight [..., K, D]`` between prototypes ``gap [K, D]``, in anchor-score spreads."""
+    scores = torch.einsum("kmd,...kd->...km", feats, weight)  # [..., K, m]
+    return (weight * gap).sum(-1) / scores.std(-1).clamp_min(1e-6)
+
+
 def separation(kn: Knowledge) -> torch.Tensor:
     """``[K]``: d' of each read-out between its own prototypes, in units of its anchor-score spread.
 
     With views, the read-out the student uses is the view read-out, and so are the prototypes and
     the claimed accuracy it is checked against.
     """
-    v = kn.views
-    if v is not None:
-        scores = v.readout.logits(v.anchor_states, v.anchor_mask, v.heads) - v.readout.bias  # [m, K]
-        gap = (v.readout.weight * (v.prototypes[:, 1] - v.prototypes[:, 0])).sum(-1)  # [K]
-        return gap / scores.std(0).clamp_min(1e-6)
-    scores = (kn.anchor_states[:, kn.layers] * kn.directions).sum(-1)  # [m, K]
-    gap = (kn.directions * (kn.prototypes[:, 1] - kn.prototypes[:, 0])).sum(-1)  # [K]
-    return gap / scores.std(0).clamp_min(1e-6)
+    return _dprime(*_features(kn))
 
 
-def separation_floor(claimed: float, config: AuditConfig) -> float:
-    """The smallest d' an honest read-out claiming balanced accuracy ``claimed`` should show."""
+def separation_null(kn: Knowledge, draws: int = 200, quantile: float = 0.99, seed: int = 0) -> torch.Tensor:
+    """``[K]``: the chance level of :func:`separation` for this packet (see :func:`chance_separation`)."""
+    return chance_separation(*_features(kn), draws=draws, quantile=quantile, seed=seed)
+
+
+def chance_separation(
+    feats: torch.Tensor, weight: torch.Tensor, gap: torch.Tensor, *, draws: int = 200, quantile: float = 0.99,
+    seed: int = 0,
+) -> torch.Tensor:  # fmt: skip
+    """``[K]``: the ``quantile`` of d' over read-outs with the same weights in shuffled order.
+
+    A shuffled read-out has the honest one's scale and sparsity but points nowhere in particular:
+    its d' is what separation looks like by chance in this packet's own feature space. A read-out
+    that separates its prototypes no better than that does not read the concept it claims, whatever
+    the family, the model or the feature scales (a constant floor did not carry across families).
+    ``feats [K, m, D]`` anchor features per concept, ``weight [K, D]``, ``gap [K, D]`` = p1 - p0.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k, dim = weight.shape
+    out = torch.empty(draws, k)
+    for start in range(0, draws, 25):
+        n = min(25, draws - start)
+        perm = torch.argsort(torch.rand(n, k, dim, generator=gen), dim=-1)
+        out[start : start + n] = _dprime(feats, torch.gather(weight.expand(n, k, dim), -1, perm), gap)
+    return torch.quantile(out, quantile, dim=0)
+
+
+def claimed_separation(claimed: float) -> float:
+    """The d' of a Gaussian read-out with balanced accuracy ``claimed``: ``2 * Phi^-1(a)``."""
     a = min(max(claimed, 0.5), 0.999)
-    expected = 2 * float(torch.special.ndtri(torch.tensor(a)))
-    return min(config.min_separation, config.separation_share * expected)
+    return 2 * float(torch.special.ndtri(torch.tensor(a)))
 
 
 @torch.inference_mode()
@@ -109,18 +146,23 @@ def audit(
     config = config or AuditConfig()
     agreement = balanced_accuracy(reader(reader.input_of(probes)) > 0, kn.probe_labels)  # [K]
     sep = separation(kn)  # [K]
+    chance = separation_null(kn, draws=config.null_draws, quantile=config.null_quantile)  # [K]
     prevalence = (kn.anchor_scores > 0).float().mean(0)  # [K]
     median = float(agreement.median())
     findings: list[dict[str, Any]] = []
     for k, c in enumerate(kn.concepts):
         reasons = []
-        floor = separation_floor(c.teacher_accuracy, config)
-        if float(sep[k]) < floor:
+        floor = max(float(chance[k]), 0.0)
+        if float(sep[k]) <= floor:
             reasons.append(("contradicts-prototypes", f"its read-out separates its own prototypes by d'="
-                                                      f"{float(sep[k]):.2f} < {floor:.2f} (claims accuracy "
-                                                      f"{c.teacher_accuracy:.2f})"))  # fmt: skip
-        if min(float(prevalence[k]), 1 - float(prevalence[k])) < config.min_prevalence:
-            reasons.append(("narrow-trigger", f"fires on {float(prevalence[k]):.1%} of the anchors"))
+                                                      f"{float(sep[k]):.2f}, no better than chance ("
+                                                      f"{floor:.2f}: {config.null_quantile:.0%} of shuffled "
+                                                      f"read-outs)"))  # fmt: skip
+        minority = min(float(prevalence[k]), 1 - float(prevalence[k]))
+        if minority < config.min_prevalence and float(sep[k]) < claimed_separation(c.teacher_accuracy) / 2:
+            reasons.append(("narrow-trigger", f"fires on {float(prevalence[k]):.1%} of the anchors and separates "
+                                              f"its prototypes by d'={float(sep[k]):.2f}, under half what its "
+                                              f"claimed accuracy {c.teacher_accuracy:.2f} implies"))  # fmt: skip
         for kind, why in reasons:
             findings.append({"concept": c.key, "kind": kind, "detail": why})
     # A concept far below the packet's own level did not transfer to this student: a matter of
@@ -140,6 +182,7 @@ def audit(
         "not_transferred": not_transferred,
         "concepts": {c.key: {"agreement": round(float(agreement[k]), 4),
                              "separation": round(float(sep[k]), 4),
+                             "separation_chance": round(float(chance[k]), 4),
                              "anchor_prevalence": round(float(prevalence[k]), 4)}
                      for k, c in enumerate(kn.concepts)},
     }  # fmt: skip
