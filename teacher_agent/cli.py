@@ -6,8 +6,9 @@ line on stderr and exit non-zero (1: refused or failed, 2: bad options).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,10 +20,37 @@ from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
 from teacher_agent.settings import TeacherSettings
 
+if TYPE_CHECKING:  # torch loads only in the commands that train
+    from m2kt.ml.train import EpochLog
+    from teacher_agent.pipeline import TrainReport
+
 app = typer.Typer(help="The M2KT teacher agent.", no_args_is_help=True, add_completion=False)
 out = Console()
 
 DEFAULT_MODEL = Path(".m2kt/teacher/model")
+
+
+def _training_progress(epochs: int) -> tuple[bool, Callable[[EpochLog], None] | None]:
+    """A rich bar on a terminal; else one line per epoch, which a log file or `docker logs` keeps."""
+    if err.is_terminal:
+        return True, None
+
+    def line(log: EpochLog) -> None:
+        err.print(
+            f"epoch {log.epoch + 1}/{epochs}: loss {log.train_loss:.4f}, "
+            f"held-out accuracy {log.eval.accuracy:.3f} ({log.seconds:.0f} s)",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+    return False, line
+
+
+def _trained_line(report: TrainReport, where: str = "saved to") -> str:
+    return (
+        f"teacher {where} {report.model_dir}: held-out accuracy {report.heldout_accuracy:.3f} "
+        f"(majority {report.majority_baseline:.3f}) in {report.seconds:.0f} s"
+    )
 
 
 def _token(settings: TeacherSettings, token: str | None) -> str:
@@ -90,6 +118,7 @@ def train(
 
     params = parse_params(param or []) or default_params(task)
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
+    bar, callback = _training_progress(epochs)
     report = pipeline.train(
         task,
         params,
@@ -97,12 +126,10 @@ def train(
         seed=seed,
         model_config=cfg,
         train_config=dataclasses.replace(DEMO_TRAIN, epochs=epochs),
-        progress=True,
+        progress=bar,
+        callback=callback,
     )
-    out.print(
-        f"teacher saved to {report.model_dir}: held-out accuracy {report.heldout_accuracy:.3f} "
-        f"(majority {report.majority_baseline:.3f}) in {report.seconds:.0f} s"
-    )
+    out.print(_trained_line(report), soft_wrap=True)
 
 
 def _extraction_table(results: list[Any]) -> Table:
@@ -242,25 +269,37 @@ def run(
     token: Annotated[str | None, typer.Option(help="teacher token")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
-    """Train (unless a model exists), extract, build one packet per topic, publish them all."""
+    """Check the broker and token, train (unless a model exists), extract, build and publish one packet per topic.
+
+    A packet whose publish fails is deleted, not left among the published ones; the next run
+    builds it again.
+    """
+    import dataclasses
+
     from m2kt.ml.tasks import default_params
     from teacher_agent import pipeline
     from teacher_agent.packetize import PacketSpec
     from teacher_agent.train import DEMO_TRAIN
 
     settings = TeacherSettings()
+    broker_url, secret = broker or settings.broker_url, _token(settings, token)
+    pipeline.check_broker(broker_url, secret)  # minutes before the first publish, not after
     root = workdir or settings.workdir
     model_dir = root / f"model-{task}-{seed}"
-    if not (model_dir / pipeline.RUN_FILE).exists():
-        params = default_params(task)
-        config = DEMO_TRAIN.__class__(**{**DEMO_TRAIN.__dict__, "epochs": settings.train_epochs})
-        pipeline.train(task, params, model_dir, seed=seed, train_config=config, progress=True)
+    if (model_dir / pipeline.RUN_FILE).exists():
+        out.print(_trained_line(pipeline.train_report(model_dir), where="trained before, at"), soft_wrap=True)
+    else:
+        bar, callback = _training_progress(settings.train_epochs)
+        config = dataclasses.replace(DEMO_TRAIN, epochs=settings.train_epochs)
+        report = pipeline.train(
+            task, default_params(task), model_dir, seed=seed, train_config=config, progress=bar, callback=callback
+        )
+        out.print(_trained_line(report), soft_wrap=True)
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
     done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
-                                   out_dir=root / "packets", broker_url=broker or settings.broker_url,
-                                   token=_token(settings, token))  # fmt: skip
+                                   out_dir=root / "packets", broker_url=broker_url, token=secret)  # fmt: skip
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)
