@@ -11,7 +11,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,8 +25,18 @@ from m2kt.ml.models import ModelConfig
 from student_agent import checks
 from student_agent.settings import StudentSettings
 
+if TYPE_CHECKING:  # torch loads only in the commands that need it
+    from student_agent.query import ConceptAnswer
+
 app = typer.Typer(help="The M2KT student agent.", no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
+
+
+def configure_logging() -> None:
+    """INFO from the agent; only warnings from the HTTP libraries, which log every request at INFO."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _token(settings: StudentSettings) -> str:
@@ -106,7 +116,7 @@ def run(
         probe.require_role("student")  # before the model, any download or any fitting
     student = load_student(settings.resolved_model_dir)
     checks.require_topics(student.family, topics)  # before a topic reaches the state file
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     handled, last = 0, time.monotonic()
     stopping = False
 
@@ -162,10 +172,20 @@ def query(
     if as_json:
         out.print_json(json.dumps([{"text": a.text, "probabilities": a.probabilities} for a in answers]))
         return
-    table = Table("concept", *(a.text for a in answers), title=f"transferred concepts (CAL v{known.version})")
+    print_answers(out, answers, known.version)
+
+
+def print_answers(console: Console, answers: list[ConceptAnswer], version: int | None) -> None:
+    """A heading line, then one row per concept and one column per text.
+
+    The heading is its own line, not the table's title: a title wraps to the table's width,
+    which a narrow table (one short text) breaks mid-phrase.
+    """
+    console.print(f"transferred concepts (CAL v{version})", highlight=False, soft_wrap=True)
+    table = Table("concept", *(a.text for a in answers))
     for key in answers[0].probabilities if answers else []:
         table.add_row(key, *(f"{a.probabilities[key]:.2f}" for a in answers))
-    out.print(table)
+    console.print(table)
 
 
 @app.command()
