@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from m2kt.client import BrokerClient
-from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
 from m2kt.ml.models import ModelConfig
@@ -87,7 +87,9 @@ def train(
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
     train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "epochs": epochs})
     params = parse_params(param or []) or default_params(task)
-    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=True)
+    bar, callback = training_progress(epochs)
+    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=bar,
+                            callback=callback)  # fmt: skip
     out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
               f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s")  # fmt: skip
 

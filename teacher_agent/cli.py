@@ -6,7 +6,6 @@ line on stderr and exit non-zero (1: refused or failed, 2: bad options).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,35 +14,18 @@ from rich.console import Console
 from rich.table import Table
 
 from m2kt import keys
-from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
 from teacher_agent.settings import TeacherSettings
 
 if TYPE_CHECKING:  # torch loads only in the commands that train
-    from m2kt.ml.train import EpochLog
     from teacher_agent.pipeline import TrainReport
 
 app = typer.Typer(help="The M2KT teacher agent.", no_args_is_help=True, add_completion=False)
 out = Console()
 
 DEFAULT_MODEL = Path(".m2kt/teacher/model")
-
-
-def _training_progress(epochs: int) -> tuple[bool, Callable[[EpochLog], None] | None]:
-    """A rich bar on a terminal; else one line per epoch, which a log file or `docker logs` keeps."""
-    if err.is_terminal:
-        return True, None
-
-    def line(log: EpochLog) -> None:
-        err.print(
-            f"epoch {log.epoch + 1}/{epochs}: loss {log.train_loss:.4f}, "
-            f"held-out accuracy {log.eval.accuracy:.3f} ({log.seconds:.0f} s)",
-            soft_wrap=True,
-            highlight=False,
-        )
-
-    return False, line
 
 
 def _trained_line(report: TrainReport, where: str = "saved to") -> str:
@@ -118,7 +100,7 @@ def train(
 
     params = parse_params(param or []) or default_params(task)
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
-    bar, callback = _training_progress(epochs)
+    bar, callback = training_progress(epochs)
     report = pipeline.train(
         task,
         params,
@@ -289,7 +271,7 @@ def run(
     if (model_dir / pipeline.RUN_FILE).exists():
         out.print(_trained_line(pipeline.train_report(model_dir), where="trained before, at"), soft_wrap=True)
     else:
-        bar, callback = _training_progress(settings.train_epochs)
+        bar, callback = training_progress(settings.train_epochs)
         config = dataclasses.replace(DEMO_TRAIN, epochs=settings.train_epochs)
         report = pipeline.train(
             task, default_params(task), model_dir, seed=seed, train_config=config, progress=bar, callback=callback
