@@ -279,6 +279,7 @@ def run(
         out.print(_trained_line(report), soft_wrap=True)
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
+    err.print(f"extracting concepts ({method}) from {model_dir}", soft_wrap=True, highlight=False)
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
     done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
