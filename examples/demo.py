@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from m2kt import BrokerClient, keys
+from m2kt.text import count
 from student_agent.agent import Outcome, StudentAgent
 from student_agent.evaluate import concept_truth, kd_equal_data, kd_features, scores
 from student_agent.features import observe
@@ -166,7 +167,7 @@ def _transfer(
             daemon=True,
         )  # fmt: skip
         thread.start()
-        console.print(f"student subscribed to {len(topics)} topics: {', '.join(topics)}")
+        console.print(f"student subscribed to {count(len(topics), 'topic')}: {', '.join(topics)}")
         held = student.split("heldout")  # the same split the teacher held out: neither model trained on it
         words = extraction.view.words if extraction.view is not None else None
         held_obs = observe(student.model, student.tokenizer, held.texts, words)
@@ -317,7 +318,7 @@ def _show_provenance(provenance: dict[str, Any], log: list[dict[str, Any]]) -> b
     console.print(table)
     ok = _chain_ok(log)
     console.print(f"event log hash chain: {'[green]verified' if ok else '[red]BROKEN'} "
-                  f"({len(log)} entries, recomputed here from the genesis hash)")  # fmt: skip
+                  f"({count(len(log), 'entry', 'entries')}, recomputed here from the genesis hash)")  # fmt: skip
     return ok
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from m2kt.constants import PROBLEM_BASE
-from m2kt.errors import Forbidden, InvalidRequest, NotFound, TransportError, Unauthorized
+from m2kt.errors import Forbidden, InvalidRequest, NotFound, TransportError, Unauthorized, UnknownKey
 from m2kt.problem import error_from_problem
 
 __all__ = ["BrokerClient", "PublishResult", "SSEvent", "broker_root"]
@@ -149,27 +149,36 @@ class BrokerClient:
         """Return if the token is a ``role`` agent's; else raise, changing nothing on the broker.
 
         An agent should know this before it downloads or trains anything. The API has no "who am
-        I" route, so this asks what only that role may ask, about a packet that cannot exist (no
-        statement hashes to 64 zeros): the role itself gets 404 (or 422), any other role 403,
-        an unknown token 401. Only ``"student"`` is supported.
+        I" route, so this asks what only that role may ask, with a request the broker refuses
+        after its role check: a student reports on a packet that cannot exist (no statement
+        hashes to 64 zeros) and gets 404 (or 422); a teacher publishes a body that is not
+        multipart and gets 422 (a teacher whose keys are all revoked gets 403 unknown-key).
+        Any other role gets 403, an unknown token 401.
 
         Raises:
             Unauthorized: the broker does not know the token.
             Forbidden: the token is another role's.
+            UnknownKey: a teacher's token whose keys are all revoked.
             TransportError: the broker cannot be reached (after the usual retries).
         """
-        if role != "student":
-            raise ValueError(f"require_role supports 'student', not {role!r}")
+        body: dict[str, Any]
+        if role == "student":
+            path, body = f"/v1/packets/{'0' * 64}/reports", {"json": {"verdict": "accepted"}}
+        elif role == "teacher":
+            path, body = "/v1/packets", {"content": b"", "headers": {"Content-Type": "text/plain"}}
+        else:
+            raise ValueError(f"require_role supports 'student' and 'teacher', not {role!r}")
         try:
-            path = f"/v1/packets/{'0' * 64}/reports"
-            self._request("POST", path, idempotent=True, json={"verdict": "accepted"})
+            self._request("POST", path, idempotent=True, **body)
         except (NotFound, InvalidRequest):
             return
         except Unauthorized as exc:
             raise Unauthorized(f"the broker at {self.base_url} refuses this token: {exc.detail}") from None
+        except UnknownKey as exc:
+            raise UnknownKey(f"the broker at {self.base_url} refuses this teacher: {exc.detail}") from None
         except Forbidden as exc:
             raise Forbidden(f"this token is not a {role}'s (the broker at {self.base_url}: {exc.detail})") from None
-        raise AssertionError("a report on a packet that cannot exist was accepted")
+        raise AssertionError(f"the broker accepted the {role} role check's request")
 
     # -- agents -----------------------------------------------------------------------------
     def create_agent(self, name: str, role: str, public_key: str | None = None) -> dict[str, Any]:

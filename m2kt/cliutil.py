@@ -1,17 +1,20 @@
-"""What every M2KT command line shares: one-line errors and ``name=value`` parameters."""
+"""What every M2KT command line shares: one-line errors, ``name=value`` parameters, training progress."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from m2kt.errors import M2KTError
 
-__all__ = ["err", "one_line_errors", "parse_params"]
+if TYPE_CHECKING:  # torch loads only in the commands that train
+    from m2kt.ml.train import EpochLog
+
+__all__ = ["err", "one_line_errors", "parse_params", "training_progress"]
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,3 +53,23 @@ def parse_params(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--param takes name=value, got {item!r}")
         params[name] = int(value) if value.lstrip("-").isdigit() else value
     return params
+
+
+def training_progress(epochs: int) -> tuple[bool, Callable[[EpochLog], None] | None]:
+    """``(progress bar, per-epoch callback)`` for ``m2kt.ml.train.fit``, by where stderr goes.
+
+    A terminal gets the rich bar. Anything else (a log file, a pipe, ``docker logs``) gets one
+    line per epoch instead: the bar draws nothing there, so training looked stuck for minutes.
+    """
+    if err.is_terminal:
+        return True, None
+
+    def line(log: EpochLog) -> None:
+        err.print(
+            f"epoch {log.epoch + 1}/{epochs}: loss {log.train_loss:.4f}, "
+            f"held-out accuracy {log.eval.accuracy:.3f} ({log.seconds:.0f} s)",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+    return False, line

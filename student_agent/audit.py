@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from m2kt.text import count
 from student_agent.baselines import balanced_accuracy
 from student_agent.cal.fit import ConceptReader
 from student_agent.features import Observation
@@ -188,7 +189,7 @@ def audit(
     }  # fmt: skip
     problems = []
     if findings:
-        problems.append(f"{len({f['concept'] for f in findings})} concept(s) flagged by the safety auditor")
+        problems.append(f"{count(len({f['concept'] for f in findings}), 'concept')} flagged by the safety auditor")
     if float(agreement.mean()) < config.min_agreement:
         problems.append(f"mean probe agreement {float(agreement.mean()):.3f} < {config.min_agreement}")
     if reasoning == reasoning and reasoning < config.min_reasoning:
@@ -197,4 +198,4 @@ def audit(
         problems.append("the student's own base-task answers changed")
     if problems:
         return Decision("rolled_back", metrics, findings, "; ".join(problems))
-    return Decision("accepted", metrics, findings, f"{len(kn.concepts)} concepts integrated")
+    return Decision("accepted", metrics, findings, f"{count(len(kn.concepts), 'concept')} integrated")

@@ -11,22 +11,32 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from m2kt.client import BrokerClient
-from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
 from m2kt.ml.models import ModelConfig
 from student_agent import checks
 from student_agent.settings import StudentSettings
 
+if TYPE_CHECKING:  # torch loads only in the commands that need it
+    from student_agent.query import ConceptAnswer
+
 app = typer.Typer(help="The M2KT student agent.", no_args_is_help=True, add_completion=False)
 out = Console(soft_wrap=True)
+
+
+def configure_logging() -> None:
+    """INFO from the agent; only warnings from the HTTP libraries, which log every request at INFO."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _token(settings: StudentSettings) -> str:
@@ -77,7 +87,9 @@ def train(
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
     train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "epochs": epochs})
     params = parse_params(param or []) or default_params(task)
-    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=True)
+    bar, callback = training_progress(epochs)
+    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=bar,
+                            callback=callback)  # fmt: skip
     out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
               f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s")  # fmt: skip
 
@@ -106,7 +118,7 @@ def run(
         probe.require_role("student")  # before the model, any download or any fitting
     student = load_student(settings.resolved_model_dir)
     checks.require_topics(student.family, topics)  # before a topic reaches the state file
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     handled, last = 0, time.monotonic()
     stopping = False
 
@@ -162,10 +174,20 @@ def query(
     if as_json:
         out.print_json(json.dumps([{"text": a.text, "probabilities": a.probabilities} for a in answers]))
         return
-    table = Table("concept", *(a.text for a in answers), title=f"transferred concepts (CAL v{known.version})")
+    print_answers(out, answers, known.version)
+
+
+def print_answers(console: Console, answers: list[ConceptAnswer], version: int | None) -> None:
+    """A heading line, then one row per concept and one column per text.
+
+    The heading is its own line, not the table's title: a title wraps to the table's width,
+    which a narrow table (one short text) breaks mid-phrase.
+    """
+    console.print(f"transferred concepts (CAL v{version})", highlight=False, soft_wrap=True)
+    table = Table("concept", *(a.text for a in answers))
     for key in answers[0].probabilities if answers else []:
         table.add_row(key, *(f"{a.probabilities[key]:.2f}" for a in answers))
-    out.print(table)
+    console.print(table)
 
 
 @app.command()

@@ -10,7 +10,7 @@ so its unlabelled inputs and evaluation data can be regenerated instead of store
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 from m2kt.errors import InvalidRequest
 from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, save_pretrained
 from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
-from m2kt.ml.train import TrainConfig, train_model
+from m2kt.ml.train import EpochLog, TrainConfig, train_model
 from student_agent.cal.layers import freeze
 
 __all__ = ["RUN_FILE", "STUDENT_DEFAULT", "STUDENT_SIZES", "STUDENT_TRAIN", "Student", "load_student", "train_student"]
@@ -69,13 +69,17 @@ def train_student(
     train_config: TrainConfig = STUDENT_TRAIN,
     sizes: Mapping[str, int] = STUDENT_SIZES,
     progress: bool = False,
+    callback: Callable[[EpochLog], None] | None = None,
 ) -> Student:
-    """Train a student on the base task (answers and steps only) and save it to ``out``."""
+    """Train a student on the base task (answers and steps only) and save it to ``out``.
+
+    ``progress`` shows a rich bar on stderr; ``callback`` gets each epoch's log.
+    """
     family = get_task(task, **params)
     data = family.generate_splits(dict(sizes), seed)
     cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
     trained = train_model(family, data["train"], data["eval"], model_config=model_config, train_config=cfg,
-                          progress=progress)  # fmt: skip
+                          progress=progress, callback=callback)  # fmt: skip
     save_pretrained(trained.model, trained.tokenizer, out)
     final = trained.fit.final
     if final is None:

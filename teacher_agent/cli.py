@@ -7,22 +7,32 @@ line on stderr and exit non-zero (1: refused or failed, 2: bad options).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from m2kt import keys
-from m2kt.cliutil import err, one_line_errors, parse_params
+from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
 from teacher_agent.settings import TeacherSettings
+
+if TYPE_CHECKING:  # torch loads only in the commands that train
+    from teacher_agent.pipeline import TrainReport
 
 app = typer.Typer(help="The M2KT teacher agent.", no_args_is_help=True, add_completion=False)
 out = Console()
 
 DEFAULT_MODEL = Path(".m2kt/teacher/model")
+
+
+def _trained_line(report: TrainReport, where: str = "saved to") -> str:
+    return (
+        f"teacher {where} {report.model_dir}: held-out accuracy {report.heldout_accuracy:.3f} "
+        f"(majority {report.majority_baseline:.3f}) in {report.seconds:.0f} s"
+    )
 
 
 def _token(settings: TeacherSettings, token: str | None) -> str:
@@ -90,6 +100,7 @@ def train(
 
     params = parse_params(param or []) or default_params(task)
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
+    bar, callback = training_progress(epochs)
     report = pipeline.train(
         task,
         params,
@@ -97,12 +108,10 @@ def train(
         seed=seed,
         model_config=cfg,
         train_config=dataclasses.replace(DEMO_TRAIN, epochs=epochs),
-        progress=True,
+        progress=bar,
+        callback=callback,
     )
-    out.print(
-        f"teacher saved to {report.model_dir}: held-out accuracy {report.heldout_accuracy:.3f} "
-        f"(majority {report.majority_baseline:.3f}) in {report.seconds:.0f} s"
-    )
+    out.print(_trained_line(report), soft_wrap=True)
 
 
 def _extraction_table(results: list[Any]) -> Table:
@@ -242,25 +251,38 @@ def run(
     token: Annotated[str | None, typer.Option(help="teacher token")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
-    """Train (unless a model exists), extract, build one packet per topic, publish them all."""
+    """Check the broker and token, train (unless a model exists), extract, build and publish one packet per topic.
+
+    A packet whose publish fails is deleted, not left among the published ones; the next run
+    builds it again.
+    """
+    import dataclasses
+
     from m2kt.ml.tasks import default_params
     from teacher_agent import pipeline
     from teacher_agent.packetize import PacketSpec
     from teacher_agent.train import DEMO_TRAIN
 
     settings = TeacherSettings()
+    broker_url, secret = broker or settings.broker_url, _token(settings, token)
+    pipeline.check_broker(broker_url, secret)  # minutes before the first publish, not after
     root = workdir or settings.workdir
     model_dir = root / f"model-{task}-{seed}"
-    if not (model_dir / pipeline.RUN_FILE).exists():
-        params = default_params(task)
-        config = DEMO_TRAIN.__class__(**{**DEMO_TRAIN.__dict__, "epochs": settings.train_epochs})
-        pipeline.train(task, params, model_dir, seed=seed, train_config=config, progress=True)
+    if (model_dir / pipeline.RUN_FILE).exists():
+        out.print(_trained_line(pipeline.train_report(model_dir), where="trained before, at"), soft_wrap=True)
+    else:
+        bar, callback = training_progress(settings.train_epochs)
+        config = dataclasses.replace(DEMO_TRAIN, epochs=settings.train_epochs)
+        report = pipeline.train(
+            task, default_params(task), model_dir, seed=seed, train_config=config, progress=bar, callback=callback
+        )
+        out.print(_trained_line(report), soft_wrap=True)
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
+    err.print(f"extracting concepts ({method}) from {model_dir}", soft_wrap=True, highlight=False)
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
     done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
-                                   out_dir=root / "packets", broker_url=broker or settings.broker_url,
-                                   token=_token(settings, token))  # fmt: skip
+                                   out_dir=root / "packets", broker_url=broker_url, token=secret)  # fmt: skip
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from m2kt.client import BrokerClient, PublishResult
 from m2kt.errors import InvalidRequest
 from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained
 from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
-from m2kt.ml.train import TrainConfig
+from m2kt.ml.train import EpochLog, TrainConfig
 from m2kt.packet import BuiltPacket, OpenedPacket, open_packet
 from teacher_agent.extract import get_extractor
 from teacher_agent.extract.base import ConceptDirection, ExtractionContext, ExtractionResult
@@ -67,13 +67,24 @@ def train(
     train_config: TrainConfig = DEMO_TRAIN,
     sizes: Mapping[str, int] = SPLITS,
     progress: bool = False,
+    callback: Callable[[EpochLog], None] | None = None,
 ) -> TrainReport:
-    """Train a teacher on a task family and save it (with the seed and splits used) to ``out``."""
+    """Train a teacher on a task family and save it (with the seed and splits used) to ``out``.
+
+    ``progress`` shows a rich bar on stderr; ``callback`` gets each epoch's log (the CLI's
+    progress lines when stderr is not a terminal).
+    """
     family = get_task(task, **params)
     data = splits(family, seed, sizes)
     cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
     trained = train_teacher(
-        family, data["train"], data["eval"], model_config=model_config, train_config=cfg, progress=progress
+        family,
+        data["train"],
+        data["eval"],
+        model_config=model_config,
+        train_config=cfg,
+        progress=progress,
+        callback=callback,
     )
     save_teacher(trained.model, trained.tokenizer, out)
     if trained.fit.final is None:
@@ -93,6 +104,27 @@ def train(
         )
     )
     return report
+
+
+def train_report(model_dir: Path) -> TrainReport:
+    """What training measured for the teacher saved in ``model_dir`` (from its run record)."""
+    if not (model_dir / RUN_FILE).exists():
+        raise InvalidRequest(f"{model_dir} is not a teacher directory (no {RUN_FILE}); run `m2kt-teacher train`")
+    run = json.loads((model_dir / RUN_FILE).read_text())
+    return TrainReport(
+        model_dir, float(run["heldout_accuracy"]), float(run["majority_baseline"]), float(run["seconds"])
+    )
+
+
+def check_broker(broker_url: str, token: str) -> None:
+    """Raise unless the broker answers and takes ``token`` as a publishing teacher's; changes nothing.
+
+    Raises:
+        TransportError: the broker cannot be reached.
+        Unauthorized, Forbidden, UnknownKey: the token is unknown, not a teacher's, or its keys are revoked.
+    """
+    with BrokerClient(broker_url, token) as client:
+        client.require_role("teacher")
 
 
 def load(model_dir: Path) -> tuple[TaskModel, Any, TaskFamily, dict[str, Any]]:
@@ -242,6 +274,7 @@ def publish_topics(
     The record (``out_dir/published.json``, keyed by the model's weights digest, extractor,
     anchors and topic) makes a restarted teacher service idempotent: packets carry their
     creation time, so rebuilding one would publish a new packet with the same knowledge.
+    ``out_dir`` keeps only packets the broker took: one whose publish fails is deleted again.
 
     Returns:
         ``(topic, packet id, published now)`` per topic.
@@ -256,8 +289,15 @@ def publish_topics(
             done.append((topic, record[slot], False))
             continue
         packet = build(model_dir, extraction, key_path, spec, anchors=anchors, topics=(topic,))
-        envelope, _ = save_packet(packet, out_dir)
-        published = publish(envelope, broker_url, token)
+        envelope, payload = save_packet(packet, out_dir)
+        try:
+            published = publish(envelope, broker_url, token)
+        except BaseException:
+            # out_dir holds what was published: a refused packet goes, and the next run rebuilds it.
+            envelope.unlink(missing_ok=True)
+            payload.unlink(missing_ok=True)
+            logger.info("deleted %s: its publish failed", envelope.name)
+            raise
         record[slot] = published.id
         tmp = record_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
@@ -285,6 +325,7 @@ __all__ = [
     "SPLITS",
     "TrainReport",
     "build",
+    "check_broker",
     "describe_layers",
     "extract",
     "inspect",
@@ -296,4 +337,5 @@ __all__ = [
     "save_packet",
     "splits",
     "train",
+    "train_report",
 ]

@@ -48,8 +48,9 @@ from broker.services import dashboard_sessions, eventlog
 from broker.services import packets as packets_service
 from m2kt.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from m2kt.payload import read_header
+from m2kt.text import count, when
 
-__all__ = ["COOKIE", "SignInThrottle", "router"]
+__all__ = ["COOKIE", "SignInThrottle", "router", "verdict_note"]
 
 COOKIE = "m2kt_dashboard"
 PAGE = 50
@@ -61,6 +62,8 @@ _MESSAGES = {
 }
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["when"] = when  # times to the second: stored microseconds are noise on a page
+templates.env.filters["count"] = count  # "1 student", "2 students"
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
@@ -223,6 +226,7 @@ def index(
     with sessions.reader() as session:
         topics = queries.topic_activity(session=session, include_quarantined=sees_all)
         recent = queries.recent_packets(session=session, before=before, limit=PAGE, include_quarantined=sees_all)
+        verdicts = queries.verdicts_of(session=session, packet_ids=[p.id for p in recent])
         by_teacher = _rates(queries.verdicts_by_teacher(session=session))
         by_topic = _rates(queries.verdicts_by_topic(session=session))
         bodies = queries.report_bodies(session=session, limit=2000)
@@ -231,6 +235,7 @@ def index(
         "csrf": page.csrf,
         "topics": topics,
         "recent": recent,
+        "verdicts": {pid: verdict_note(v) for pid, v in verdicts.items()},
         "next_before": recent[-1].seq if len(recent) == PAGE else None,
         "by_teacher": by_teacher,
         "by_topic": by_topic,
@@ -312,6 +317,7 @@ def packet_page(
         "task_params": spec.get("params", "") if isinstance(spec, dict) else "",
         "is_admin": caller.role == ADMIN,
         "packet": packet,
+        "verdict_note": verdict_note(packet.reports.model_dump()),
         "manifest": manifest,
         "concepts": manifest.get("concepts", []),
         "tensors": [(name, t.dtype, t.shape, t.nbytes) for name, t in sorted(header.items())],
@@ -365,6 +371,19 @@ def _visible(packet: Any, caller: Caller) -> Any:
     if packet.status == "quarantined" and not caller.sees_quarantined:
         raise NotFound("no such packet")
     return packet
+
+
+def verdict_note(verdicts: dict[str, int]) -> str:
+    """What the students said of one packet, worst first: "rolled back by 2 students, accepted by 1 student".
+
+    A packet's status is the broker's (published or quarantined); this is the students'
+    verdict, which the status alone hides. Keys other than the three verdicts are ignored.
+    """
+    said = [(verdicts.get(v, 0), label) for v, label in _VERDICT_LABELS]
+    return ", ".join(f"{label} by {count(n, 'student')}" for n, label in said if n)
+
+
+_VERDICT_LABELS = (("rolled_back", "rolled back"), ("rejected", "rejected"), ("accepted", "accepted"))
 
 
 def _rates(rows: list[tuple[str, str, int]]) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Read-only queries for the dashboard: each page is a fixed number of queries, never one per row."""
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
@@ -65,6 +66,19 @@ def report_bodies(*, session: Session, limit: int) -> list[tuple[str, str, str]]
         .limit(limit)
     )
     return [(s, t, b) for s, t, b in session.execute(stmt)]
+
+
+def verdicts_of(*, session: Session, packet_ids: Collection[str]) -> dict[str, dict[str, int]]:
+    """{packet id: {verdict: reports}} for the given packets, in one query."""
+    stmt = (
+        select(Report.packet_id, Report.verdict, func.count())
+        .where(Report.packet_id.in_(list(packet_ids)))
+        .group_by(Report.packet_id, Report.verdict)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for packet_id, verdict, n in session.execute(stmt):
+        out.setdefault(packet_id, {})[verdict] = int(n)
+    return out
 
 
 def reports_of(*, session: Session, packet_id: str, limit: int) -> list[Report]:

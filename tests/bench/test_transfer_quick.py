@@ -29,6 +29,7 @@ def quick(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow  # runs the quick transfer benchmark (trains)
 def test_quick_json_has_the_published_shape(quick):
     result, stdout = quick
     assert set(result) >= {"families", "safety", "seconds"}
@@ -45,6 +46,7 @@ def test_quick_json_has_the_published_shape(quick):
     assert "M2KT/teacher" in stdout  # the rich table
 
 
+@pytest.mark.slow
 def test_quick_numbers_are_consistent_with_each_other(quick):
     result, _ = quick
     r = result["families"]["digitsum"]

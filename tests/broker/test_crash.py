@@ -12,11 +12,14 @@ from pathlib import Path
 import factory
 import httpx
 import numpy as np
+import pytest
 import rfc8785
 from brokerkit import ADMIN_TOKEN, free_port
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from m2kt.client import BrokerClient
+
+pytestmark = pytest.mark.slow  # crash tests: they kill and restart broker processes
 
 PUBLISHERS = int(os.environ.get("M2KT_CRASH_PUBLISHERS", "100"))  # concurrent, as the reliability issue asks
 

@@ -186,3 +186,23 @@ def test_each_page_is_a_fixed_number_of_queries_however_many_packets_and_reports
         page = admin.get("/dashboard").text
         assert more[-1][:16] in page and more[0][:16] not in page  # the newest page, not every packet
         assert admin.get(f"/dashboard/packets/{ids[0]}").text.count("rolled_back") >= 5
+
+
+def test_pages_show_the_students_verdicts_times_to_the_second_and_a_labelled_chart(broker):
+    """A rolled-back packet says so next to its status; no page shows microseconds; the chart says what it plots."""
+    _, student, ids = _seed(broker)
+    microseconds = re.compile(r"\d\d:\d\d:\d\d\.\d{6}")
+    with _session(broker, student) as s:
+        page = s.get("/dashboard").text
+        assert "published; rolled back by 1 student</td>" in page and "published; accepted by 1 student</td>" in page
+        assert '<tr class="rolled_back">' in page
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page) and not microseconds.search(page)
+        chart = page[page.index("<svg") : page.index("</svg>")]
+        for label in ("student ← teacher", "mean probe agreement with the teacher", "0.800 (3 reports)", "<title>"):
+            assert label in chart, label
+        assert ">0.0<" in chart and ">1.0<" in chart and "chance" in chart
+        packet = s.get(f"/dashboard/packets/{ids[1]}").text
+        assert "published; rolled back by 1 student</dd>" in packet and "rolled back</td>" in packet
+        assert not microseconds.search(packet)
+        assert not microseconds.search(s.get(f"/dashboard/packets/{ids[1]}/provenance").text)
+        assert not microseconds.search(s.get("/dashboard/fragments/topics").text)

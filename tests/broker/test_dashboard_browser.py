@@ -16,6 +16,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+pytestmark = pytest.mark.slow  # browser tests: headless Chromium
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -32,6 +32,8 @@ from test_dashboard import csrf
 from m2kt.constants import PROBLEM_MEDIA_TYPE
 from m2kt.problem import Problem
 
+pytestmark = pytest.mark.slow  # fuzz tests: thousands of generated requests
+
 EXAMPLES = int(os.environ.get("M2KT_FUZZ_EXAMPLES", "3"))
 
 

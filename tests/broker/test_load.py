@@ -16,8 +16,11 @@ from pathlib import Path
 
 import factory
 import httpx
+import pytest
 from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port
 from test_events import Subscriber
+
+pytestmark = pytest.mark.slow  # load tests: many publishers and streams against a broker process
 
 SCALE = float(os.environ.get("M2KT_LOAD_SCALE", "1"))
 TOPICS = ["load.a", "load.b", "load.c", "load.d", "load.e"]

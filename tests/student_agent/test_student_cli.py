@@ -51,3 +51,34 @@ def test_a_missing_model_directory_is_one_line(env, monkeypatch):
 def test_a_bad_cal_setting_is_one_line(env, monkeypatch):
     monkeypatch.setenv("M2KT_STUDENT_CAL_FORM", "transformer")
     _one_line(CliRunner().invoke(app, ["run", "--topic", "modarith.range"]), 2, "FitConfig.form")
+
+
+def test_query_heading_stays_whole_above_a_narrow_table():
+    """The heading is its own line: as a table title it wrapped to the width of one short column."""
+    import io
+
+    from rich.console import Console
+
+    from student_agent.cli import print_answers
+    from student_agent.query import ConceptAnswer
+
+    buffer = io.StringIO()
+    print_answers(Console(file=buffer, width=100), [ConceptAnswer("1 + 2 * 3", {"c": 0.5})], 12)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == "transferred concepts (CAL v12)" and any("0.50" in line for line in lines[1:])
+
+
+def test_the_students_logging_keeps_http_requests_out():
+    import logging
+
+    from student_agent.cli import configure_logging
+
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    before = [logger.level for logger in loggers]
+    try:
+        configure_logging()
+        assert not any(logger.isEnabledFor(logging.INFO) for logger in loggers)
+        assert all(logger.isEnabledFor(logging.WARNING) for logger in loggers)
+    finally:
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)

@@ -1,6 +1,7 @@
 """The student against a live broker (SQLite and PostgreSQL): subscribe, verify, fit, audit, report."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from student_agent.knowledge import Knowledge
 from student_agent.query import TransferredConcepts
 from teacher_agent import pipeline
 from teacher_agent.packetize import PacketSpec
+
+pytestmark = pytest.mark.slow  # trains CALs against a live broker, and runs the agent as a process
 
 TOPIC = "modarith.range"
 
@@ -76,13 +79,26 @@ def _run_until(agent: StudentAgent, broker: Broker, token: str, n: int, publish=
     end = time.monotonic() + timeout
     thread = threading.Thread(target=target)
     thread.start()
-    time.sleep(1.0)  # subscribed: the topic's reader thread is paging/streaming
     if publish is not None:
+        _wait_for_event_stream(broker, thread, end)
         publish()
     thread.join(timeout + 10)
     assert not failure, failure
     assert len(outcomes) == n, f"{len(outcomes)} outcomes of {n} before the timeout"
     return outcomes
+
+
+def _wait_for_event_stream(broker: Broker, thread: threading.Thread, end: float) -> None:
+    """Return once the broker counts an open event stream (its /metrics gauge): the agent is following."""
+    with broker.http() as http:
+        while time.monotonic() < end:
+            if not thread.is_alive():
+                return  # it stopped early; the caller reports why
+            gauge = re.search(r"^m2kt_event_streams_open (\S+)$", http.get("/metrics").text, re.M)
+            if gauge and float(gauge.group(1)) >= 1:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the agent opened no event stream")
 
 
 def test_a_packet_published_after_subscribing_is_verified_trained_on_and_reported(broker: Broker, pair, tmp_path):

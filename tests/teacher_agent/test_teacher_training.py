@@ -1,10 +1,13 @@
 """The tiny teacher learns its task far beyond the trivial baseline, and the wrappers round-trip."""
 
 import numpy as np
+import pytest
 import torch
 
 from m2kt.ml.train import evaluate, lr_at, tensorize
 from teacher_agent.model import load_teacher, model_card, save_teacher
+
+pytestmark = pytest.mark.slow  # training tests: a teacher trained per session
 
 
 def test_tiny_teacher_beats_majority_by_a_wide_margin(tiny_teacher):

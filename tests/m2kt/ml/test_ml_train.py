@@ -21,6 +21,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow  # trains
 def test_short_fit_on_boolean_beats_majority_by_far():
     torch.set_num_threads(2)
     fam = get_task("boolean")
