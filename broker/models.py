@@ -44,6 +44,8 @@ class Packet(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # the manifest's created_at (NULL only for rows older than migration 0002 that could not be read)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the manifest's version (optional, strictly increasing per teacher and topic; NULL when unversioned)
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     teacher: Mapped[Agent] = relationship()
     key: Mapped[Key] = relationship()
     topics: Mapped[list["PacketTopic"]] = relationship(order_by="PacketTopic.topic")

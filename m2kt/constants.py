@@ -33,6 +33,7 @@ MAX_JSON_DEPTH: Final = 64
 MAX_SIGNATURES: Final = 8
 # Parents per manifest: provenance reads them all in one query, but the list itself is bounded.
 MAX_PARENTS: Final = 256
+MAX_VERSION: Final = 2**63 - 1  # a packet version fits a signed 64-bit column
 # Nesting of JSON request bodies (reports, agents, quarantine); statements allow MAX_JSON_DEPTH.
 MAX_BODY_JSON_DEPTH: Final = 32
 

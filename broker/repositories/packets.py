@@ -38,6 +38,16 @@ def newest_created_at(*, session: Session, teacher_id: int, topics: list[str]) -
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def newest_version(*, session: Session, teacher_id: int, topics: list[str]) -> int | None:
+    """The highest manifest version among this teacher's packets on any of ``topics``."""
+    stmt = (
+        select(func.max(Packet.version))
+        .join(PacketTopic, PacketTopic.packet_id == Packet.id)
+        .where(Packet.teacher_id == teacher_id, PacketTopic.topic.in_(topics))
+    )
+    return session.scalar(stmt)
+
+
 def insert(*, session: Session, packet: Packet, topics: list[str]) -> None:
     session.add(packet)
     session.add_all(PacketTopic(packet_id=packet.id, topic=t, seq=packet.seq) for t in topics)

@@ -66,6 +66,23 @@ def _check_fresh(session: Session, teacher: Agent, topics: list[str], created: d
         raise InvalidManifest(f"created_at is older than this teacher's newest packet on its topics ({newest})")
 
 
+def _check_version(session: Session, teacher: Agent, opened: OpenedPacket, topics: list[str]) -> None:
+    """A versioned packet must expire in the future and carry a version above this teacher's on its topics.
+
+    Both fields are optional (v1 teachers omit them); the broker checks them so an honest broker
+    never serves what every student would refuse (docs/protocol-choices.md, "Versions and expiry").
+    """
+    expires = opened.manifest.expires_at
+    if expires is not None and expires <= clock.now():
+        raise InvalidManifest(f"the packet expired at {opened.manifest.expires}")
+    version = opened.manifest.version
+    if version is None:
+        return
+    newest = packets_repo.newest_version(session=session, teacher_id=teacher.id, topics=topics)
+    if newest is not None and version <= newest:
+        raise Conflict(f"version {version} is not above this teacher's version {newest} on its topics")
+
+
 def _check(sessions: Sessions, teacher: Agent, envelope: bytes, payload: SpooledBlob) -> OpenedPacket:
     with sessions.reader() as session:
         trusted = {
@@ -89,8 +106,9 @@ def publish(
     After the checks of docs/protocol.md come ours (docs/protocol-choices.md): the statement's `teacher.agent`
     must be the caller (403 `forbidden`), a packet stored under another teacher is 409 `conflict`,
     and a new packet's `created_at` must lie within ``window`` of the broker's clock and not be
-    older than the caller's newest packet on any of its topics (422 `invalid-manifest`). The
-    same statement again is still 200 `created=False`, whenever it comes.
+    older than the caller's newest packet on any of its topics (422 `invalid-manifest`); an
+    `expires` in the past is 422 `invalid-manifest` and a `version` not above the caller's
+    highest on its topics is 409 `conflict`. The same statement again is still 200 `created=False`, whenever it comes.
 
     Raises:
         M2KTError subclasses: the first check that fails; nothing is stored then.
@@ -103,6 +121,7 @@ def publish(
         seen = _existing(session, opened.id, teacher)
         if seen is None:
             _check_fresh(session, teacher, topics, created, window)
+            _check_version(session, teacher, opened, topics)
     if seen is not None:
         payload.discard()
         return seen
@@ -118,6 +137,7 @@ def publish(
         if seen is not None:
             return seen
         _check_fresh(session, teacher, topics, created, window)  # again, under the lock: a racing publish
+        _check_version(session, teacher, opened, topics)
         key = agents_repo.get_key(session=session, keyid=opened.keyid)
         if key is None or key.revoked:
             raise UnknownKey("the signing key was revoked while the packet was being checked")
@@ -137,6 +157,7 @@ def publish(
             envelope_size=envelope_blob.size,
             received_at=now,
             created_at=created,
+            version=opened.manifest.version,
         )
         packets_repo.insert(session=session, packet=packet, topics=topics)
         body = {
