@@ -17,7 +17,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from m2kt.constants import MAX_CONCEPTS, MAX_PARENTS, MAX_VERSION, MAX_TOPICS, PACKET_FORMAT, PACKET_ID_PATTERN, TOPIC_MAX_LEN
+from m2kt.constants import (
+    MAX_CONCEPTS,
+    MAX_PARENTS,
+    MAX_TOPICS,
+    MAX_VERSION,
+    PACKET_FORMAT,
+    PACKET_ID_PATTERN,
+    TOPIC_MAX_LEN,
+)
 from m2kt.constants import TOPIC_PATTERN as _TOPIC
 from m2kt.errors import InvalidManifest
 

@@ -1,4 +1,4 @@
-"""Versions and expiry in the signed statement: the broker refuses a non-increasing version (409) and an expired packet (422)."""
+"""Versions and expiry in the signed statement: a non-increasing version is 409, an expired packet 422."""
 
 from datetime import UTC, datetime, timedelta
 
