@@ -59,6 +59,17 @@ class PacketTopic(Base):
     __table_args__ = (Index("ix_packet_topics_topic_seq", "topic", "seq"),)
 
 
+class TeacherHead(Base):
+    """The newest signed head each teacher put (m2kt.head): the envelope exactly as received."""
+
+    __tablename__ = "teacher_heads"
+    teacher_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    envelope: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class Report(Base):
     __tablename__ = "reports"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
