@@ -192,7 +192,27 @@ class StudentAgent:
             if outcome is not None:
                 done.append(outcome)
             self.state.advance(topic, int(summary["seq"]))
-        return done
+        return done + self.report_withheld(topic)
+
+    def report_withheld(self, topic: str) -> list[Outcome]:
+        """Report each packet a teacher's signed head names on ``topic`` that the broker did not serve.
+
+        Run after a complete page-through, so a packet the head names can only be missing because
+        the broker held it back. The packet is not marked handled: should it come, it is handled.
+        """
+        found = []
+        for teacher in sorted(self.trust.heads):
+            missing = self.trust.withheld(teacher, topic)
+            if missing is None or self.state.is_handled(missing[0]):
+                continue
+            outcome = Outcome(missing[0], "rejected", f"withheld: {missing[1]}", {"reason": "withheld"})
+            logger.warning("teacher %s: %s", teacher, outcome.detail)
+            try:
+                self._report(outcome)
+            except M2KTError as exc:  # a broker that withholds a packet may refuse reports on it too
+                logger.warning("packet %s: the report of withholding failed: %s", missing[0][:12], exc)
+            found.append(outcome)
+        return found
 
     def run(
         self,

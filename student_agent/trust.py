@@ -13,9 +13,14 @@ beside its CAL store, one JSON file (``trust.json``, replaced atomically) with:
 - the **highest version** seen per (teacher, topic), with the packet that carried it.
 - the **payload digests** of statements already verified, so a payload served under another
   packet's statement is recognised as mix-and-match rather than as noise.
+- the **last head** of each teacher that signs one (`m2kt.head`, TUF's timestamp role): an
+  older head is a rollback, a head past its expiry makes the teacher stale (nothing of it is
+  accepted until a fresh head comes, and a broker that stops serving heads runs into that), and
+  a packet the head names that the broker does not list was withheld.
 
-`TrustState.check` runs after the signature verified and before anything is trained; each
-refusal is a `Rejection` whose reason (`rollback`, `stale`, `revoked-key`, `mix-and-match`)
+`TrustState.update_head` and `TrustState.check` run after the signatures verified and before
+anything is trained; each refusal is a `Rejection` whose reason (`rollback`, `stale`,
+`revoked-key`, `mix-and-match`, `withheld`)
 goes into the report to the broker. Only after every check passes does `TrustState.record`
 remember the packet's versions.
 """
@@ -34,7 +39,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from m2kt import dsse, keys
-from m2kt.errors import M2KTError
+from m2kt.errors import M2KTError, UnknownKey
+from m2kt.head import Head, open_head
 from m2kt.packet import OpenedPacket
 
 __all__ = ["TRUST_FILE", "Rejection", "TrustState", "signing_keyids", "write_json_atomic"]
@@ -83,6 +89,7 @@ class TrustState:
     revoked: dict[str, str] = field(default_factory=dict)  # keyid -> teacher
     versions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # teacher -> topic -> seen
     subjects: dict[str, str] = field(default_factory=dict)  # payload sha256 -> packet id
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # teacher -> last head (version, expires, topics)
 
     @classmethod
     def load(cls, path: Path) -> TrustState:
@@ -90,12 +97,13 @@ class TrustState:
         if not path.exists():
             return cls(path)
         data = json.loads(path.read_text())
-        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"])
+        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}))
 
     def save(self) -> None:
         if self.path is None:
             return
-        body = {"pinned": self.pinned, "revoked": self.revoked, "versions": self.versions, "subjects": self.subjects}
+        body = {"pinned": self.pinned, "revoked": self.revoked, "versions": self.versions,
+                "subjects": self.subjects, "heads": self.heads}  # fmt: skip
         write_json_atomic(self.path, body)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -158,6 +166,50 @@ class TrustState:
             return Rejection("mix-and-match", f"the payload served is the one of packet {other}")
         return Rejection("digest-mismatch", detail)
 
+    # -- heads -----------------------------------------------------------------------------------
+    def update_head(
+        self, teacher: str, envelope: bytes | None, trusted: Mapping[str, Ed25519PublicKey], now: datetime | None = None
+    ) -> None:
+        """Take the head the broker serves for ``teacher`` (None: it serves none) if it is newer.
+
+        No head, or the same head again, keeps the last one: its expiry then decides (`check`).
+
+        Raises:
+            Rejection: ``rollback`` (a head older than the last, or another head of the same
+            version), ``mix-and-match`` (a head of another teacher), ``revoked-key`` or
+            ``untrusted-key`` (not signed by a pinned key), ``invalid-head`` (malformed).
+        """
+        if envelope is None:
+            return
+        try:
+            head = open_head(envelope, trusted)
+        except UnknownKey as exc:
+            raise self.explain_unknown_key(envelope, exc.detail) from None
+        except M2KTError as exc:
+            raise Rejection("invalid-head", exc.detail) from None
+        if head.teacher != teacher:
+            raise Rejection("mix-and-match", f"the head served for {teacher!r} is the head of {head.teacher!r}")
+        last = self.heads.get(teacher)
+        entry = _head_entry(head)
+        if last is not None and head.version < last["version"]:
+            raise Rejection("rollback", f"head version {head.version} served after head {last['version']} was seen")
+        if last is not None and head.version == last["version"]:
+            if entry != last:
+                raise Rejection("rollback", f"another head with the seen version {head.version}")
+            return
+        self.heads[teacher] = entry
+        self.save()
+
+    def withheld(self, teacher: str, topic: str) -> tuple[str, str] | None:
+        """(packet id, detail) when the last head names a newer packet on ``topic`` than any seen."""
+        named = self.heads.get(teacher, {}).get("topics", {}).get(topic)
+        if named is None:
+            return None
+        seen = self.versions.get(teacher, {}).get(topic, {}).get("version", 0)
+        if seen >= named["version"]:
+            return None
+        return named["packet"], f"{topic}: the head names version {named['version']}; the broker served up to {seen}"
+
     # -- versions and freshness ----------------------------------------------------------------
     def check(self, opened: OpenedPacket, summary: Mapping[str, Any], now: datetime | None = None) -> None:
         """Refuse a verified packet that does not fit what this student trusted before.
@@ -176,9 +228,15 @@ class TrustState:
         stray = sorted(set(map(str, summary.get("topics", []))) - set(manifest.topics))
         if stray:
             raise Rejection("mix-and-match", f"served under topics {stray} that the statement does not name")
+        now = now or datetime.now(UTC)
         expires = manifest.expires_at
-        if expires is not None and expires <= (now or datetime.now(UTC)):
+        if expires is not None and expires <= now:
             raise Rejection("stale", f"the packet expired at {manifest.expires}")
+        head = self.heads.get(teacher)
+        if head is not None and datetime.fromisoformat(head["expires"]) <= now:
+            raise Rejection(
+                "stale", f"the teacher's last head (version {head['version']}) expired at {head['expires']}"
+            )
         seen = self.versions.get(teacher, {})
         for topic in manifest.topics:
             last = seen.get(topic)
@@ -197,3 +255,11 @@ class TrustState:
                 self.versions.setdefault(teacher, {})[topic] = {"version": opened.manifest.version, "packet": opened.id}
         self.subjects[opened.payload_sha256] = opened.id
         self.save()
+
+
+def _head_entry(head: Head) -> dict[str, Any]:
+    return {
+        "version": head.version,
+        "expires": head.expires.isoformat(),
+        "topics": {t: {"version": h.version, "packet": h.packet} for t, h in sorted(head.topics.items())},
+    }

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from m2kt.client import BrokerClient
-from m2kt.errors import DigestMismatch, M2KTError, UnknownKey
+from m2kt.errors import DigestMismatch, M2KTError, NotFound, UnknownKey
 from m2kt.packet import OpenedPacket, open_packet
 from student_agent.knowledge import Knowledge, PacketContentError
 from student_agent.trust import Rejection, TrustState
@@ -42,14 +42,21 @@ def _open(envelope: bytes, payload: bytes, trusted: dict[str, Ed25519PublicKey],
         raise Rejection(exc.slug, exc.detail) from None
 
 
+def _head_of(client: BrokerClient, teacher: str) -> bytes | None:
+    try:
+        return client.get_head(teacher)
+    except NotFound:
+        return None  # a teacher that signs no head, or a broker that withholds it: the last head decides
+
+
 def fetch_and_verify(
     client: BrokerClient, summary: dict[str, object], trust_list: Collection[str], trust: TrustState | None = None
 ) -> Verified:
     """Download a packet's exact bytes and verify them; the broker's own checks are not relied on.
 
-    Order: keys (pinned, revocations learnt), then the protocol's checks of the bytes, then the
-    trust state's checks against what this student trusted before; only then is the packet's
-    version remembered and its content read. Without ``trust`` the memory lasts this call only.
+    Order: keys (pinned, revocations learnt), the teacher's signed head, the protocol's checks of
+    the bytes, then the trust state's checks against what this student trusted before; only then
+    is the packet's version remembered and its content read. Without ``trust`` the memory lasts this call only.
 
     Raises:
         Rejection: the first check that fails, with its reason.
@@ -57,6 +64,7 @@ def fetch_and_verify(
     trust = trust if trust is not None else TrustState(None)
     packet_id, teacher = str(summary["id"]), str(summary["teacher"])
     trusted = trust.keys_for(teacher, client.get_agent(teacher), trust_list)
+    trust.update_head(teacher, _head_of(client, teacher), trusted)
     envelope, payload = client.get_envelope(packet_id), client.get_payload(packet_id)
     opened = _open(envelope, payload, trusted, trust)
     trust.check(opened, summary)

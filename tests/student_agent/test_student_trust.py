@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from m2kt import keys
 from m2kt.client import BrokerClient
+from m2kt.head import TopicHead, build_head
 from student_agent.agent import StudentAgent
 from student_agent.trust import TRUST_FILE, TrustState
 
@@ -41,7 +42,16 @@ class Packet:
 
     def __init__(self, key: Ed25519PrivateKey, seed: int, **manifest: Any) -> None:
         manifest.setdefault("teacher", {"agent": TEACHER, "model": factory.manifest()["teacher"]["model"]})
+        self.version = manifest.get("version")
         self.id, self.envelope, self.payload = factory.packet(key, seed=seed, **manifest)
+
+
+def _head(key: Ed25519PrivateKey, version: int, topics: dict[str, Packet], *, expires_in: float = 3600) -> bytes:
+    """A head signed by the teacher's key (PAE written by tests/factory.py), naming packets by version."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    named = {t: TopicHead(p.version, p.id) for t, p in topics.items()}
+    statement = build_head(TEACHER, version, named, now - timedelta(hours=2), now + timedelta(seconds=expires_in))
+    return factory.envelope_bytes(statement, key)
 
 
 class EvilBroker:
@@ -54,6 +64,7 @@ class EvilBroker:
         self.payloads: dict[str, bytes] = {}
         self.reports: dict[str, dict[str, Any]] = {}
         self.url = ""
+        self.head: bytes | None = None  # the teacher's signed head, as the broker chooses to serve it
         self.app = self._build()
 
     def key(self, key: Ed25519PrivateKey, *, revoked: bool = False) -> None:
@@ -78,6 +89,14 @@ class EvilBroker:
         @app.get("/v1/agents/{name}")
         def agent(name: str) -> dict[str, Any]:
             return {"name": name, "role": "teacher", "keys": self.keys}
+
+        @app.get("/v1/agents/{name}/head")
+        def head(name: str) -> Response:
+            if self.head is None:
+                problem = {"type": "https://m2kt.dev/problems/not-found", "title": "not found", "status": 404,
+                           "detail": "no head"}  # fmt: skip
+                return JSONResponse(problem, status_code=404, media_type="application/problem+json")
+            return Response(self.head, media_type="application/vnd.dsse.envelope.v1+json")
 
         @app.get("/v1/topics/{topic}/packets")
         def page(topic: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
@@ -249,3 +268,55 @@ def test_a_key_the_broker_adds_after_first_use_is_not_trusted(evil, tmp_path):
     pinned = TrustState.load(tmp_path / "student" / TRUST_FILE).pinned[TEACHER]
     assert set(pinned) == {factory.keyid_of(key)}
     assert pinned[factory.keyid_of(key)] == keys.public_to_b64(key.public_key())
+
+
+def test_a_packet_the_head_names_but_the_broker_does_not_serve_is_withheld(evil, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    evil.key(key)
+    served, held_back = Packet(key, 1, version=1), Packet(key, 2, version=2)
+    evil.head = _head(key, 1, {TOPIC: held_back})
+    evil.serve(served)  # the newest packet is never listed: a freeze
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    outcomes = _handle(agent)
+    assert outcomes[served.id] == PASSED
+    _assert_refused(evil, outcomes, held_back.id, "withheld")
+    assert not agent.state.is_handled(held_back.id)  # should it come after all, it is handled
+    assert agent.store.files() == before
+
+
+def test_an_older_head_is_a_rollback(evil, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    evil.key(key)
+    a, b = Packet(key, 1, version=1), Packet(key, 2, version=2)
+    old_head, new_head = _head(key, 1, {TOPIC: a}), _head(key, 2, {TOPIC: a})
+    evil.head = new_head
+    evil.serve(a)
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    assert _handle(agent)[a.id] == PASSED
+    evil.head = old_head  # validly signed, but older than the head the student saw
+    evil.serve(b)
+    agent = _student(evil, tmp_path / "student")
+    _assert_refused(evil, _handle(agent), b.id, "rollback")
+    assert agent.store.files() == before
+
+
+def test_an_expired_head_makes_the_teacher_stale_until_a_fresh_one(evil, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    evil.key(key)
+    a, b, c = Packet(key, 1, version=1), Packet(key, 2, version=2), Packet(key, 3, version=3)
+    evil.head = _head(key, 1, {TOPIC: a}, expires_in=-60)
+    evil.serve(a)
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    _assert_refused(evil, _handle(agent), a.id, "stale")
+    evil.head = None  # the broker stops serving heads: the last one, expired, still decides
+    evil.serve(b)
+    agent = _student(evil, tmp_path / "student")
+    _assert_refused(evil, _handle(agent), b.id, "stale")
+    evil.head = _head(key, 2, {TOPIC: c})  # a fresh head: the teacher is current again
+    evil.serve(c)
+    agent = _student(evil, tmp_path / "student")
+    assert _handle(agent)[c.id] == PASSED
+    assert agent.store.files() == before
