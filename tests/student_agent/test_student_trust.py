@@ -320,3 +320,18 @@ def test_an_expired_head_makes_the_teacher_stale_until_a_fresh_one(evil, tmp_pat
     agent = _student(evil, tmp_path / "student")
     assert _handle(agent)[c.id] == PASSED
     assert agent.store.files() == before
+
+
+def test_a_packet_retried_after_a_crash_is_not_its_own_rollback(evil, tmp_path):
+    """The version is remembered before the report is acknowledged: the same packet again must pass."""
+    key = Ed25519PrivateKey.generate()
+    evil.key(key)
+    packet = Packet(key, 1, version=4)
+    evil.serve(packet)
+    agent = _student(evil, tmp_path / "student")
+    assert _handle(agent)[packet.id] == PASSED
+    agent.state.handled.clear()  # as if the student died before the broker acknowledged the report
+    agent.state.cursors.clear()
+    agent.state.save()
+    restarted = _student(evil, tmp_path / "student")
+    assert _handle(restarted)[packet.id] == PASSED
