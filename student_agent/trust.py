@@ -123,8 +123,12 @@ class TrustState:
         listed: dict[str, str] = {}
         changed = False
         for entry in agent.get("keys", []):
-            keyid, public = str(entry["keyid"]), str(entry["public_key"])
-            if keys.keyid(keys.public_from_b64(public)) != keyid:
+            try:
+                keyid, public = str(entry["keyid"]), str(entry["public_key"])
+                matches = keys.keyid(keys.public_from_b64(public)) == keyid
+            except (M2KTError, KeyError, TypeError, ValueError) as exc:  # a registry answer we cannot read
+                raise Rejection("untrusted-key", f"the registry entry of {teacher!r} is malformed: {exc}") from None
+            if not matches:
                 raise Rejection("untrusted-key", f"registry keyid {keyid} does not match its public key")
             if entry.get("revoked") and keyid not in self.revoked:
                 self.revoked[keyid] = teacher

@@ -335,3 +335,14 @@ def test_a_packet_retried_after_a_crash_is_not_its_own_rollback(evil, tmp_path):
     agent.state.save()
     restarted = _student(evil, tmp_path / "student")
     assert _handle(restarted)[packet.id] == PASSED
+
+
+def test_a_malformed_registry_answer_is_a_refusal_not_a_crash(evil, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    evil.keys = [{"keyid": factory.keyid_of(key), "public_key": "not base64!"}]
+    packet = Packet(key, 1, version=1)
+    evil.serve(packet)
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    _assert_refused(evil, _handle(agent), packet.id, "untrusted-key")
+    assert agent.store.files() == before
