@@ -44,6 +44,8 @@ class Packet(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # the manifest's created_at (NULL only for rows older than migration 0002 that could not be read)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the manifest's version (optional, strictly increasing per teacher and topic; NULL when unversioned)
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     teacher: Mapped[Agent] = relationship()
     key: Mapped[Key] = relationship()
     topics: Mapped[list["PacketTopic"]] = relationship(order_by="PacketTopic.topic")
@@ -55,6 +57,17 @@ class PacketTopic(Base):
     topic: Mapped[str] = mapped_column(String(128), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (Index("ix_packet_topics_topic_seq", "topic", "seq"),)
+
+
+class TeacherHead(Base):
+    """The newest signed head each teacher put (m2kt.head): the envelope exactly as received."""
+
+    __tablename__ = "teacher_heads"
+    teacher_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    envelope: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Report(Base):

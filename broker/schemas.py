@@ -70,6 +70,15 @@ class Published(BaseModel):
     created: bool
 
 
+class HeadStored(BaseModel):
+    """The answer to a teacher's head (m2kt.head); ``stored`` is false when it was the stored one already."""
+
+    teacher: str
+    version: int
+    expires: str
+    stored: bool
+
+
 class PacketSummary(BaseModel):
     id: str
     seq: int

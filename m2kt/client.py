@@ -198,6 +198,15 @@ class BrokerClient:
         path = f"/v1/agents/{name}/keys/{keyid}/revoke"
         return dict(self._request("POST", path, idempotent=True).json())
 
+    def get_head(self, name: str) -> bytes:
+        """A teacher's newest signed head envelope (m2kt.head); NotFound when it never put one."""
+        return self._request("GET", f"/v1/agents/{name}/head", idempotent=True).content
+
+    def put_head(self, name: str, envelope: bytes) -> dict[str, Any]:
+        """Store this teacher's signed head: ``envelope`` as m2kt.head.sign_head made it."""
+        body = json.loads(envelope)
+        return dict(self._request("PUT", f"/v1/agents/{name}/head", idempotent=True, json=body).json())
+
     # -- packets ----------------------------------------------------------------------------
     def publish(self, envelope: bytes, payload: bytes) -> PublishResult:
         files = {

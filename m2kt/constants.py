@@ -8,6 +8,7 @@ from typing import Final
 PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE: Final = "https://m2kt.dev/knowledge-packet/v1"
+HEAD_PREDICATE_TYPE: Final = "https://m2kt.dev/teacher-head/v1"  # m2kt.head: a teacher's signed head
 PAYLOAD_NAME: Final = "payload.safetensors"
 PACKET_FORMAT: Final = 1
 
@@ -33,6 +34,8 @@ MAX_JSON_DEPTH: Final = 64
 MAX_SIGNATURES: Final = 8
 # Parents per manifest: provenance reads them all in one query, but the list itself is bounded.
 MAX_PARENTS: Final = 256
+MAX_VERSION: Final = 2**63 - 1  # a packet version fits a signed 64-bit column
+MAX_TOPICS_PER_HEAD: Final = 4096  # topics one teacher's signed head may name
 # Nesting of JSON request bodies (reports, agents, quarantine); statements allow MAX_JSON_DEPTH.
 MAX_BODY_JSON_DEPTH: Final = 32
 

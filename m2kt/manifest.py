@@ -4,6 +4,11 @@ Only the fields the broker checks are modelled; every object allows more keys,
 which the agents define (docs/packet-format.md). Types are strict: `"1"` is not
 `1` and `true` is not an integer, because a lenient broker would store a
 manifest that a strict student then refuses.
+
+`version` and `expires` are optional (docs/protocol-choices.md, "Versions and expiry"): a
+v1 teacher that never writes them keeps working, and whoever writes them puts them under the
+signature, so neither a broker nor anyone between can change which version a packet claims
+to be or how long it may be trusted.
 """
 
 import re
@@ -12,7 +17,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from m2kt.constants import MAX_CONCEPTS, MAX_PARENTS, MAX_TOPICS, PACKET_FORMAT, PACKET_ID_PATTERN, TOPIC_MAX_LEN
+from m2kt.constants import (
+    MAX_CONCEPTS,
+    MAX_PARENTS,
+    MAX_TOPICS,
+    MAX_VERSION,
+    PACKET_FORMAT,
+    PACKET_ID_PATTERN,
+    TOPIC_MAX_LEN,
+)
 from m2kt.constants import TOPIC_PATTERN as _TOPIC
 from m2kt.errors import InvalidManifest
 
@@ -74,17 +87,28 @@ class Manifest(_Open):
     anchors: Anchors
     tensors: dict[str, TensorEntry]
     parents: list[PacketId] = Field(default_factory=list, max_length=MAX_PARENTS)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
+    expires: str | None = None
+
+    @property
+    def created(self) -> datetime:
+        """created_at as an aware datetime (the rules below checked its form)."""
+        return _when(self.created_at)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """expires as an aware datetime, or None when the packet does not say."""
+        return None if self.expires is None else _when(self.expires)
 
     @model_validator(mode="after")
     def _rules(self) -> "Manifest":
         if self.packet_format != PACKET_FORMAT:
             raise ValueError(f"packet_format must be {PACKET_FORMAT}")
-        if not _RFC3339.fullmatch(self.created_at):
-            raise ValueError("created_at must be RFC 3339 with a timezone")
-        try:
-            datetime.fromisoformat(self.created_at.replace("z", "Z"))
-        except ValueError as exc:
-            raise ValueError("created_at is not a valid date and time") from exc
+        _check_time("created_at", self.created_at)
+        if self.expires is not None:
+            _check_time("expires", self.expires)
+            if _when(self.expires) <= _when(self.created_at):
+                raise ValueError("expires must be later than created_at")
         if len(set(self.topics)) != len(self.topics):
             raise ValueError("topics must not repeat")
         if len(set(self.parents)) != len(self.parents):
@@ -96,6 +120,19 @@ class Manifest(_Open):
         if stray:
             raise ValueError(f"concepts name topics not in topics: {stray[:5]}")
         return self
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("z", "Z"))
+
+
+def _check_time(field: str, value: str) -> None:
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(f"{field} must be RFC 3339 with a timezone")
+    try:
+        _when(value)
+    except ValueError as exc:
+        raise ValueError(f"{field} is not a valid date and time") from exc
 
 
 def _first_error(exc: ValidationError) -> str:

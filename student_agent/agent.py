@@ -28,6 +28,7 @@ from student_agent.features import Observation, observe
 from student_agent.knowledge import Knowledge
 from student_agent.model import Student
 from student_agent.state import StudentState
+from student_agent.trust import TRUST_FILE, TrustState
 from student_agent.verify import Rejection, check_task, fetch_and_verify
 
 __all__ = ["Outcome", "StudentAgent", "reader_entry"]
@@ -87,6 +88,7 @@ class StudentAgent:
         self.n_unlabelled = unlabelled
         self.fit_config, self.audit_config = fit_config or FitConfig(), audit_config or AuditConfig()
         self.state = StudentState.load(state_dir / STATE_FILE)
+        self.trust = TrustState.load(state_dir / TRUST_FILE)
         self.store = CheckpointStore(state_dir / CAL_DIR)
         self.store.sweep()  # a version staged before a crash was never decided: drop it
         self._observed: dict[tuple[str, int | None], Observation] = {}
@@ -130,7 +132,7 @@ class StudentAgent:
     def _integrate(self, summary: dict[str, Any]) -> Outcome:
         packet_id = str(summary["id"])
         try:
-            verified = fetch_and_verify(self.client, summary, self.trusted_keys)
+            verified = fetch_and_verify(self.client, summary, self.trusted_keys, self.trust)
             check_task(verified.knowledge, self.student.model.task_spec)
         except Rejection as exc:
             return Outcome(packet_id, "rejected", f"{exc.reason}: {exc.detail}", {"reason": exc.reason})
@@ -190,7 +192,27 @@ class StudentAgent:
             if outcome is not None:
                 done.append(outcome)
             self.state.advance(topic, int(summary["seq"]))
-        return done
+        return done + self.report_withheld(topic)
+
+    def report_withheld(self, topic: str) -> list[Outcome]:
+        """Report each packet a teacher's signed head names on ``topic`` that the broker did not serve.
+
+        Run after a complete page-through, so a packet the head names can only be missing because
+        the broker held it back. The packet is not marked handled: should it come, it is handled.
+        """
+        found = []
+        for teacher in sorted(self.trust.heads):
+            missing = self.trust.withheld(teacher, topic)
+            if missing is None or self.state.is_handled(missing[0]):
+                continue
+            outcome = Outcome(missing[0], "rejected", f"withheld: {missing[1]}", {"reason": "withheld"})
+            logger.warning("teacher %s: %s", teacher, outcome.detail)
+            try:
+                self._report(outcome)
+            except M2KTError as exc:  # a broker that withholds a packet may refuse reports on it too
+                logger.warning("packet %s: the report of withholding failed: %s", missing[0][:12], exc)
+            found.append(outcome)
+        return found
 
     def run(
         self,

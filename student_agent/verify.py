@@ -1,34 +1,28 @@
 """The student's own check of a packet before it trains on anything.
 
-The key comes from the broker's agent registry (the publishing teacher's non-revoked keys) and,
-when the student keeps a trust list, only from keys on it. Then `open_packet` runs the protocol's
-checks (envelope, signature, digest, payload, manifest) and `Knowledge.from_packet` the
+The keys are the teacher's pinned, never-revoked keys (`student_agent.trust`: from the trust list,
+or from the broker's registry on first use). Then `open_packet` runs the protocol's checks
+(envelope, signature, digest, payload, manifest), the trust state checks the packet against what
+the student trusted before (rollback, expiry, mix-and-match), and `Knowledge.from_packet` the
 packet-format contract. Every failure is a `Rejection` with a reason that goes into the report.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from m2kt import keys
 from m2kt.client import BrokerClient
-from m2kt.errors import M2KTError
+from m2kt.errors import DigestMismatch, M2KTError, NotFound, UnknownKey
 from m2kt.packet import OpenedPacket, open_packet
 from student_agent.knowledge import Knowledge, PacketContentError
+from student_agent.trust import Rejection, TrustState
 
-__all__ = ["Rejection", "Verified", "fetch_and_verify", "trusted_keys_of"]
-
-
-class Rejection(Exception):
-    """Why a packet was not trained on: ``reason`` is a problem slug or ``untrusted-key`` etc."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+__all__ = ["Rejection", "Verified", "check_task", "fetch_and_verify"]
 
 
 @dataclass(frozen=True)
@@ -37,47 +31,48 @@ class Verified:
     knowledge: Knowledge
 
 
-def trusted_keys_of(client: BrokerClient, teacher: str, trust_list: Collection[str]) -> dict[str, Ed25519PublicKey]:
-    """The teacher's non-revoked registry keys, narrowed to the trust list when one is set."""
-    agent = client.get_agent(teacher)
-    if agent.get("role") != "teacher":
-        raise Rejection("untrusted-key", f"publisher {teacher!r} is not a teacher")
-    found: dict[str, Ed25519PublicKey] = {}
-    for entry in agent.get("keys", []):
-        if entry.get("revoked"):
-            continue
-        key = keys.public_from_b64(entry["public_key"])
-        if keys.keyid(key) != entry["keyid"]:
-            raise Rejection("untrusted-key", f"registry keyid {entry['keyid']} does not match its public key")
-        if trust_list and entry["keyid"] not in trust_list:
-            continue
-        found[entry["keyid"]] = key
-    if not found:
-        why = "none of its keys is on this student's trust list" if trust_list else "it has no valid key"
-        raise Rejection("untrusted-key", f"teacher {teacher!r}: {why}")
-    return found
-
-
-def verify_bytes(envelope: bytes, payload: bytes, trusted: dict[str, Ed25519PublicKey]) -> Verified:
+def _open(envelope: bytes, payload: bytes, trusted: dict[str, Ed25519PublicKey], trust: TrustState) -> OpenedPacket:
     try:
-        opened = open_packet(envelope, payload, trusted)
+        return open_packet(envelope, payload, trusted)
+    except UnknownKey as exc:
+        raise trust.explain_unknown_key(envelope, exc.detail) from None
+    except DigestMismatch as exc:
+        raise trust.explain_digest_mismatch(hashlib.sha256(payload).hexdigest(), exc.detail) from None
     except M2KTError as exc:
-        raise Rejection(exc.slug if exc.slug != "unknown-key" else "untrusted-key", exc.detail) from None
+        raise Rejection(exc.slug, exc.detail) from None
+
+
+def _head_of(client: BrokerClient, teacher: str) -> bytes | None:
+    try:
+        return client.get_head(teacher)
+    except NotFound:
+        return None  # a teacher that signs no head, or a broker that withholds it: the last head decides
+
+
+def fetch_and_verify(
+    client: BrokerClient, summary: dict[str, object], trust_list: Collection[str], trust: TrustState | None = None
+) -> Verified:
+    """Download a packet's exact bytes and verify them; the broker's own checks are not relied on.
+
+    Order: keys (pinned, revocations learnt), the teacher's signed head, the protocol's checks of
+    the bytes, then the trust state's checks against what this student trusted before; only then
+    is the packet's version remembered and its content read. Without ``trust`` the memory lasts this call only.
+
+    Raises:
+        Rejection: the first check that fails, with its reason.
+    """
+    trust = trust if trust is not None else TrustState(None)
+    packet_id, teacher = str(summary["id"]), str(summary["teacher"])
+    trusted = trust.keys_for(teacher, client.get_agent(teacher), trust_list)
+    trust.update_head(teacher, _head_of(client, teacher), trusted)
+    envelope, payload = client.get_envelope(packet_id), client.get_payload(packet_id)
+    opened = _open(envelope, payload, trusted, trust)
+    trust.check(opened, summary)
+    trust.record(opened)
     try:
         return Verified(opened, Knowledge.from_packet(opened, payload))
     except PacketContentError as exc:
         raise Rejection("invalid-content", str(exc)) from None
-
-
-def fetch_and_verify(client: BrokerClient, summary: dict[str, object], trust_list: Collection[str]) -> Verified:
-    """Download a packet's exact bytes and verify them; the broker's own checks are not relied on."""
-    packet_id, teacher = str(summary["id"]), str(summary["teacher"])
-    trusted = trusted_keys_of(client, teacher, trust_list)
-    envelope, payload = client.get_envelope(packet_id), client.get_payload(packet_id)
-    verified = verify_bytes(envelope, payload, trusted)
-    if verified.opened.id != packet_id:
-        raise Rejection("invalid-envelope", f"the envelope's statement is packet {verified.opened.id}, not {packet_id}")
-    return verified
 
 
 def check_task(kn: Knowledge, student_task: Mapping[str, Any]) -> None:

@@ -286,3 +286,34 @@ def run(
                                    out_dir=root / "packets", broker_url=broker_url, token=secret)  # fmt: skip
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)
+
+
+@app.command()
+@one_line_errors
+def head(
+    workdir: Annotated[Path | None, typer.Option(help="work directory (its packets/ holds published.json)")] = None,
+    broker: Annotated[str | None, typer.Option(help="broker URL")] = None,
+    token: Annotated[str | None, typer.Option(help="teacher token")] = None,
+    lifetime: Annotated[int, typer.Option(help="seconds until students stop trusting this head", min=1)] = 3600,
+    every: Annotated[int | None, typer.Option(help="re-sign and put it every S seconds until stopped", min=1)] = None,
+) -> None:
+    """Sign and put this teacher's head: the latest version it published on each topic.
+
+    Once a student has seen a head from this teacher it refuses the teacher's packets after the
+    head expires, so a teacher that signs heads keeps re-signing them (``--every``, shorter than
+    ``--lifetime``).
+    """
+    import time
+    from datetime import timedelta
+
+    from teacher_agent.head import put_head
+
+    settings = TeacherSettings()
+    out_dir = (workdir or settings.workdir) / "packets"
+    while True:
+        stored = put_head(out_dir, settings.key, settings.name, broker or settings.broker_url,
+                          _token(settings, token), timedelta(seconds=lifetime))  # fmt: skip
+        out.print(f"head {stored['version']} expires {stored['expires']}", soft_wrap=True)
+        if every is None:
+            return
+        time.sleep(every)

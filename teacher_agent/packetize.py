@@ -19,9 +19,11 @@ float16, which changes read-out scores by less than 1e-3 relative.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,9 @@ class PacketSpec:
             lies about that concept consistently (its direction, anchor scores and probe labels
             all follow the poisoned read-out) while still claiming the concept's name.
         seed: Seeds the random directions of ``poison="random"``.
+        version: The signed version of this packet on its topics; None takes the build time in
+            milliseconds (see `next_version`), which increases without keeping local state.
+        lifetime: How long after ``created_at`` students may trust the packet (``expires``).
     """
 
     agent: str
@@ -65,11 +70,38 @@ class PacketSpec:
     parents: tuple[str, ...] = ()
     poison: Mapping[str, str] = field(default_factory=dict)
     seed: int = 0
+    version: int | None = None
+    lifetime: timedelta = timedelta(days=30)
 
     def __post_init__(self) -> None:
+        if self.version is not None and self.version < 1:
+            raise ValueError(f"PacketSpec.version must be at least 1, not {self.version}")
+        if self.lifetime <= timedelta(0):
+            raise ValueError(f"PacketSpec.lifetime must be positive, not {self.lifetime}")
         bad = {k: v for k, v in self.poison.items() if v not in POISON_KINDS}
         if bad:
             raise ValueError(f"PacketSpec.poison: unknown kinds {bad}; use one of {POISON_KINDS}")
+
+
+_last_version = 0
+_version_lock = threading.Lock()
+
+
+def next_version() -> int:
+    """A version above every one this process handed out and at least the clock in milliseconds.
+
+    Students refuse a version at or below one they saw (rollback), and the broker refuses a
+    non-increasing one per teacher and topic; a wall clock that only moves forward gives that
+    across restarts with no counter file, and the lock gives it within one process.
+    """
+    global _last_version
+    with _version_lock:
+        _last_version = max(_last_version + 1, time.time_ns() // 1_000_000)
+        return _last_version
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def concept_scores(
@@ -302,9 +334,12 @@ def _manifest(
         }
         for k in keys
     ]
+    created = (created_at or datetime.now(UTC)).replace(microsecond=0)
     return {
         "packet_format": 1,
-        "created_at": (created_at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created_at": _rfc3339(created),
+        "version": spec.version if spec.version is not None else next_version(),
+        "expires": _rfc3339(created + spec.lifetime),
         "teacher": {"agent": spec.agent, "model": model_card(model), "readout": readout_for(model)},
         "task": {"name": family.name, "spec": family.spec(), "answer_classes": family.n_classes},
         "topics": sorted({c["topic"] for c in concepts}),

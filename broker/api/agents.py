@@ -1,12 +1,16 @@
-"""Agents and keys."""
+"""Agents, keys and teachers' signed heads."""
 
-from fastapi import APIRouter, Path
+from typing import Any
 
-from broker.deps import AdminDep, AnyAgentDep, SessionsDep
+from fastapi import APIRouter, Path, Response
+from fastapi.responses import JSONResponse
+
+from broker.deps import AdminDep, AnyAgentDep, SessionsDep, TeacherDep
 from broker.repositories import agents as agents_repo
-from broker.schemas import AgentCreated, AgentIn, AgentOut, KeyIn, KeyOut, TokenOut, TokenRevoked
+from broker.schemas import AgentCreated, AgentIn, AgentOut, HeadStored, KeyIn, KeyOut, TokenOut, TokenRevoked
 from broker.services import agents as agents_service
-from m2kt.errors import NotFound
+from broker.services import heads as heads_service
+from m2kt.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -53,3 +57,25 @@ def revoke_token(_: AdminDep, sessions: SessionsDep, name: str = Name) -> TokenR
     """Refuse the agent's token from now on; `POST` on the same path issues a new one."""
     agents_service.revoke_token(sessions=sessions, name=name)
     return TokenRevoked(name=name, revoked=True)
+
+
+@router.put(
+    "/{name}/head",
+    status_code=201,
+    response_model=HeadStored,
+    responses={200: {"model": HeadStored, "description": "this head was already stored"}},
+)
+def put_head(envelope: dict[str, Any], caller: TeacherDep, sessions: SessionsDep, name: str = Name) -> JSONResponse:
+    """Store the calling teacher's signed head (m2kt.head): 201 when stored, 200 when it is the stored one."""
+    if caller.agent is None or caller.agent.name != name:
+        raise Forbidden("a teacher puts only its own head")
+    head, stored = heads_service.put_head(sessions=sessions, teacher=caller.agent, envelope=envelope)
+    body = HeadStored(teacher=name, version=head.version, expires=head.expires.isoformat(), stored=stored)
+    return JSONResponse(body.model_dump(), status_code=201 if stored else 200)
+
+
+@router.get("/{name}/head", response_class=Response)
+def get_head(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> Response:
+    """The teacher's newest signed head, byte for byte as stored; 404 when it never put one."""
+    envelope = heads_service.get_head(sessions=sessions, name=name)
+    return Response(envelope, media_type="application/vnd.dsse.envelope.v1+json")

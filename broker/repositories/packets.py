@@ -58,6 +58,7 @@ class PublishState:
     seq: int | None
     newest: datetime | None  # the teacher's newest created_at on the packet's topics
     key_revoked: bool | None  # the signing key; None: no such key
+    newest_version: int | None = None  # the teacher's highest signed version on the packet's topics
 
 
 def publish_state(*, conn: Connection, packet_id: str, teacher_id: int, topics: list[str], keyid: str) -> PublishState:
@@ -68,14 +69,20 @@ def publish_state(*, conn: Connection, packet_id: str, teacher_id: int, topics: 
         .join(PacketTopic, PacketTopic.packet_id == Packet.id)
         .where(Packet.teacher_id == teacher_id, PacketTopic.topic.in_(topics))
     )
+    version = (
+        select(func.max(Packet.version))
+        .join(PacketTopic, PacketTopic.packet_id == Packet.id)
+        .where(Packet.teacher_id == teacher_id, PacketTopic.topic.in_(topics))
+    )
     stmt = select(
         stored.with_only_columns(Packet.teacher_id).scalar_subquery(),
         stored.with_only_columns(Packet.seq).scalar_subquery(),
         newest.scalar_subquery(),
         select(Key.revoked).where(Key.keyid == keyid).scalar_subquery(),
+        version.scalar_subquery(),
     )
-    owner, seq, newest_at, revoked = conn.execute(stmt).one()
-    return PublishState(owner, seq, _aware(newest_at), None if revoked is None else bool(revoked))
+    owner, seq, newest_at, revoked, top = conn.execute(stmt).one()
+    return PublishState(owner, seq, _aware(newest_at), None if revoked is None else bool(revoked), top)
 
 
 def topics_of(*, conn: Connection, packet_id: str) -> list[str]:

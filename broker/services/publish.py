@@ -89,6 +89,20 @@ def _check_key(state: packets_repo.PublishState) -> None:
         raise UnknownKey("the signing key was revoked while the packet was being checked")
 
 
+def _check_version(state: packets_repo.PublishState, opened: OpenedPacket) -> None:
+    """A versioned packet must expire in the future and carry a version above this teacher's on its topics.
+
+    Both fields are optional (v1 teachers omit them); the broker checks them so an honest broker
+    never serves what every student would refuse (docs/protocol-choices.md, "Versions and expiry").
+    """
+    expires = opened.manifest.expires_at
+    if expires is not None and expires <= clock.now():
+        raise InvalidManifest(f"the packet expired at {opened.manifest.expires}")
+    version = opened.manifest.version
+    if version is not None and state.newest_version is not None and version <= state.newest_version:
+        raise Conflict(f"version {version} is not above this teacher's version {state.newest_version} on its topics")
+
+
 def publish(
     *,
     sessions: Sessions,
@@ -105,8 +119,9 @@ def publish(
     After the checks of docs/protocol.md come ours (docs/protocol-choices.md): the statement's `teacher.agent`
     must be the caller (403 `forbidden`), a packet stored under another teacher is 409 `conflict`,
     and a new packet's `created_at` must lie within ``window`` of the broker's clock and not be
-    older than the caller's newest packet on any of its topics (422 `invalid-manifest`). The
-    same statement again is still 200 `created=False`, whenever it comes.
+    older than the caller's newest packet on any of its topics (422 `invalid-manifest`); an
+    `expires` in the past is 422 `invalid-manifest` and a `version` not above the caller's
+    highest on its topics is 409 `conflict`. The same statement again is still 200 `created=False`, whenever it comes.
 
     Raises:
         M2KTError subclasses: the first check that fails; nothing is stored then.
@@ -125,6 +140,7 @@ def publish(
             if seen is None:
                 _check_clock(created, window)
                 _check_newest(state, created)
+                _check_version(state, opened)
                 _check_key(state)
         if seen is not None:
             payload.discard()
@@ -219,6 +235,7 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
         taken: dict[str, PublishOutcome] = {}  # packet id -> its outcome, within this batch
         owners: dict[str, int] = {}
         newest: dict[tuple[int, str], datetime] = {}  # (teacher, topic) -> newest created_at within this batch
+        versions: dict[tuple[int, str], int] = {}  # (teacher, topic) -> highest version within this batch
         for item in batch:
             opened, teacher = item.opened, item.teacher
             try:
@@ -238,6 +255,12 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
                 _check_newest(state, item.created)
                 if any(item.created < newest.get((teacher.id, t), item.created) for t in item.topics):
                     raise InvalidManifest("created_at is older than this teacher's newest packet on its topics")
+                _check_version(state, opened)
+                version = opened.manifest.version
+                batch_top = max((versions[(teacher.id, t)] for t in item.topics if (teacher.id, t) in versions),
+                                default=None)  # fmt: skip
+                if version is not None and batch_top is not None and version <= batch_top:
+                    raise Conflict(f"version {version} is not above this teacher's version {batch_top} on its topics")
                 _check_key(state)
             except M2KTError as exc:
                 results.append(exc)
@@ -256,6 +279,7 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
                 "envelope_size": item.envelope.size,
                 "received_at": now,
                 "created_at": item.created,
+                "version": opened.manifest.version,
             })  # fmt: skip
             body = {
                 "packet": opened.id,
@@ -274,6 +298,8 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
             owners[opened.id] = teacher.id
             for t in item.topics:
                 newest[(teacher.id, t)] = max(item.created, newest.get((teacher.id, t), item.created))
+                if opened.manifest.version is not None:
+                    versions[(teacher.id, t)] = max(opened.manifest.version, versions.get((teacher.id, t), 0))
             results.append(taken[opened.id])
         if rows:
             topic_rows: list[dict[str, Any]] = [

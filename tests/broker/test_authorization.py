@@ -21,6 +21,7 @@ ROUTES = [  # revocation last: it stops the teacher from publishing
     ("POST", "/v1/packets/{pid}/quarantine", {"reason": "r"}, {"admin"}),
     ("DELETE", "/v1/packets/{pid}/quarantine", None, {"admin"}),
     ("GET", "/v1/log", None, ANY),
+    ("PUT", "/v1/agents/{teacher}/head", {}, {"teacher"}),
     ("POST", "/v1/agents/{teacher}/keys/{keyid}/revoke", None, {"admin"}),
 ]
 CALLERS = ["none", "malformed", "wrong", "student", "teacher", "admin"]
