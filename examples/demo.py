@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from m2kt import BrokerClient, keys
+from m2kt.ml.train import not_learned
 from m2kt.text import count
 from student_agent.agent import Outcome, StudentAgent
 from student_agent.evaluate import concept_truth, kd_equal_data, kd_features, scores
@@ -120,6 +121,7 @@ def _teacher() -> tuple[Path, ExtractionResult]:
         console.print("training the teacher (BERT-style, d=128 x 4) on a + b*c mod 23 ...")
         report = pipeline.train(TASK, DEMO_TASK_PARAMS, model_dir, seed=SEED, progress=True)
         console.print(f"teacher held-out accuracy {report.heldout_accuracy:.3f} in {report.seconds:.0f}s")
+        _warn_if_not_learned("teacher", report.heldout_accuracy)
     if not ext_path.with_suffix(".json").exists():
         console.print("extracting concepts from the teacher's hidden states (linear probes) ...")
         pipeline.save_extraction(pipeline.extract(model_dir, "probing"), ext_path)
@@ -133,7 +135,14 @@ def _student() -> Student:
     console.print("training the student (Llama-style, d=64 x 3) on the base task only ...")
     student = train_student(TASK, DEMO_TASK_PARAMS, model_dir, seed=SEED, progress=True)
     console.print(f"student held-out accuracy {student.run['heldout_accuracy']:.3f} in {student.run['seconds']:.0f}s")
+    _warn_if_not_learned("student", float(student.run["heldout_accuracy"]))
     return student
+
+
+def _warn_if_not_learned(who: str, accuracy: float) -> None:
+    warning = not_learned(who, accuracy)
+    if warning:
+        console.print(f"[bold red]{warning}[/]")
 
 
 # -- the transfer: publish, let the subscribed student handle it, measure -------------------------

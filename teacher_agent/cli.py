@@ -17,6 +17,7 @@ from m2kt import keys
 from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
+from m2kt.ml.train import not_learned
 from teacher_agent.settings import TeacherSettings
 
 if TYPE_CHECKING:  # torch loads only in the commands that train
@@ -29,10 +30,12 @@ DEFAULT_MODEL = Path(".m2kt/teacher/model")
 
 
 def _trained_line(report: TrainReport, where: str = "saved to") -> str:
-    return (
+    line = (
         f"teacher {where} {report.model_dir}: held-out accuracy {report.heldout_accuracy:.3f} "
         f"(majority {report.majority_baseline:.3f}) in {report.seconds:.0f} s"
     )
+    warning = not_learned("teacher", report.heldout_accuracy)
+    return line if warning is None else f"{line}\n{warning}"
 
 
 def _token(settings: TeacherSettings, token: str | None) -> str:

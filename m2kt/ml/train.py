@@ -48,9 +48,26 @@ __all__ = [
     "tensorize",
     "train_model",
     "train_step",
+    "LEARNED_ACCURACY",
+    "not_learned",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# Held-out answer accuracy below which a model has not learned its task: its hidden states then
+# do not carry the task's computation, and concepts read from them are not worth transferring.
+LEARNED_ACCURACY = 0.95
+
+
+def not_learned(who: str, accuracy: float) -> str | None:
+    """A one-line warning when ``accuracy`` is below :data:`LEARNED_ACCURACY`, else None."""
+    if accuracy >= LEARNED_ACCURACY:
+        return None
+    return (
+        f"warning: the {who} has not learned its task (held-out accuracy {accuracy:.3f} < "
+        f"{LEARNED_ACCURACY}); retrain it (more epochs, another seed) before trusting what it teaches or learns"
+    )
 
 
 @dataclass(frozen=True)

@@ -50,3 +50,11 @@ def test_train_config_is_validated():
         TrainConfig(lr=0)
     with pytest.raises(ValueError):
         TrainConfig(epochs=0)
+
+
+def test_a_model_below_the_learned_bar_gets_a_warning_naming_it():
+    from m2kt.ml.train import LEARNED_ACCURACY, not_learned
+
+    assert not_learned("teacher", LEARNED_ACCURACY) is None
+    warning = not_learned("teacher", 0.102)
+    assert warning is not None and "teacher" in warning and "0.102" in warning
