@@ -5,8 +5,10 @@ read-outs with the same code); this module only fixes what a teacher run is.
 
 Demo settings (measured on 2 CPU cores): ``modarith`` with ``p=23`` (not the
 family default 47, which did not converge within minutes), 8000 training
-examples, :data:`DEMO_TRAIN`; the BERT teacher (d=128 x 4) reaches 0.999
-held-out accuracy in about 2 minutes.
+examples, :data:`DEMO_TRAIN`. At lr 7e-4 the BERT teacher (d=128 x 4, seed 0, 2 threads) reached
+0.996 held-out accuracy at epoch 15; at 2e-3 the same run learned the step ``b*c mod p`` by epoch 4
+but left the answer at chance for all 80 epochs (loss spikes; one earlier run at 2e-3 did converge),
+so the default is the lower rate (one seed measured; the full benchmark checks the rest).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from teacher_agent.model import TEACHER_DEFAULT
 __all__ = ["DEMO_TASK_PARAMS", "DEMO_TRAIN", "fit", "train_step", "train_teacher"]
 
 DEMO_TASK_PARAMS = CLI_DEFAULT_PARAMS["modarith"]
-DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=2e-3, target_accuracy=0.99)
+DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=7e-4, target_accuracy=0.99)
 
 
 def train_teacher(
