@@ -142,8 +142,13 @@ class TrustState:
         elif pins:
             fresh = {}  # after first use only the operator's trust list adds keys
         if fresh:
-            how = "from the configured trust list" if trust_list else "on first use (TOFU)"
-            logger.warning("teacher %s: pinning keys %s %s", teacher, sorted(k[:12] for k in fresh), how)
+            # Pinning what the operator listed is their decision (INFO); trust on first use is ours (WARNING).
+            level, how = (
+                (logging.INFO, "from the configured trust list")
+                if trust_list
+                else (logging.WARNING, "on first use (TOFU)")
+            )
+            logger.log(level, "teacher %s: pinning keys %s %s", teacher, sorted(k[:12] for k in fresh), how)
             pins.update(fresh)
             changed = True
         if changed:
