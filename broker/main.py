@@ -18,7 +18,8 @@ from broker.guard import RequestGuard
 from broker.metrics import Metrics
 from broker.repositories import packets as packets_repo
 from broker.settings import BrokerSettings
-from broker.storage import BlobStore
+from broker.storage import BlobStore, open_store
+from m2kt.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,10 @@ def _libpq_url(database_url: str) -> str:
 
 
 def sweep_orphans(sessions: Sessions, store: BlobStore, grace_seconds: float) -> int:
-    """Delete blobs no packet references (left by a crash between blob write and commit)."""
+    """Delete blobs no packet references (left by a crash or a failed commit between blob write and commit).
+
+    The references are read before the store is listed: a blob written since is younger than the grace.
+    """
     with sessions.reader() as session:
         referenced = packets_repo.referenced_blobs(session=session)
     return store.sweep(referenced, grace_seconds)
@@ -48,13 +52,16 @@ def create_app(settings: BrokerSettings) -> FastAPI:
             settings.database_url, pool_size=settings.worker_threads + 2, pool_timeout=settings.pool_timeout_seconds
         )
         sessions = Sessions(engine)
-        store = BlobStore(settings.data_dir)
+        store = open_store(settings)
         broadcaster = Broadcaster()
         broadcaster.attach(asyncio.get_running_loop())
         app.state.settings, app.state.sessions, app.state.store = settings, sessions, store
         app.state.broadcaster, app.state.metrics = broadcaster, Metrics()
         app.state.stream_slots = StreamSlots(settings.max_streams_per_agent)
-        removed = sweep_orphans(sessions, store, settings.orphan_grace_seconds)
+        try:
+            removed = sweep_orphans(sessions, store, settings.orphan_grace_seconds)
+        except ServiceUnavailable:  # the object store is down: serve what the database can; sweep next start
+            removed = 0
         logger.info("broker ready", extra={"orphans_removed": removed, "sqlite": settings.is_sqlite})
         listener = None
         if engine.dialect.name == "postgresql":

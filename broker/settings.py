@@ -1,6 +1,9 @@
 """BrokerSettings: the only place the broker reads its environment."""
 
+import re
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -8,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from m2kt.constants import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
 
 _WEAK_TOKENS = {"changethis", "admin", "secret", "password", "changeme"}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules, in short
 
 
 class BrokerSettings(BaseSettings):
@@ -17,6 +21,11 @@ class BrokerSettings(BaseSettings):
 
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir")
     data_dir: Path = Path(".m2kt")
+    # Where payloads and envelopes live: `file:///abs/dir` or `s3://bucket/prefix` (endpoint, region and
+    # credentials from the standard AWS_* environment, read by boto3). Empty means files in data_dir.
+    blob_url: str = ""
+    # How to name the bucket in requests: "path" for most self-hosted stores (MinIO, Ceph), "auto" for AWS.
+    blob_s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     admin_token: SecretStr | None = None
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
     max_envelope_bytes: int = Field(default=DEFAULT_MAX_ENVELOPE_BYTES, gt=0)
@@ -48,11 +57,29 @@ class BrokerSettings(BaseSettings):
             raise ValueError("M2KT_ADMIN_TOKEN must be at least 16 characters and not a placeholder")
         return value
 
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_url_form(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/") or parts.query:
+                raise ValueError(f"M2KT_BLOB_URL {value!r}: a file URL names an absolute directory: file:///path")
+        elif parts.scheme == "s3":
+            if not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
+                raise ValueError(f"M2KT_BLOB_URL {value!r}: expected s3://bucket or s3://bucket/prefix")
+        else:
+            raise ValueError(f"M2KT_BLOB_URL {value!r}: the scheme must be file:// or s3://")
+        return value
+
     @model_validator(mode="after")
     def _default_database(self) -> "BrokerSettings":
         self.data_dir = self.data_dir.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'broker.db'}"
+        if not self.blob_url:
+            self.blob_url = self.data_dir.as_uri()
         return self
 
     @property

@@ -1,15 +1,25 @@
-"""BlobStore: content-addressed payload and envelope files.
+"""Blob stores: content-addressed payload and envelope bytes, behind one small interface.
 
-A blob is written to `tmp/`, fsynced, then renamed to `blobs/<aa>/<sha256>` and
-the directory fsynced, all *before* the database rows that reference it commit.
-So a crash leaves either an unreferenced blob (swept at start) or a complete
-packet; never a row pointing at a missing or partial file.
+`BlobStore` is what the broker needs from storage: spool an upload to a local temp
+file (the checks read it there), make finished blobs durable at their content
+addresses (`commit_all`), read or stream one back, and sweep orphans. Two stores
+implement it, chosen by `M2KT_BLOB_URL` (`open_store`): `FileStore` here (the
+default, files under the data directory) and `broker.s3store.S3Store` (an
+S3-compatible bucket, which replicas on many hosts can share).
 
-The fsyncs wait until a packet has passed its checks (a refused or repeated
-packet costs none) and never run on the event loop. `commit_all` syncs a
-packet's blobs at the same time and then each directory once, also at the same
-time: the same fsyncs, in the same order relative to the renames and the
-commit, in two rounds of disk latency instead of four.
+Both keep one rule: a blob is durable at its address *before* the database rows
+that reference it commit. So a crash leaves either an unreferenced blob (swept
+later, once older than `M2KT_ORPHAN_GRACE_SECONDS`) or a complete packet; never a
+row pointing at a missing or partial blob. A store that fails raises
+`ServiceUnavailable` (503 `unavailable`), never half a blob at an address.
+
+FileStore: a blob is written to `tmp/`, fsynced, then renamed to
+`blobs/<aa>/<sha256>` and the directory fsynced. The fsyncs wait until a packet
+has passed its checks (a refused or repeated packet costs none) and never run on
+the event loop. `commit_all` syncs a packet's blobs at the same time and then each
+directory once, also at the same time: the same fsyncs, in the same order
+relative to the renames and the commit, in two rounds of disk latency instead of
+four.
 """
 
 import functools
@@ -18,28 +28,29 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import unquote, urlsplit
 
+from broker.settings import BrokerSettings
 from m2kt.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def storage_errors() -> Iterator[None]:
+def storage_errors(doing: str = "store the packet") -> Iterator[None]:
     """A full disk, a quota or an I/O error is the service's problem, not the client's: 503, nothing kept."""
     try:
         yield
     except OSError as exc:
         logger.error("storage failed: %s", exc)
-        raise ServiceUnavailable(
-            f"the broker cannot store the packet now ({exc.strerror or exc}); try again later"
-        ) from exc
+        raise ServiceUnavailable(f"the broker cannot {doing} now ({exc.strerror or exc}); try again later") from exc
 
 
 _CHUNK = 1024 * 1024
@@ -90,17 +101,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class BlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs"
-        self.tmp = root / "tmp"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self._fsyncs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="m2kt-fsync")
+def run_at_once(pool: ThreadPoolExecutor, calls: list[Callable[[], None]]) -> None:
+    """Run ``calls`` concurrently (the last in this thread); return once every one has, raising the first error."""
+    futures = [pool.submit(call) for call in calls[:-1]]
+    try:
+        calls[-1]()
+    finally:
+        errors = [f.exception() for f in futures]  # waits: nothing still touches a file the caller may discard
+    for error in errors:
+        if error is not None:
+            raise error
 
-    def path(self, sha256: str) -> Path:
-        return self.blobs / sha256[:2] / sha256
+
+class BlobStore(ABC):
+    """Where payloads and envelopes live, by sha256; uploads spool to ``spool_dir`` on local disk first."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.tmp = spool_dir
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="m2kt-blobs")
 
     def spool(self) -> SpooledBlob:
         path = self.tmp / f"{uuid.uuid4().hex}.part"
@@ -116,6 +135,61 @@ class BlobStore:
             blob.discard()
             raise
         return blob
+
+    @abstractmethod
+    def commit_all(self, blobs: Sequence[SpooledBlob]) -> None:
+        """Make finished spooled blobs durable at their content addresses; idempotent.
+
+        Raises:
+            ServiceUnavailable: the store failed; no address holds part of a blob.
+        """
+
+    @abstractmethod
+    def read(self, sha256: str) -> bytes:
+        """The whole blob (envelopes: a few KiB)."""
+
+    @abstractmethod
+    def open(self, sha256: str) -> AbstractContextManager[IO[bytes]]:
+        """The blob as a file to read from its start (only the first bytes may be read)."""
+
+    @abstractmethod
+    def stream(self, sha256: str) -> Iterator[bytes]:
+        """The blob in chunks. The blob is opened before this returns, so a store that fails raises here
+        (`ServiceUnavailable`), before a response has started; the iterator closes it when done or closed."""
+
+    @abstractmethod
+    def sweep_blobs(self, referenced: set[str], cutoff: float) -> int:
+        """Remove blobs no packet references, last written at or before ``cutoff`` (epoch seconds)."""
+
+    def sweep(self, referenced: set[str], grace_seconds: float) -> int:
+        """Remove temp files and unreferenced blobs older than the grace period; return the count.
+
+        The grace period spares what another replica (or this one) may be about to reference: its
+        blob is durable before its rows commit, and that window is far shorter than the grace.
+        """
+        cutoff = time.time() - grace_seconds
+        removed = 0
+        for path in list(self.tmp.iterdir()):
+            if path.stat().st_mtime <= cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        removed += self.sweep_blobs(referenced, cutoff)
+        if removed:
+            logger.info("removed unreferenced files", extra={"count": removed})
+        return removed
+
+
+class FileStore(BlobStore):
+    """Blobs as files `blobs/<aa>/<sha256>` under ``root``; uploads spool to ``root/tmp`` (one file system)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root / "tmp")
+        self.root = root
+        self.blobs = root / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.blobs / sha256[:2] / sha256
 
     def commit_all(self, blobs: Sequence[SpooledBlob]) -> None:
         """Move finished spooled blobs to their content addresses, durably; idempotent.
@@ -133,7 +207,7 @@ class BlobStore:
         if not todo:
             return
         with storage_errors():
-            self._at_once([blob.sync for blob in todo])
+            run_at_once(self._pool, [blob.sync for blob in todo])
             dirs: set[Path] = set()
             for blob in todo:
                 final = self.path(blob.sha256)
@@ -142,37 +216,53 @@ class BlobStore:
                     dirs.add(self.blobs)  # the new shard's own entry
                 os.replace(blob.path, final)
                 dirs.add(final.parent)
-            self._at_once([functools.partial(_fsync_dir, d) for d in sorted(dirs)])
-
-    def _at_once(self, calls: list[Callable[[], None]]) -> None:
-        """Run ``calls`` concurrently (the last in this thread); return once every one has, raising the first error."""
-        futures = [self._fsyncs.submit(call) for call in calls[:-1]]
-        try:
-            calls[-1]()
-        finally:
-            errors = [f.exception() for f in futures]  # waits: nothing still syncs a file the caller may discard
-        for error in errors:
-            if error is not None:
-                raise error
+            run_at_once(self._pool, [functools.partial(_fsync_dir, d) for d in sorted(dirs)])
 
     def read(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
+        with storage_errors("read the packet"):
+            return self.path(sha256).read_bytes()
 
-    def iter_chunks(self, sha256: str) -> Iterable[bytes]:
-        with self.path(sha256).open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                yield chunk
+    @contextmanager
+    def open(self, sha256: str) -> Iterator[IO[bytes]]:
+        with storage_errors("read the packet"):
+            fh = self.path(sha256).open("rb")
+        with fh:
+            yield fh
 
-    def sweep(self, referenced: set[str], grace_seconds: float) -> int:
-        """Remove temp files and unreferenced blobs older than the grace period; return the count."""
-        cutoff = time.time() - grace_seconds
+    def stream(self, sha256: str) -> Iterator[bytes]:
+        with storage_errors("read the packet"):
+            fh = self.path(sha256).open("rb")
+        return _chunks(fh)
+
+    def sweep_blobs(self, referenced: set[str], cutoff: float) -> int:
         removed = 0
-        candidates = list(self.tmp.iterdir()) + [p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()]
-        for path in candidates:
-            is_tmp = path.parent == self.tmp
-            if (is_tmp or path.name not in referenced) and path.stat().st_mtime <= cutoff:
+        for path in [p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()]:
+            if path.name not in referenced and path.stat().st_mtime <= cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
-        if removed:
-            logger.info("removed unreferenced files", extra={"count": removed})
         return removed
+
+
+def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
+    with fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+
+
+def _file_store(url: str, settings: BrokerSettings) -> BlobStore:
+    return FileStore(Path(unquote(urlsplit(url).path)))
+
+
+def _s3_store(url: str, settings: BrokerSettings) -> BlobStore:
+    from broker import s3store  # boto3 is the `s3` extra: only a broker configured for S3 needs it
+
+    return s3store.S3Store.from_url(url, settings)
+
+
+_STORES: dict[str, Callable[[str, BrokerSettings], BlobStore]] = {"file": _file_store, "s3": _s3_store}
+
+
+def open_store(settings: BrokerSettings) -> BlobStore:
+    """The blob store `M2KT_BLOB_URL` names (the settings validated its form)."""
+    url = settings.blob_url
+    return _STORES[urlsplit(url).scheme](url, settings)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port, pg_admin, pg_url  # noqa: F401
+from s3kit import Bucket, S3Server, new_bucket
 
 from broker.db import make_engine
 from broker.migrate import upgrade
@@ -69,3 +70,19 @@ def broker(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     settings = broker_settings(database_url, tmp_path / "data", **overrides)
     with ServerThread(settings) as server:
         yield Broker(server.url, settings, "sqlite" if settings.is_sqlite else "postgresql")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One S3-wire server (moto's) for the session; each test takes its own bucket."""
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket, with the AWS environment set for brokers started in this process."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return new_bucket(s3_server)

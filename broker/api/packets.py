@@ -101,27 +101,52 @@ def get_packet(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: Session
         return packets_service.get_packet(session=session, packet_id=params.packet_id(packet_id))
 
 
-def _blob(sessions: SessionsDep, store: StoreDep, packet_id: str, which: str) -> tuple[str, int]:
+# Blobs are content-addressed: the bytes behind an ETag never change, so a client may keep them for good.
+# `private`: every read needs a token, so a shared cache must not hand them to someone without one.
+IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+def _blob(sessions: SessionsDep, packet_id: str, which: str) -> tuple[str, int]:
     with sessions.reader() as session:
         return packets_service.get_blob_ref(session=session, packet_id=params.packet_id(packet_id), which=which)
 
 
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.2: `*`, or any listed tag equal to ``etag`` under weak comparison."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)
+
+
+def _cached_blob(
+    request: Request, sessions: SessionsDep, store: StoreDep, packet_id: str, which: str, media_type: str
+) -> Response:
+    """A blob with its strong ETag (its sha256) and immutable caching; 304 if the client has it already.
+
+    The object store is touched only for a 200, and its bytes stream through (the store opens the blob
+    first, so a store that is down answers 503 before the response starts).
+    """
+    sha, size = _blob(sessions, packet_id, which)
+    headers = {"ETag": f'"{sha}"', "Cache-Control": IMMUTABLE}
+    if not_modified(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(store.stream(sha), media_type=media_type, headers=headers)
+
+
 @router.get("/{packet_id}/envelope", response_class=Response)
-def get_envelope(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep) -> Response:
-    sha, _size = _blob(sessions, store, packet_id, "envelope")
-    return Response(store.read(sha), media_type=ENVELOPE_MEDIA_TYPE)
+def get_envelope(
+    request: Request, packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep
+) -> Response:
+    return _cached_blob(request, sessions, store, packet_id, "envelope", ENVELOPE_MEDIA_TYPE)
 
 
 @router.get("/{packet_id}/payload", response_class=Response)
 def get_payload(
     request: Request, packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep
 ) -> Response:
-    sha, size = _blob(sessions, store, packet_id, "payload")
-    etag = f'"{sha}"'
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag})
-    headers = {"ETag": etag, "Content-Length": str(size)}
-    return StreamingResponse(store.iter_chunks(sha), media_type="application/octet-stream", headers=headers)
+    return _cached_blob(request, sessions, store, packet_id, "payload", "application/octet-stream")
 
 
 @router.get("/{packet_id}/provenance")

@@ -306,9 +306,9 @@ def packet_page(
         packet = _visible(packets_service.get_packet(session=session, packet_id=packet_id), caller)
         reports = queries.reports_of(session=session, packet_id=packet_id, limit=REPORTS_SHOWN)
         prov = packets_service.provenance(session=session, packet_id=packet_id)
-        sha, _size = packets_service.get_blob_ref(session=session, packet_id=packet_id, which="payload")
-    with store.path(sha).open("rb") as fh:
-        header = read_header(fh, store.path(sha).stat().st_size)
+        sha, size = packets_service.get_blob_ref(session=session, packet_id=packet_id, which="payload")
+    with store.open(sha) as fh:
+        header = read_header(fh, size)
     manifest = packet.statement["predicate"]
     spec = manifest["task"].get("spec")  # the agents' field: any JSON, so read it defensively
     context = {
