@@ -4,23 +4,33 @@
   `If-None-Match` answered 304, on the file store and the object store alike.
 * The object store down: publishes are 503 `unavailable`, nothing is written, and the broker
   recovers when the store does.
+* Three broker processes with separate, empty data directories share one PostgreSQL and one
+  bucket: what any of them took in, every one serves.
 * The orphan sweep takes unreferenced objects older than the grace period and nothing else.
 """
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import factory
 import httpx
 import pytest
-from brokerkit import Broker, ServerThread, broker_settings
+from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port
 from s3kit import S3Server, new_bucket
+from test_events import Subscriber
+from test_load import _wait_ready
 from test_publish import problem_type
 
 from broker.s3store import S3Store
 from broker.settings import BrokerSettings
 from broker.storage import open_store
+from m2kt.client import BrokerClient
 from m2kt.errors import ServiceUnavailable
+from m2kt.packet import open_packet
 
 IMMUTABLE = "private, max-age=31536000, immutable"
 
@@ -176,3 +186,54 @@ def test_the_orphan_sweep_takes_old_unreferenced_blobs_only(kind, tmp_path, requ
     assert store.sweep(referenced, grace_seconds=0) == 2  # the young orphan and the stale spool file
     assert store.read(old_kept) == b"old but referenced"
     assert not stale_spool.path.exists()
+
+
+@pytest.mark.slow  # three broker processes
+def test_three_replicas_with_empty_data_dirs_share_one_bucket(pg_database_url, s3_bucket, tmp_path):
+    """Replicas as on three hosts: one PostgreSQL, one bucket, nothing shared on disk.
+
+    Every packet published to any replica is listed, streamed (SSE), read and verified from every other.
+    """
+    ports = [free_port() for _ in range(3)]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    procs = []
+    try:
+        for k, port in enumerate(ports):
+            env = {**os.environ, **s3_bucket.server.env, "M2KT_DATABASE_URL": pg_database_url,
+                   "M2KT_DATA_DIR": str(tmp_path / f"host-{k}"), "M2KT_BLOB_URL": s3_bucket.url,
+                   "M2KT_ADMIN_TOKEN": ADMIN_TOKEN, "M2KT_LOG_JSON": "false"}  # fmt: skip
+            cmd = [sys.executable, "-m", "broker", "serve", "--port", str(port)]
+            if k:
+                cmd.append("--no-migrate")  # the first one migrated; replicas must not race it
+            with (tmp_path / f"broker-{k}.log").open("wb") as log:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+            _wait_ready(urls[k], procs[-1], tmp_path / f"broker-{k}.log")
+        broker = Broker(urls[0], broker_settings(pg_database_url, tmp_path / "unused"), "postgresql")
+        teacher = broker.teacher()
+        _, student = broker.student()
+        subs = [Subscriber(url, student, "replica.x") for url in urls]
+        published = {}  # packet id -> (envelope, payload)
+        for k, url in enumerate(urls * 2):
+            pid, env, payload = factory.packet(teacher.key, seed=k, topics=["replica.x"])
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {teacher.token}"}) as http:
+                assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
+            published[pid] = (env, payload)
+        trusted = {teacher.keyid: teacher.key.public_key()}
+        for url, sub in zip(urls, subs, strict=True):
+            events = sub.take(len(published), timeout=30)
+            assert {e["data"]["id"] for e in events} == set(published), url
+            sub.close()
+            with BrokerClient(url, student, retries=0) as client:
+                assert {p["id"] for p in client.iter_topic_packets("replica.x")} == set(published)
+                for pid, (env, payload) in published.items():
+                    got_env, got_payload = client.get_envelope(pid), client.get_payload(pid)
+                    assert (got_env, got_payload) == (env, payload)
+                    assert open_packet(got_env, got_payload, trusted).id == pid  # signature and digest verify
+        assert len(s3_bucket.keys()) == 2 * len(published)
+        for k in range(3):  # each host's directory holds no blob: the bucket has them all
+            assert [p for p in (tmp_path / f"host-{k}").rglob("*") if p.is_file()] == []
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=30)
