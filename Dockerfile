@@ -2,6 +2,7 @@
 #   wheel: builds the project's wheel; the images below install that wheel, never the source tree,
 #          so they run exactly what a user gets from `pip install m2kt-*.whl` (migrations included).
 #   broker (default target): the broker only; the agents' ML stack is not installed (it never imports it).
+#          It includes boto3 (the `s3` extra), for blobs on an object store (M2KT_BLOB_URL=s3://...).
 #   agents: the teacher and student agents with torch (CPU build, pinned in constraints.txt).
 # Both images run as uid 10001 from /data, a directory that user owns; the agents' data
 # directories exist in the image with that owner, so fresh named volumes mounted there inherit it.
@@ -32,7 +33,7 @@ ENV M2KT_TEACHER_WORKDIR=/data/teacher M2KT_STUDENT_STATE_DIR=/data/student
 CMD ["m2kt-student", "--help"]
 
 FROM base AS broker
-RUN pip install --no-cache-dir -c /tmp/constraints.txt /dist/m2kt-*.whl
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /dist/m2kt-*.whl)[s3]"
 USER m2kt
 ENV M2KT_DATA_DIR=/data
 EXPOSE 8080

@@ -13,12 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import factory
 import httpx
 import pytest
 from brokerkit import free_port
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from deploykit import COMPOSE_SECRETS, compose_config, compose_refusal, dockerfile_stages
+
+from m2kt import keys
+from m2kt.client import BrokerClient
 
 BIN = Path(sys.executable).parent
 
@@ -92,17 +99,13 @@ def test_images_install_the_built_wheel_not_the_source_tree():
     assert copied == {"constraints.txt"}  # the runtime stages see no source files
 
 
-def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
-    config = compose_config()
-    service = config["services"]["broker"]
-    env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}}
-    env["M2KT_DATABASE_URL"] = pg_database_url  # the local server stands in for the `postgres` service
-    env["M2KT_DATA_DIR"] = str(tmp_path / "data")
+@contextmanager
+def _broker_service(service: dict, env: dict[str, str], log: Path) -> Iterator[int]:
+    """The broker service's own command, on a free local port; yields the port once /readyz is 200."""
     port = free_port()
     command = [str(BIN / service["command"][0]), *service["command"][1:]]
     command[command.index("--port") + 1] = str(port)
     command[command.index("--host") + 1] = "127.0.0.1"
-    log = tmp_path / "broker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -115,15 +118,88 @@ def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_broker_service_command_serves_on_postgres(pg_database_url, tmp_path):
+    config = compose_config()
+    service = config["services"]["broker"]
+    env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}}
+    env["M2KT_DATABASE_URL"] = pg_database_url  # the local server stands in for the `postgres` service
+    env["M2KT_DATA_DIR"] = str(tmp_path / "data")
+    with _broker_service(service, env, tmp_path / "broker.log") as port:
         check = [c.replace("8080", str(port)) for c in service["healthcheck"]["test"][1:]]
         check[0] = sys.executable if check[0] == "python" else check[0]
         assert subprocess.run(check, env=env).returncode == 0
         admin = {"Authorization": "Bearer a-long-admin-token-for-tests"}
         r = httpx.post(f"http://127.0.0.1:{port}/v1/agents", json={"name": "s", "role": "student"}, headers=admin)
         assert r.status_code == 201
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+
+
+S3_ENV = {  # what the compose file's header tells the operator to add for the `s3` profile
+    **COMPOSE_SECRETS,
+    "M2KT_BLOB_URL": "s3://m2kt/packets",
+    "M2KT_S3_ACCESS_KEY": "m2kt",
+    "M2KT_S3_SECRET_KEY": "a-test-object-store-secret",
+}
+
+
+def test_s3_profile_is_optional_and_points_the_broker_at_minio():
+    plain = compose_config()
+    assert plain["services"]["broker"]["environment"]["M2KT_BLOB_URL"] == ""  # files on the broker's volume
+    config = compose_config({**os.environ, **S3_ENV})
+    services = config["services"]
+    for name in ("minio", "minio-bucket"):
+        assert services[name]["profiles"] == ["s3"], name  # only with `--profile s3`
+    assert "miniodata" in config["volumes"]
+    assert services["minio"]["healthcheck"]["test"]
+    assert services["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    broker = services["broker"]["environment"]
+    assert broker["M2KT_BLOB_URL"] == "s3://m2kt/packets" and broker["M2KT_BLOB_S3_ADDRESSING_STYLE"] == "path"
+    assert broker["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    keys_used = (broker["AWS_ACCESS_KEY_ID"], broker["AWS_SECRET_ACCESS_KEY"])
+    assert keys_used == ("m2kt", "a-test-object-store-secret")
+    for service in ("minio", "minio-bucket"):
+        minio = services[service]["environment"]
+        assert (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]) == keys_used
+    bucket = broker["M2KT_BLOB_URL"].removeprefix("s3://").split("/")[0]
+    assert services["minio-bucket"]["command"][-1].endswith(f"mc mb --ignore-existing store/{bucket}")
+
+
+@pytest.mark.parametrize(("secret", "starts"), [("", False), ("short", False), ("a-test-object-store-secret", True)])
+def test_minio_refuses_to_start_without_a_real_secret(secret, starts):
+    """Compose cannot require the keys of an optional profile, so MinIO's start checks them (no default keys)."""
+    service = compose_config({**os.environ, **S3_ENV, "M2KT_S3_SECRET_KEY": secret})["services"]["minio"]
+    assert service["entrypoint"] == ["sh", "-c"]
+    script = service["command"][-1].replace("$$", "$").replace("exec minio server /data", "exit 0")
+    env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}}
+    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert (result.returncode == 0) is starts
+    if not starts:
+        assert "set M2KT_S3_ACCESS_KEY and M2KT_S3_SECRET_KEY" in result.stderr
+
+
+def test_broker_service_command_keeps_blobs_on_the_object_store(pg_database_url, s3_bucket, tmp_path):
+    service = compose_config({**os.environ, **S3_ENV})["services"]["broker"]
+    env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}}
+    # the local PostgreSQL and moto's S3 server stand in for the `postgres` and `minio` services
+    env |= {"M2KT_DATABASE_URL": pg_database_url, "M2KT_DATA_DIR": str(tmp_path / "data"),
+            "M2KT_BLOB_URL": s3_bucket.url, **s3_bucket.server.env}  # fmt: skip
+    key = Ed25519PrivateKey.generate()
+    with _broker_service(service, env, tmp_path / "broker.log") as port:
+        url = f"http://127.0.0.1:{port}"
+        with BrokerClient(url, COMPOSE_SECRETS["M2KT_ADMIN_TOKEN"]) as admin:
+            token = admin.create_agent("compose-teacher", "teacher", keys.public_to_b64(key.public_key()))["token"]
+        factory.AGENTS[keys.keyid(key.public_key())] = "compose-teacher"
+        pid, envelope, payload = factory.packet(key, topics=["compose.s3"])
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            assert http.post("/v1/packets", files=factory.files(envelope, payload)).status_code == 201
+            assert http.get(f"/v1/packets/{pid}/payload").content == payload
+    assert len(s3_bucket.keys()) == 2
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
 
 
 AGENT_ENV = {  # few epochs: the services' commands, not the models' quality, are under test here
