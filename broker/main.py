@@ -61,6 +61,7 @@ def create_app(settings: BrokerSettings) -> FastAPI:
         try:
             removed = sweep_orphans(sessions, store, settings.orphan_grace_seconds)
         except ServiceUnavailable:  # the object store is down: serve what the database can; sweep next start
+            logger.warning("the blob store did not answer: orphans are swept at the next start")
             removed = 0
         logger.info("broker ready", extra={"orphans_removed": removed, "sqlite": settings.is_sqlite})
         listener = None
