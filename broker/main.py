@@ -32,12 +32,12 @@ def _libpq_url(database_url: str) -> str:
 
 
 def sweep_orphans(sessions: Sessions, store: BlobStore, grace_seconds: float) -> int:
-    """Delete blobs no packet references (left by a crash or a failed commit between blob write and commit).
+    """Delete blobs no packet references (left by a crash or a failed commit between blob write and commit)."""
 
-    The references are read before the store is listed: a blob written since is younger than the grace.
-    """
-    with sessions.reader() as session:
-        referenced = packets_repo.referenced_blobs(session=session)
+    def referenced() -> set[str]:
+        with sessions.reader() as session:
+            return packets_repo.referenced_blobs(session=session)
+
     return store.sweep(referenced, grace_seconds)
 
 

@@ -125,23 +125,26 @@ class S3Store(BlobStore):
             body = self._body(sha256)
         return _chunks(body)
 
-    def sweep_blobs(self, referenced: set[str], cutoff: float) -> int:
-        """Delete unreferenced objects under `<prefix>blobs/` last modified at or before ``cutoff``."""
+    def old_blobs(self, cutoff: float) -> dict[str, str]:
+        """Objects under `<prefix>blobs/` in this store's layout, last modified at or before ``cutoff``."""
         root = f"{self.prefix}blobs/"
-        doomed: list[str] = []
+        old: dict[str, str] = {}
         with s3_errors():
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
                 for obj in page.get("Contents", []):
                     shard, _, name = obj["Key"][len(root) :].partition("/")
                     ours = len(name) == 64 and shard == name[:2]  # only keys this layout makes
-                    if ours and name not in referenced and obj["LastModified"].timestamp() <= cutoff:
-                        doomed.append(obj["Key"])
-            for start in range(0, len(doomed), _DELETE_BATCH):
-                batch = [{"Key": k} for k in doomed[start : start + _DELETE_BATCH]]
+                    if ours and obj["LastModified"].timestamp() <= cutoff:
+                        old[name] = obj["Key"]
+        return old
+
+    def remove(self, where: list[str]) -> None:
+        with s3_errors():
+            for start in range(0, len(where), _DELETE_BATCH):
+                batch = [{"Key": k} for k in where[start : start + _DELETE_BATCH]]
                 answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
                 for error in answer.get("Errors", []):
                     logger.warning("object not deleted", extra={"key": error.get("Key"), "code": error.get("Code")})
-        return len(doomed)
 
 
 def _chunks(body: Any) -> Iterator[bytes]:

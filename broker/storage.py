@@ -158,14 +158,20 @@ class BlobStore(ABC):
         (`ServiceUnavailable`), before a response has started; the iterator closes it when done or closed."""
 
     @abstractmethod
-    def sweep_blobs(self, referenced: set[str], cutoff: float) -> int:
-        """Remove blobs no packet references, last written at or before ``cutoff`` (epoch seconds)."""
+    def old_blobs(self, cutoff: float) -> dict[str, str]:
+        """The blobs last written at or before ``cutoff`` (epoch seconds): sha256 -> where (for `remove`)."""
 
-    def sweep(self, referenced: set[str], grace_seconds: float) -> int:
-        """Remove temp files and unreferenced blobs older than the grace period; return the count.
+    @abstractmethod
+    def remove(self, where: list[str]) -> None:
+        """Delete these blobs (as `old_blobs` named them)."""
+
+    def sweep(self, referenced: Callable[[], set[str]], grace_seconds: float) -> int:
+        """Remove temp files, and blobs no packet references, older than the grace period; return the count.
 
         The grace period spares what another replica (or this one) may be about to reference: its
-        blob is durable before its rows commit, and that window is far shorter than the grace.
+        blob is written before its rows commit, and that window is far shorter than the grace. The
+        references are read after the old blobs are listed, so a packet that committed meanwhile keeps
+        its blobs even when they were old orphans it adopted.
         """
         cutoff = time.time() - grace_seconds
         removed = 0
@@ -173,7 +179,12 @@ class BlobStore(ABC):
             if path.stat().st_mtime <= cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
-        removed += self.sweep_blobs(referenced, cutoff)
+        old = self.old_blobs(cutoff)
+        if old:
+            keep = referenced()
+            doomed = [where for sha, where in old.items() if sha not in keep]
+            self.remove(doomed)
+            removed += len(doomed)
         if removed:
             logger.info("removed unreferenced files", extra={"count": removed})
         return removed
@@ -234,13 +245,13 @@ class FileStore(BlobStore):
             fh = self.path(sha256).open("rb")
         return _chunks(fh)
 
-    def sweep_blobs(self, referenced: set[str], cutoff: float) -> int:
-        removed = 0
-        for path in [p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()]:
-            if path.name not in referenced and path.stat().st_mtime <= cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
+    def old_blobs(self, cutoff: float) -> dict[str, str]:
+        paths = [p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()]
+        return {p.name: str(p) for p in paths if p.stat().st_mtime <= cutoff}
+
+    def remove(self, where: list[str]) -> None:
+        for path in where:
+            Path(path).unlink(missing_ok=True)
 
 
 def _chunks(fh: IO[bytes]) -> Iterator[bytes]:

@@ -177,7 +177,7 @@ def test_the_orphan_sweep_takes_old_unreferenced_blobs_only(kind, tmp_path, requ
     young_orphan = _put(store, b"young orphan")
     stale_spool = store.spool_bytes(b"an upload a crash cut off")
     stale_spool.sync()
-    referenced = {old_kept}
+    referenced = lambda: {old_kept}  # noqa: E731
     assert store.sweep(referenced, grace_seconds=600) == 0  # everything is young for the default grace
     assert store.sweep(referenced, grace_seconds=time.time() - split) == 1  # only the old orphan
     assert store.read(old_kept) == b"old but referenced" and store.read(young_orphan) == b"young orphan"
