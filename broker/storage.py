@@ -207,17 +207,20 @@ class FileStore(BlobStore):
 
         Every file is fsynced before any rename, and each directory touched is fsynced once after
         all of them: a packet's payload and envelope cost one fsync each plus one per directory.
-        A blob already at its address was made durable by whoever put it there.
+        A blob already at its address was made durable by whoever put it there; its mtime is renewed,
+        so the orphan sweep, which goes by age, does not take an old orphan this packet is adopting.
         """
         todo = []
-        for blob in blobs:
-            if self.path(blob.sha256).exists():
-                blob.discard()
-            else:
-                todo.append(blob)
-        if not todo:
-            return
         with storage_errors():
+            for blob in blobs:
+                try:
+                    os.utime(self.path(blob.sha256))  # there already: renew its age
+                except FileNotFoundError:
+                    todo.append(blob)
+                else:
+                    blob.discard()
+            if not todo:
+                return
             run_at_once(self._pool, [blob.sync for blob in todo])
             dirs: set[Path] = set()
             for blob in todo:
