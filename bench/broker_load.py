@@ -7,7 +7,9 @@ Five measurements per database, each against a baseline taken in the same run:
   renamed into the same disk, plus the same rows (packet, topic, log entry) inserted through
   the database driver directly, one transaction per packet; reported as the ratio of the medians
   of ``--reps`` runs each (broker and raw path alternating), with the slowest run and the worst
-  single-run ratio beside it.
+  single-run ratio beside it. With ``--store s3`` the same cells run with blobs on an object
+  store (moto's S3 server in this process, a broker with ``M2KT_BLOB_URL=s3://...``), against a
+  raw path that PUTs the same two objects (with their SHA-256 checksum) instead of the files.
 * **fan-out latency** from the publisher's acknowledgement to each of 100 open event streams
   receiving the packet: p50, p99, max.
 * **memory**: the broker's resident set while 100 streams are open and across a 60 MiB upload
@@ -29,6 +31,8 @@ publishers measure the broker, not Ed25519.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import hashlib
 import json
 import os
@@ -37,7 +41,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +61,8 @@ app = typer.Typer(add_completion=False)
 console = Console(width=max(Console().width, 120))
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ("throughput", "fanout", "memory", "streams", "provenance")
+STORES = ("file", "s3")
+SIZES = (64 * 1024, 1024 * 1024)
 PER_STUDENT = 10  # event streams per student token; the broker caps a token at 16
 
 
@@ -68,12 +74,18 @@ def main(
     streams: Annotated[int, typer.Option(help="open event streams for fan-out and memory")] = 100,
     load_streams: Annotated[int, typer.Option(help="streams on distinct topics, many-streams cell")] = 1000,
     cells: Annotated[list[str] | None, typer.Option(help=f"a subset of {', '.join(CELLS)}")] = None,
+    store: Annotated[list[str] | None, typer.Option(help="blob stores of the throughput cells: file, s3")] = None,
+    sizes: Annotated[list[int] | None, typer.Option(help="payload sizes in KiB of the throughput cells")] = None,
     out: Annotated[Path, typer.Option(help="result JSON")] = ROOT / "bench" / "results" / "broker-load.json",
 ) -> None:
     """Run the measurements on each database, print tables, write JSON."""
     chosen = [c for c in CELLS if c in (cells or CELLS)]
     if unknown := set(cells or ()) - set(CELLS):
         raise typer.BadParameter(f"unknown cells {sorted(unknown)}; choose from {', '.join(CELLS)}")
+    stores = store or list(STORES)
+    if unknown := set(stores) - set(STORES):
+        raise typer.BadParameter(f"unknown stores {sorted(unknown)}; choose from {', '.join(STORES)}")
+    payload_sizes = [k * 1024 for k in sizes] if sizes else list(SIZES)
     result: dict[str, Any] = {"databases": {}}
     if chosen != list(CELLS) and out.exists():  # a partial run updates its cells and keeps the others
         result = json.loads(out.read_text())
@@ -87,15 +99,20 @@ def main(
         result["parents"] = MAX_PARENTS
     for name in db or ["sqlite", "postgresql"]:
         res: dict[str, Any] = result["databases"].setdefault(name, {})
-        if {"throughput", "fanout", "memory"} & set(chosen):
+        if {"fanout", "memory"} & set(chosen) or ("throughput" in chosen and "file" in stores):
             with harness.database(name) as url, harness.scratch() as tmp:
                 with harness.broker_process(url, tmp) as (base, admin, pid):
-                    if "throughput" in chosen:
-                        res["throughput"] = _throughput(base, admin, url, tmp, packets, reps)
+                    if "throughput" in chosen and "file" in stores:
+                        res["throughput"] = _throughput(base, admin, url, tmp, packets, reps, payload_sizes)
                     if "fanout" in chosen or "memory" in chosen:  # memory is measured with these streams open
                         res["fanout"] = _fanout(base, admin, streams)
                     if "memory" in chosen:
                         res["memory"] = _memory(base, admin, pid, streams)
+        if "throughput" in chosen and "s3" in stores:
+            with harness.database(name) as url, harness.scratch() as tmp, harness.object_store() as (env, s3, blob_url):
+                put = functools.partial(_put_object, s3, blob_url)
+                with harness.broker_process(url, tmp, {**env, "M2KT_BLOB_URL": blob_url}) as (base, admin, _pid):
+                    res["throughput_s3"] = _throughput(base, admin, url, tmp, packets, reps, payload_sizes, put)
         if {"streams", "provenance"} & set(chosen):
             with harness.database(name) as url, harness.scratch() as tmp:
                 with harness.broker_process(url, tmp) as (base, admin, _pid):
@@ -110,17 +127,22 @@ def main(
 
 
 # -- publish throughput ---------------------------------------------------------------------------
-def _throughput(base: str, admin: str, db_url: str, tmp: Path, n: int, reps: int) -> list[dict[str, Any]]:
+Put = Callable[[bytes, str], None]  # store one blob under its sha256 (the object-store raw path)
+
+
+def _throughput(
+    base: str, admin: str, db_url: str, tmp: Path, n: int, reps: int, sizes: list[int], put: Put | None = None
+) -> list[dict[str, Any]]:
     """Each cell ``reps`` times, the broker and the raw path alternating so both meet the same machine load."""
     rows = []
-    for size in (64 * 1024, 1024 * 1024):
+    for size in sizes:
         for workers in (1, 8):
             token, key = harness.teacher(base, admin)
             broker_s, raw_s = [], []
             for rep in range(reps):
                 batch = harness.signed_packets(key, n, size, f"bench.t{size}.{workers}", first=rep * n)
                 broker_s.append(_parallel(batch, workers, lambda p, c: c.publish(*p), base, token))
-                raw_s.append(_raw_path(batch, workers, db_url, tmp / f"raw-{size}-{workers}-{rep}"))
+                raw_s.append(_raw_path(batch, workers, db_url, tmp / f"raw-{size}-{workers}-{rep}", put))
             broker_med, raw_med = statistics.median(broker_s), statistics.median(raw_s)
             rows.append({"payload_bytes": size, "publishers": workers, "packets": n, "reps": reps,
                          "broker_per_s": round(n / broker_med, 1), "raw_per_s": round(n / raw_med, 1),
@@ -158,8 +180,15 @@ def _parallel(batch: list[Any], workers: int, call: Any, base: str, token: str) 
     return time.perf_counter() - t0
 
 
-def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root: Path) -> float:
-    """The same bytes fsynced and renamed into place, the same three rows in one transaction each."""
+def _put_object(client: Any, blob_url: str, blob: bytes, digest: str) -> None:
+    """The raw path's blob on the object store: one PUT with its checksum, as the broker's S3 store sends."""
+    bucket, prefix = blob_url.removeprefix("s3://").split("/", 1)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/raw/{digest}", Body=blob,
+                      ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())  # fmt: skip
+
+
+def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root: Path, put: Put | None) -> float:
+    """The same bytes fsynced and renamed into place (or ``put``), the same three rows in one transaction each."""
     (root / "tmp").mkdir(parents=True)
     (root / "blobs").mkdir()
     if db_url.startswith("sqlite"):
@@ -191,6 +220,14 @@ def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root:
     lock = threading.Lock()
 
     def store(item: tuple[bytes, bytes], conn: Any) -> None:
+        if put is not None:
+            for blob in item:
+                put(blob, hashlib.sha256(blob).hexdigest())
+        else:
+            write_files(item)
+        insert_rows(item, conn)
+
+    def write_files(item: tuple[bytes, bytes]) -> None:
         for blob in item:
             digest = hashlib.sha256(blob).hexdigest()
             tmp = root / "tmp" / uuid.uuid4().hex
@@ -202,6 +239,8 @@ def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root:
         fd = os.open(root / "blobs", os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
+
+    def insert_rows(item: tuple[bytes, bytes], conn: Any) -> None:
         pid = hashlib.sha256(item[0]).hexdigest()
         with lock:
             seq = next(counter)
@@ -491,9 +530,9 @@ def _provenance(base: str, admin: str, reads: int = 50) -> dict[str, Any]:
 
 
 def _show(result: dict[str, Any]) -> None:
-    t = Table(title="Publish throughput: broker against the raw storage path (same bytes fsynced + same rows)")
+    t = Table(title="Publish throughput: broker against the raw storage path (same bytes stored + same rows)")
     columns = ("broker pkt/s med (min)", "raw pkt/s med (min)", "broker/raw med", "worst run")
-    for col in ("db", "payload", "publishers", *columns):
+    for col in ("db", "store", "payload", "publishers", *columns):
         t.add_column(col, justify="right")
     f = Table(title=f"Fan-out latency, publish ack -> receipt on {result.get('streams')} event streams")
     for col in ("db", "deliveries", "p50 ms", "p99 ms", "max ms"):
@@ -509,8 +548,9 @@ def _show(result: dict[str, Any]) -> None:
     for col in ("db", "1 parent p50 ms", "cap p50 ms", "cap p99 ms", "cap/1"):
         p.add_column(col, justify="right")
     for db, r in result["databases"].items():
-        for row in r.get("throughput", []):
-            t.add_row(db, f"{row['payload_bytes'] // 1024} KiB", str(row["publishers"]),
+        cells = [("file", row) for row in r.get("throughput", [])] + [("s3", row) for row in r.get("throughput_s3", [])]
+        for store, row in cells:
+            t.add_row(db, store, f"{row['payload_bytes'] // 1024} KiB", str(row["publishers"]),
                       f"{row['broker_per_s']} ({row.get('broker_per_s_min', '-')})",
                       f"{row['raw_per_s']} ({row.get('raw_per_s_min', '-')})", f"{row['ratio']:.2f}",
                       f"{row.get('ratio_worst', row['ratio']):.2f}")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -53,10 +55,13 @@ def database(name: str) -> Iterator[str]:
 
 
 @contextmanager
-def broker_process(database_url: str, data: Path) -> Iterator[tuple[str, str, int]]:
+def broker_process(
+    database_url: str, data: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, str, int]]:
     port, admin = free_port(), secrets.token_urlsafe(24)
     env = {**os.environ, "M2KT_DATABASE_URL": database_url, "M2KT_DATA_DIR": str(data / "broker"),
-           "M2KT_ADMIN_TOKEN": admin, "M2KT_LOG_JSON": "false", "M2KT_SSE_KEEPALIVE_SECONDS": "5"}  # fmt: skip
+           "M2KT_ADMIN_TOKEN": admin, "M2KT_LOG_JSON": "false", "M2KT_SSE_KEEPALIVE_SECONDS": "5",
+           **(extra_env or {})}  # fmt: skip
     with (data / "broker.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -72,6 +77,35 @@ def broker_process(database_url: str, data: Path) -> Iterator[tuple[str, str, in
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@contextmanager
+def object_store() -> Iterator[tuple[dict[str, str], Any, str]]:
+    """moto's S3 server (the dev extra) in this process with a fresh bucket: (broker env, boto3 client, blob URL).
+
+    The broker and the raw path meet the same server, so their ratio compares the two, not moto.
+    """
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        raise SystemExit("the object-store cells need boto3 and moto[server] (pip install -e '.[dev]')") from exc
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}  # fmt: skip
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )  # fmt: skip
+        bucket = f"m2kt-bench-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=bucket)
+        yield env, client, f"s3://{bucket}/bench"
+    finally:
+        server.stop()
 
 
 def free_port() -> int:
