@@ -88,7 +88,7 @@ class S3Store(BlobStore):
             blob.discard()
 
     def _put(self, blob: SpooledBlob) -> None:
-        blob.sync()  # closes the spool file; the bytes are read back from its path
+        blob.finish()  # flushed: readable by path (no fsync: the store's copy is the durable one)
         checksum = base64.b64encode(bytes.fromhex(blob.sha256)).decode()
         with blob.path.open("rb") as body:
             self.client.put_object(

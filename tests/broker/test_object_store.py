@@ -21,10 +21,12 @@ import httpx
 import pytest
 from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port
 from s3kit import S3Server, new_bucket
+from test_disk_full import _full
 from test_events import Subscriber
 from test_load import _wait_ready
 from test_publish import problem_type
 
+from broker import storage
 from broker.s3store import S3Store
 from broker.settings import BrokerSettings
 from broker.storage import open_store
@@ -158,6 +160,25 @@ def test_a_store_that_breaks_between_the_blobs_leaves_no_row(sqlite_url, s3_buck
             assert s3_bucket.keys() == [f"packets/blobs/{sha[:2]}/{sha}"]  # unreferenced, for the sweep
             assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
             assert http.get(f"/v1/packets/{pid}/envelope").content == env
+
+
+def test_a_full_spool_disk_on_the_object_store_is_a_clean_503(sqlite_url, s3_bucket, tmp_path, monkeypatch):
+    """With blobs in a bucket the upload still spools to the local disk: full, it is 503 and nothing anywhere."""
+    settings = broker_settings(sqlite_url, tmp_path / "data", blob_url=s3_bucket.url)
+    with ServerThread(settings) as server:
+        broker = Broker(server.url, settings, "sqlite")
+        teacher = broker.teacher()
+        pid, env, payload = factory.packet(teacher.key, topics=["full.x"])
+        original = storage.BlobStore.spool
+        monkeypatch.setattr(storage.BlobStore, "spool", lambda self: _full(original(self)))
+        with broker.http(teacher.token) as http:
+            r = http.post("/v1/packets", files=factory.files(env, payload))
+            assert r.status_code == 503 and problem_type(r) == "unavailable", r.text
+            assert "No space left on device" in r.json()["detail"]
+            monkeypatch.undo()
+            assert http.get(f"/v1/packets/{pid}").status_code == 404
+            assert s3_bucket.keys() == [] and list((tmp_path / "data" / "tmp").iterdir()) == []
+            assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
 
 
 def _put(store, data: bytes) -> str:
