@@ -63,7 +63,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _problem_response("request body, payload or envelope over its size limit (`payload-too-large`)"),
     422: _problem_response("malformed request, envelope, statement, payload or manifest"),
     429: _problem_response("a per-agent cap is reached (`too-many-requests`); see Retry-After"),
-    503: _problem_response("the database does not answer or is busy (`unavailable`); see Retry-After"),
+    503: _problem_response("the database or blob store does not answer or is busy (`unavailable`); see Retry-After"),
 }
 
 

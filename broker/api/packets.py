@@ -2,6 +2,7 @@
 
 import time
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -104,6 +105,7 @@ def get_packet(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: Session
 # Blobs are content-addressed: the bytes behind an ETag never change, so a client may keep them for good.
 # `private`: every read needs a token, so a shared cache must not hand them to someone without one.
 IMMUTABLE = "private, max-age=31536000, immutable"
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {304: {"description": "`If-None-Match` names the blob's ETag"}}
 
 
 def _blob(sessions: SessionsDep, packet_id: str, which: str) -> tuple[str, int]:
@@ -135,14 +137,14 @@ def _cached_blob(
     return StreamingResponse(store.stream(sha), media_type=media_type, headers=headers)
 
 
-@router.get("/{packet_id}/envelope", response_class=Response)
+@router.get("/{packet_id}/envelope", response_class=Response, responses=NOT_MODIFIED)
 def get_envelope(
     request: Request, packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep
 ) -> Response:
     return _cached_blob(request, sessions, store, packet_id, "envelope", ENVELOPE_MEDIA_TYPE)
 
 
-@router.get("/{packet_id}/payload", response_class=Response)
+@router.get("/{packet_id}/payload", response_class=Response, responses=NOT_MODIFIED)
 def get_payload(
     request: Request, packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: SessionsDep, store: StoreDep
 ) -> Response:
