@@ -103,14 +103,6 @@ class S3Store(BlobStore):
     def _body(self, sha256: str) -> Any:
         return self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"]
 
-    def read(self, sha256: str) -> bytes:
-        with s3_errors():
-            body = self._body(sha256)
-            try:
-                return cast(bytes, body.read())
-            finally:
-                body.close()
-
     @contextmanager
     def open(self, sha256: str) -> Iterator[IO[bytes]]:
         with s3_errors():

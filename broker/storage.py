@@ -2,7 +2,7 @@
 
 `BlobStore` is what the broker needs from storage: spool an upload to a local temp
 file (the checks read it there), make finished blobs durable at their content
-addresses (`commit_all`), read or stream one back, and sweep orphans. Two stores
+addresses (`commit_all`), open or stream one back, and sweep orphans. Two stores
 implement it, chosen by `M2KT_BLOB_URL` (`open_store`): `FileStore` here (the
 default, files under the data directory) and `broker.s3store.S3Store` (an
 S3-compatible bucket, which replicas on many hosts can share).
@@ -145,10 +145,6 @@ class BlobStore(ABC):
         """
 
     @abstractmethod
-    def read(self, sha256: str) -> bytes:
-        """The whole blob (envelopes: a few KiB)."""
-
-    @abstractmethod
     def open(self, sha256: str) -> AbstractContextManager[IO[bytes]]:
         """The blob as a file to read from its start (only the first bytes may be read)."""
 
@@ -231,10 +227,6 @@ class FileStore(BlobStore):
                 os.replace(blob.path, final)
                 dirs.add(final.parent)
             run_at_once(self._pool, [functools.partial(_fsync_dir, d) for d in sorted(dirs)])
-
-    def read(self, sha256: str) -> bytes:
-        with storage_errors("read the packet"):
-            return self.path(sha256).read_bytes()
 
     @contextmanager
     def open(self, sha256: str) -> Iterator[IO[bytes]]:
