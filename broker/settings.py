@@ -64,7 +64,7 @@ class BrokerSettings(BaseSettings):
             return value
         parts = urlsplit(value)
         if parts.scheme == "file":
-            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/") or parts.query:
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/") or parts.query or parts.fragment:
                 raise ValueError(f"M2KT_BLOB_URL {value!r}: a file URL names an absolute directory: file:///path")
         elif parts.scheme == "s3":
             if not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
