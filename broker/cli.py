@@ -1,4 +1,4 @@
-"""m2kt-broker: serve, migrate, agents create / rotate-token / revoke-token, keys revoke."""
+"""m2kt-broker: serve, migrate, sweep, agents create / rotate-token / revoke-token, keys revoke."""
 
 from pathlib import Path
 from typing import Annotated
@@ -85,6 +85,28 @@ def _admin_engine(settings: BrokerSettings) -> Engine:
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(code=1) from exc
     return make_engine(settings.database_url)
+
+
+@app.command()
+def sweep() -> None:
+    """Remove blobs no packet references, older than M2KT_ORPHAN_GRACE_SECONDS (each start does it too).
+
+    Safe beside serving replicas: the grace period spares blobs whose publish has not committed yet.
+    Replicas that seldom restart on an object store run it now and then (a publish whose commit failed
+    leaves its objects behind).
+    """
+    from broker.main import sweep_orphans
+    from broker.storage import open_store
+
+    settings = _settings()
+    engine = _admin_engine(settings)
+    try:
+        removed = sweep_orphans(Sessions(engine), open_store(settings), settings.orphan_grace_seconds)
+    except M2KTError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    err.print(f"removed {removed} unreferenced blobs and temp files")
 
 
 def _fail(exc: M2KTError) -> typer.Exit:

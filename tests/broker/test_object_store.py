@@ -25,8 +25,9 @@ from test_disk_full import _full
 from test_events import Subscriber
 from test_load import _wait_ready
 from test_publish import problem_type
+from typer.testing import CliRunner
 
-from broker import storage
+from broker import cli, storage
 from broker.s3store import S3Store
 from broker.settings import BrokerSettings
 from broker.storage import open_store
@@ -275,3 +276,24 @@ def test_a_blob_written_again_is_young_again(kind, tmp_path, request):
     assert _put(store, b"an orphan a retry adopts") == sha
     assert store.sweep(lambda: set(), grace_seconds=time.time() - split) == 0
     assert _read(store, sha) == b"an orphan a retry adopts"
+
+
+def test_the_sweep_command_takes_orphans_beside_a_serving_broker(sqlite_url, s3_bucket, tmp_path):
+    settings = broker_settings(sqlite_url, tmp_path / "data", blob_url=s3_bucket.url)
+    with ServerThread(settings) as server:
+        broker = Broker(server.url, settings, "sqlite")
+        teacher = broker.teacher()
+        pid, env, payload = factory.packet(teacher.key, topics=["sweep.x"])
+        with broker.http(teacher.token) as http:
+            assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
+        orphan = _put(open_store(settings), b"the blob of a publish whose commit failed")
+        assert len(s3_bucket.keys()) == 3
+        cli_env = {"M2KT_DATABASE_URL": sqlite_url, "M2KT_DATA_DIR": str(tmp_path / "cli"),
+                   "M2KT_BLOB_URL": s3_bucket.url, "M2KT_LOG_JSON": "false"}  # fmt: skip
+        young = CliRunner().invoke(cli.app, ["sweep"], env=cli_env)  # the default grace: 600 s
+        assert young.exit_code == 0 and "removed 0" in young.output, young.output
+        result = CliRunner().invoke(cli.app, ["sweep"], env={**cli_env, "M2KT_ORPHAN_GRACE_SECONDS": "0"})
+        assert result.exit_code == 0 and "removed 1" in result.output, result.output
+        assert all(orphan not in key for key in s3_bucket.keys()) and len(s3_bucket.keys()) == 2
+        with broker.http(teacher.token) as http:
+            assert http.get(f"/v1/packets/{pid}/payload").content == payload
