@@ -2,11 +2,12 @@
 
 * Payloads and envelopes are immutable downloads: strong ETag, `Cache-Control: immutable`,
   `If-None-Match` answered 304, on the file store and the object store alike.
-* The object store down: publishes are 503 `unavailable`, nothing is written, and the broker
-  recovers when the store does.
+* The object store down, failing between a packet's two PUTs, or the local spool disk full:
+  publishes are 503 `unavailable`, no row is written, and the broker recovers when the store does.
 * Three broker processes with separate, empty data directories share one PostgreSQL and one
   bucket: what any of them took in, every one serves.
-* The orphan sweep takes unreferenced objects older than the grace period and nothing else.
+* The orphan sweep (at start, or `m2kt-broker sweep`) takes unreferenced blobs older than the
+  grace period and nothing else; a blob written again is young again.
 """
 
 import hashlib
