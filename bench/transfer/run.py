@@ -85,7 +85,8 @@ def main(
                 console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
             else:
                 console.print(f"{fam} {pair_.name} seed {seed} ...")
-                runs.append(run_seed(setup, seed, profile.anchors, profile.probes, ablation_m))
+                runs.append(run_seed(setup, seed, profile.anchors, profile.probes, ablation_m,
+                                     mixed_poison=profile.mixed_poison))  # fmt: skip
                 cached.write_text(json.dumps(runs[-1]))
         info = {
             "teacher_score": setup.teacher_score.tolist(),

@@ -65,6 +65,7 @@ class Profile:
     unlabelled: int
     ablation_m: int | None
     kd_max: int = 0  # KD's curve goes up to this many teacher labels where the family has the inputs
+    mixed_poison: bool = False  # one safety packet with every poison kind instead of one per kind
     families: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(FAMILIES))
     pairs: tuple[Pair, ...] = tuple(PAIRS.values())
 
@@ -90,6 +91,7 @@ QUICK = Profile(
     unlabelled=3000,
     ablation_m=None,
     kd_max=12800,  # 256 / 0.02: the curve reaches 50x the largest m (digitsum has 100,000 inputs)
+    mixed_poison=True,
     families={"digitsum": {}},
     pairs=(Pair("bert64-llama48", ModelConfig("bert", 64, 3, 4), ModelConfig("llama", 48, 3, 4)),),
 )
