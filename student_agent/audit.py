@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.text import count
-from student_agent.baselines import balanced_accuracy
 from student_agent.cal.fit import ConceptReader
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge

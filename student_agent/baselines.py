@@ -5,7 +5,6 @@
   truth it is the student's oracle probe.
 * `fit_translation`: ridge or orthogonal Procrustes from the student's states into teacher
   space on the same anchors, then the teacher's read-outs (latent-space translation).
-* `balanced_accuracy`: the benchmark's measure, per concept.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LinearReadout", "balanced_accuracy", "fit_readout", "fit_translation"]
+__all__ = ["LinearReadout", "fit_readout", "fit_translation"]
 
 
 class LinearReadout(nn.Module):
@@ -115,14 +114,3 @@ class _Translated(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = ((x - self.s_mean) / self.s_std) @ self.w * self.t_std + self.t_mean
         return out
-
-
-def balanced_accuracy(pred: Tensor, truth: Tensor) -> Tensor:
-    """Per-column balanced accuracy of 0/1 predictions ``[N, K]``; a one-class column scores its accuracy."""
-    p, t = pred.bool(), truth.bool()
-    pos, neg = t.sum(0), (~t).sum(0)
-    tpr = (p & t).sum(0) / pos.clamp_min(1)
-    tnr = (~p & ~t).sum(0) / neg.clamp_min(1)
-    acc = (p == t).float().mean(0)
-    both = (pos > 0) & (neg > 0)
-    return torch.where(both, (tpr + tnr) / 2, acc)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.tasks import TaskBatch, TaskFamily
-from student_agent.baselines import LinearReadout, balanced_accuracy, fit_readout
+from student_agent.baselines import LinearReadout, fit_readout
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge
 

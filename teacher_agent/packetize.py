@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from transformers import PreTrainedTokenizerFast
 
 from m2kt.ml.hidden import collect_hidden, readout_for
+from m2kt.ml.metrics import concept_logits
 from m2kt.ml.models import TaskModel
 from m2kt.ml.readouts import ViewReadout, layer_features
 from m2kt.ml.tasks.base import TaskBatch, TaskFamily
@@ -41,7 +42,7 @@ from teacher_agent.extract.base import ExtractionResult
 from teacher_agent.extract.views import ViewExtraction
 from teacher_agent.model import model_card
 
-__all__ = ["POISON_KINDS", "PacketSpec", "build_teacher_packet", "concept_scores"]
+__all__ = ["POISON_KINDS", "PacketSpec", "build_teacher_packet"]
 
 POISON_KINDS = ("flip", "random", "trigger")
 
@@ -104,14 +105,6 @@ def _rfc3339(when: datetime) -> str:
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def concept_scores(
-    states: torch.Tensor, layers: torch.Tensor, directions: torch.Tensor, biases: torch.Tensor
-) -> torch.Tensor:
-    """Read-out logits of K concepts: states ``[N, L, d]`` -> ``[N, K]``."""
-    picked = states[:, layers]  # [N, K, d]
-    return (picked * directions.unsqueeze(0)).sum(-1) + biases  # [N, K]
-
-
 def _poisoned(
     c: dict[str, torch.Tensor], index: dict[str, int], spec: PacketSpec, anchor_states: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -163,8 +156,8 @@ def build_teacher_packet(
     probe_h = collect_hidden(model, tokenizer, probes.texts)
     stacked = _poisoned(extraction.stacked(), index, spec, anchor_h.states)
     c = {name: t[rows] for name, t in stacked.items()}  # keep only the shipped concepts
-    anchor_scores = concept_scores(anchor_h.states, c["layers"], c["directions"], c["biases"])  # [m, K]
-    probe_labels = concept_scores(probe_h.states, c["layers"], c["directions"], c["biases"]) > 0  # [v, K]
+    anchor_scores = concept_logits(anchor_h.states, c["layers"], c["directions"], c["biases"])  # [m, K]
+    probe_labels = concept_logits(probe_h.states, c["layers"], c["directions"], c["biases"]) > 0  # [v, K]
     view_part: dict[str, np.ndarray[Any, Any]] = {}
     if extraction.view is not None:
         view_part, anchor_scores, probe_labels = _view_tensors(

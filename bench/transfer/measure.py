@@ -20,6 +20,7 @@ from torch import Tensor
 
 from bench.transfer.setups import Setup
 from m2kt import keys
+from m2kt.ml.metrics import concept_logits
 from m2kt.packet import open_packet
 from student_agent.audit import AuditConfig, audit
 from student_agent.baselines import fit_readout, fit_translation
@@ -153,7 +154,7 @@ def _translate(kn: Knowledge, a_obs: Observation, method: str, held: Observation
         if kn.views is None:
             tr = fit_translation(a_obs.flat, kn.anchor_states.flatten(1), method=method)
             h: Tensor = tr(held.flat).view(-1, *kn.anchor_states.shape[1:])
-            return (h[:, kn.layers] * kn.directions).sum(-1) + kn.biases
+            return concept_logits(h, kn.layers, kn.directions, kn.biases)
         v = kn.views
         tr = fit_translation(kd_features(a_obs), v.anchor_states.flatten(1), method=method)
         mask = slot_mask(held.view_flat)

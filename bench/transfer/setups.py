@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from m2kt.ml.hidden import collect_hidden
+from m2kt.ml.metrics import concept_logits
 from m2kt.ml.models import ModelConfig, TaskModel
 from m2kt.ml.seed import numpy_rng
 from m2kt.ml.tasks import TaskBatch, TaskFamily
@@ -30,7 +31,6 @@ from student_agent.features import Observation, observe
 from student_agent.model import Student, load_student, train_student
 from teacher_agent import pipeline
 from teacher_agent.extract.base import ExtractionResult
-from teacher_agent.packetize import concept_scores
 
 __all__ = ["FAMILIES", "PAIRS", "QUICK", "Pair", "Profile", "Setup", "prepare"]
 
@@ -204,7 +204,7 @@ def teacher_labels(teacher: TaskModel, tokenizer: Any, extraction: ExtractionRes
         else:
             stacked = extraction.stacked()
             states = collect_hidden(teacher, tokenizer, chunk).states
-            out.append(concept_scores(states, stacked["layers"], stacked["directions"], stacked["biases"]) > 0)
+            out.append(concept_logits(states, stacked["layers"], stacked["directions"], stacked["biases"]) > 0)
     return torch.cat(out)
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from m2kt.ml.metrics import concept_logits
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.ml.seed import torch_generator
 from student_agent.cal.config import DIRECTIONS, CALConfig
@@ -260,8 +261,7 @@ class ConceptReader(nn.Module):
         h = self.mapped(x)
         if self.views is not None:
             return self.forward_mapped(h, slot_mask(x))
-        picked = h[:, self.layers]  # [N, K, d_T]
-        return (picked * self.directions).sum(-1) + self.biases
+        return concept_logits(h, self.layers, self.directions, self.biases)
 
     def forward_mapped(self, h: Tensor, mask: Tensor) -> Tensor:
         """Concept logits ``[N, K]`` from teacher-space views ``h [N, S, L_T, d_T]`` (views only)."""
@@ -392,7 +392,7 @@ def _fit_to_teacher(
     def loss_fn(step: int) -> dict[str, Tensor]:
         z_a = reader.cal(x_a)  # [m, D_T]
         h_a = reader.teacher_norm.inverse(z_a).view_as(kn.anchor_states)  # [m, L_T, d_T]
-        scores = (h_a[:, kn.layers] * kn.directions).sum(-1) + kn.biases  # [m, K]
+        scores = concept_logits(h_a, kn.layers, kn.directions, kn.biases)  # [m, K]
         terms: dict[str, Tensor] = {
             "geo": geometric_loss(z_a, t_a) / z_a.shape[1]
             + F.binary_cross_entropy_with_logits(scores, soft)

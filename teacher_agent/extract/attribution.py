@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.models import TaskModel, readout_positions
 from m2kt.ml.tokenizer import Encoded, encode
 from teacher_agent.extract.base import (
     ExtractionContext,
     ExtractionResult,
-    balanced_accuracy,
     class_prototypes,
     register_extractor,
 )

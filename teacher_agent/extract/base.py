@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from m2kt.ml.hidden import collect_hidden
+from m2kt.ml.metrics import balanced_accuracy, concept_logits
 from m2kt.ml.models import TaskModel
 from m2kt.ml.tasks.base import ConceptSpec, TaskBatch
 
@@ -37,7 +38,6 @@ __all__ = [
     "ExtractionResult",
     "Extractor",
     "available_extractors",
-    "balanced_accuracy",
     "class_prototypes",
     "direction_balanced_accuracy",
     "get_extractor",
@@ -105,22 +105,6 @@ class ExtractionResult:
         }
 
 
-def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean of the true-positive and true-negative rates, per column.
-
-    pred, labels: ``[N, K]`` (or ``[N]``) of 0/1. Returns ``[K]`` (or ``[]``); a column
-    with one class only scores its single rate.
-    """
-    if pred.shape != labels.shape:
-        raise ValueError(f"shapes differ: {tuple(pred.shape)} vs {tuple(labels.shape)}")
-    p, y = pred.bool(), labels.bool()
-    pos, neg = y.sum(0).double(), (~y).sum(0).double()
-    tpr = (p & y).sum(0).double() / pos.clamp(min=1)
-    tnr = (~p & ~y).sum(0).double() / neg.clamp(min=1)
-    both = (pos > 0) & (neg > 0)
-    return torch.where(both, (tpr + tnr) / 2, torch.where(pos > 0, tpr, tnr)).float()
-
-
 def direction_balanced_accuracy(
     states: torch.Tensor, labels: torch.Tensor, layers: torch.Tensor, directions: torch.Tensor, biases: torch.Tensor
 ) -> torch.Tensor:
@@ -129,9 +113,7 @@ def direction_balanced_accuracy(
     states: ``[N, L, d]``; labels: ``[N, K]``; layers: ``[K]`` long; directions: ``[K, d]``;
     biases: ``[K]``. Returns ``[K]``.
     """
-    picked = states[:, layers]  # [N, K, d]
-    scores = (picked * directions.unsqueeze(0)).sum(-1) + biases  # [N, K]
-    return balanced_accuracy(scores > 0, labels)
+    return balanced_accuracy(concept_logits(states, layers, directions, biases) > 0, labels)
 
 
 def class_prototypes(states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

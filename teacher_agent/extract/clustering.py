@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, SpectralClustering  # type: ignore[import-untyped]
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.seed import derive_seed
 from teacher_agent.extract.base import (
     ExtractionContext,
     ExtractionResult,
-    balanced_accuracy,
     register_extractor,
 )
 from teacher_agent.extract.probing import split_index

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.seed import torch_generator
 from teacher_agent.extract.base import (
     ExtractionContext,
     ExtractionResult,
-    balanced_accuracy,
     class_prototypes,
     register_extractor,
 )

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.models import TaskModel
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout, layer_features
 from m2kt.ml.views import Views, collect_views, word_count
-from teacher_agent.extract.base import ExtractionContext, balanced_accuracy, class_prototypes
+from teacher_agent.extract.base import ExtractionContext, class_prototypes
 from teacher_agent.extract.probing import fit_raw_probe, split_index
 
 __all__ = ["ViewExtraction", "extract_views", "model_heads"]

@@ -15,10 +15,11 @@ from brokerkit import Broker
 
 from m2kt import keys
 from m2kt.client import BrokerClient
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.models import weights_sha256
 from m2kt.packet import open_packet
 from student_agent.agent import StudentAgent
-from student_agent.baselines import balanced_accuracy, fit_readout
+from student_agent.baselines import fit_readout
 from student_agent.cal.fit import fit_cal
 from student_agent.evaluate import kd_features
 from student_agent.features import observe

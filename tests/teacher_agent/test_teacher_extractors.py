@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.seed import numpy_rng
 from teacher_agent.extract import ExtractionContext, available_extractors, get_extractor
-from teacher_agent.extract.base import balanced_accuracy, direction_balanced_accuracy
+from teacher_agent.extract.base import direction_balanced_accuracy
 from teacher_agent.extract.probing import fit_logistic
 
 # Concepts about the chain's intermediate values: not readable from any single input token.
