@@ -15,14 +15,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors
 
+from m2kt.errors import M2KTError
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.packet import OpenedPacket
 
 __all__ = ["ConceptInfo", "Knowledge", "PacketContentError", "ViewKnowledge"]
 
 
-class PacketContentError(ValueError):
+class PacketContentError(M2KTError, ValueError):
     """A signed packet whose content breaks docs/packet-format.md."""
+
+    slug = "invalid-content"
 
 
 class _Lax(BaseModel):

@@ -67,8 +67,11 @@ templates.env.filters["count"] = count  # "1 student", "2 students"
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
-class SignIn(Exception):
-    """No valid session: send the browser to the sign-in page."""
+class SignIn(Unauthorized):
+    """No valid session: send the browser to the sign-in page (its own handler, before the problem one)."""
+
+    def __init__(self) -> None:
+        super().__init__("no dashboard session")
 
 
 class SignInThrottle:

@@ -15,14 +15,18 @@ from sqlalchemy.orm import Session
 from broker.clock import rfc3339
 from broker.models import Head, LogEntry
 from broker.repositories import log as log_repo
+from m2kt.errors import M2KTError
 from m2kt.jsonutil import canonical
 
 GENESIS = "0" * 64
 ENTRY_FIELDS = ("index", "kind", "subject", "body_sha256", "prev_hash", "hash", "at")
 
 
-class ChainBroken(Exception):
-    """The log does not verify; the message names the first bad entry."""
+class ChainBroken(M2KTError):
+    """The log does not verify; the message names the first bad entry. The broker's fault, not the caller's."""
+
+    slug = "chain-broken"
+    status = 500
 
 
 def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:

@@ -50,6 +50,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from m2kt.errors import UnknownName
 from m2kt.ml.tasks.base import TaskFamily
 from m2kt.ml.tokenizer import build_tokenizer, load_tokenizer
 
@@ -164,7 +165,7 @@ def _arch(name: str) -> ArchSpec:
     try:
         return _ARCHS[name]
     except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; known: {sorted(_ARCHS)}") from None
+        raise UnknownName(f"unknown architecture {name!r}; known: {sorted(_ARCHS)}") from None
 
 
 def available_archs() -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import re
 from abc import ABC, abstractmethod
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from m2kt.errors import UnknownName, WrongKind
 from m2kt.ml.seed import numpy_rng
 
 __all__ = [
@@ -308,7 +310,7 @@ def _resolve(name: str) -> TaskFactory:
         loaded: TaskFactory = _import_object(name)
         return loaded
     known = sorted(set(_REGISTRY) | set(eps))
-    raise KeyError(f"unknown task family {name!r}; known: {known}")
+    raise UnknownName(f"unknown task family {name!r}; known: {known}")
 
 
 def get_task(name: str, **params: Any) -> TaskFamily:
@@ -320,12 +322,20 @@ def get_task(name: str, **params: Any) -> TaskFamily:
         **params: Constructor arguments of the family (e.g. ``p=31``).
 
     Raises:
-        KeyError: if the name is unknown.
-        TypeError: if the resolved object does not build a :class:`TaskFamily`.
+        UnknownName: (a KeyError) if the name is unknown.
+        WrongKind: (a TypeError) if the resolved object does not take ``params`` or does not
+            build a :class:`TaskFamily`.
     """
-    family = _resolve(name)(**params)
+    factory = _resolve(name)
+    try:
+        inspect.signature(factory).bind(**params)
+    except TypeError as exc:
+        raise WrongKind(f"task family {name!r} does not take {sorted(params)}: {exc}") from None
+    except ValueError:  # no signature to check (some builtins): the call below decides
+        pass
+    family = factory(**params)
     if not isinstance(family, TaskFamily):
-        raise TypeError(f"{name!r} built a {type(family).__name__}, not a TaskFamily")
+        raise WrongKind(f"{name!r} built a {type(family).__name__}, not a TaskFamily")
     return family
 
 
