@@ -145,7 +145,15 @@ class StudentAgent:
         fitted = fit_cal(kn, anchors, self.unlabelled(words), self.fit_config)
         probes = observe(model, tok, kn.probe_texts, words)
         base_after = observe(model, tok, self.student.split("eval").texts, words)
-        decision = audit(fitted.reader, kn, probes, base_before, base_before, base_after, self.audit_config)
+        decision = audit(
+            fitted.reader,
+            kn,
+            probes=probes,
+            held=base_before,
+            base_before=base_before,
+            base_after=base_after,
+            config=self.audit_config,
+        )
         decision.metrics["fit_seconds"] = round(fitted.seconds, 2)
         decision.metrics["anchors"] = len(kn.anchor_texts)
         decision.metrics["loss_terms"] = fitted.losses

@@ -196,7 +196,15 @@ def _safety(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, Any
         fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
         words = kn.views.words if kn.views is not None else None
         probes = observe(s.student.model, s.student.tokenizer, kn.probe_texts, words)
-        decision = audit(fitted.reader, kn, probes, s.eval_obs, s.eval_obs, s.eval_obs, AuditConfig())
+        decision = audit(
+            fitted.reader,
+            kn,
+            probes=probes,
+            held=s.eval_obs,
+            base_before=s.eval_obs,
+            base_after=s.eval_obs,
+            config=AuditConfig(),
+        )
         flagged = {f["concept"] for f in decision.findings}
         found["poisoned"] += len(bad)
         found["detected"] += len(flagged & set(bad))
