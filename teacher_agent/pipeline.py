@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from m2kt import keys
 from m2kt.client import BrokerClient, PublishResult
+from m2kt.constants import MODEL_META_FILE
 from m2kt.errors import LocalInputError
 from m2kt.fsutil import atomic_write_text
 from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained
@@ -282,7 +283,7 @@ def publish_topics(
     """
     record_path = out_dir / PUBLISHED_FILE
     record: dict[str, str] = json.loads(record_path.read_text()) if record_path.exists() else {}
-    digest = json.loads((model_dir / "m2kt_model.json").read_text())["weights_sha256"]
+    digest = json.loads((model_dir / MODEL_META_FILE).read_text())["weights_sha256"]
     done = []
     for topic in sorted({c.topic for c in extraction.concepts}):
         slot = f"{digest}:{extraction.method}:{anchors}:{topic}"

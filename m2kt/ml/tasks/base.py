@@ -20,7 +20,6 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +28,13 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from m2kt.constants import TOPIC_MAX_LEN, TOPIC_PATTERN
 from m2kt.errors import UnknownName, WrongKind
+from m2kt.manifest import is_topic
 from m2kt.ml.seed import numpy_rng
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "TOPIC_RE",
     "ConceptDef",
     "ConceptSpec",
     "StepSpec",
@@ -51,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "m2kt.tasks"
-TOPIC_RE = re.compile(r"^[a-z0-9]+(\.[a-z0-9_-]+)*$")
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -82,8 +81,10 @@ class ConceptSpec:
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("ConceptSpec.key must be non-empty")
-        if not TOPIC_RE.match(self.topic) or len(self.topic) > 128:
-            raise ValueError(f"ConceptSpec.topic {self.topic!r} does not match {TOPIC_RE.pattern}")
+        if not is_topic(self.topic):
+            raise ValueError(
+                f"ConceptSpec.topic {self.topic!r} does not match {TOPIC_PATTERN} (at most {TOPIC_MAX_LEN} characters)"
+            )
 
 
 @dataclass(frozen=True)
