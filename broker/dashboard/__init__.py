@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import io
 import json
 import time
 from collections import defaultdict, deque
@@ -43,11 +44,13 @@ from broker.deps import (
 )
 from broker.events import SlotStreamingResponse
 from broker.repositories import dashboard as queries
-from broker.repositories import packets as packets_repo
 from broker.services import dashboard_sessions, eventlog
 from broker.services import packets as packets_service
+from broker.services import topics as topics_service
+from broker.storage import BlobStore
+from m2kt.constants import MAX_SAFETENSORS_HEADER_BYTES
 from m2kt.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
-from m2kt.payload import read_header
+from m2kt.payload import TensorInfo, read_header
 from m2kt.text import count, when
 
 __all__ = ["COOKIE", "SignInThrottle", "router", "verdict_note"]
@@ -296,8 +299,25 @@ async def events(
 
 
 def _max_seq(sessions: Any) -> int:
-    with sessions.reader() as session:
-        return packets_repo.max_seq(session=session)
+    return topics_service.current_seq(sessions=sessions)
+
+
+def _payload_header(store: BlobStore, sha: str, size: int) -> dict[str, TensorInfo]:
+    """The safetensors header of a stored payload, read through the store's own API (only its first bytes)."""
+    head = b""
+    chunks = store.iter_chunks(sha)
+    try:
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 8:
+                wanted = 8 + min(int.from_bytes(head[:8], "little"), MAX_SAFETENSORS_HEADER_BYTES)  # u64 LE length
+                if len(head) >= wanted:
+                    break
+    finally:
+        close = getattr(chunks, "close", None)  # a generator holds the file open until closed
+        if close is not None:
+            close()
+    return read_header(io.BytesIO(head), size)
 
 
 @router.get("/packets/{packet_id}", response_class=HTMLResponse)
@@ -309,9 +329,8 @@ def packet_page(
         packet = _visible(packets_service.get_packet(session=session, packet_id=packet_id), caller)
         reports = queries.reports_of(session=session, packet_id=packet_id, limit=REPORTS_SHOWN)
         prov = packets_service.provenance(session=session, packet_id=packet_id)
-        sha, _size = packets_service.get_blob_ref(session=session, packet_id=packet_id, which="payload")
-    with store.path(sha).open("rb") as fh:
-        header = read_header(fh, store.path(sha).stat().st_size)
+        sha, size = packets_service.get_blob_ref(session=session, packet_id=packet_id, which="payload")
+    header = _payload_header(store, sha, size)
     manifest = packet.statement["predicate"]
     spec = manifest["task"].get("spec")  # the agents' field: any JSON, so read it defensively
     context = {
@@ -364,9 +383,8 @@ def quarantine(
         raise Forbidden("only the admin quarantines or lifts")
     text = reason.strip() or "quarantined from the dashboard"
     packets_service.set_quarantine(
-        sessions=sessions, packet_id=packet_id, reason=text if action == "quarantine" else None
+        sessions=sessions, broadcaster=broadcaster, packet_id=packet_id, reason=text if action == "quarantine" else None
     )
-    broadcaster.notify()
     return RedirectResponse(f"/dashboard/packets/{packet_id}", status_code=303)
 
 

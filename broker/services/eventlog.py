@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from broker.clock import rfc3339
+from broker.db import Sessions
 from broker.models import Head, LogEntry
 from broker.repositories import log as log_repo
 from m2kt.errors import M2KTError
@@ -70,6 +71,12 @@ def append(*, session: Session, head: Head, kind: str, subject: str, body: dict[
     log_repo.add(session=session, entry=entry)
     head.last_index, head.last_hash = entry.index, entry.hash
     return entry
+
+
+def page(*, sessions: Sessions, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` log entries after index ``after``, as `as_dict` gives them."""
+    with sessions.reader() as session:
+        return [as_dict(e) for e in log_repo.page(session=session, after=after, limit=limit)]
 
 
 def verify_chain(entries: list[dict[str, Any]], prev_hash: str = GENESIS, start: int = 1) -> str:
