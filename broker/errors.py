@@ -60,8 +60,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def _problem_response(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}  # fmt: skip
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}
 
 
 # Declared on every /v1 route so the OpenAPI schema says what clients (and fuzzers) will see.

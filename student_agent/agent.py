@@ -120,8 +120,9 @@ class StudentAgent:
         integrated = {e["packet_id"]: e for e in self.store.index()["entries"]}
         if packet_id in integrated:  # fitted and activated before a crash, report not acknowledged
             entry = integrated[packet_id]
-            outcome = Outcome(packet_id, "accepted", "integrated before a restart",
-                              {"mean_agreement": entry.get("mean_agreement")})  # fmt: skip
+            outcome = Outcome(
+                packet_id, "accepted", "integrated before a restart", {"mean_agreement": entry.get("mean_agreement")}
+            )
         else:
             outcome = self._integrate(summary)
         self._report(outcome)
@@ -251,7 +252,7 @@ class StudentAgent:
                 args=(topic, self.state.cursors[topic], connect, inbox, halt, read_timeout, retry_seconds, refused),
                 name=f"m2kt-student-{topic}",
                 daemon=True,
-            )  # fmt: skip
+            )
             for topic in topics
         ]
         for thread in readers:

@@ -88,10 +88,13 @@ def train(
     train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "epochs": epochs})
     params = parse_params(param or []) or default_params(task)
     bar, callback = training_progress(epochs)
-    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=bar,
-                            callback=callback)  # fmt: skip
-    out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
-              f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s")  # fmt: skip
+    student = train_student(
+        task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=bar, callback=callback
+    )
+    out.print(
+        f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
+        f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s"
+    )
 
 
 @app.command()
@@ -141,8 +144,14 @@ def run(
         out.print(f"packet {outcome.packet_id} {outcome.verdict}: {outcome.detail}", highlight=False)
 
     with connect() as client:
-        agent = StudentAgent(student, client, settings.state_dir, trusted_keys=tuple(trust or settings.trusted_keys),
-                             unlabelled=settings.unlabelled, fit_config=fit_config)  # fmt: skip
+        agent = StudentAgent(
+            student,
+            client,
+            settings.state_dir,
+            trusted_keys=tuple(trust or settings.trusted_keys),
+            unlabelled=settings.unlabelled,
+            fit_config=fit_config,
+        )
         try:
             agent.run(topics, connect, stop=stop, on_outcome=done)
         except KeyboardInterrupt:
@@ -207,6 +216,11 @@ def status() -> None:
     out.print(f"CAL version: {store.current()}; cursors: {state.cursors}; handled: {verdicts}")
     table = Table("packet", "teacher", "topics", "concepts", "mean agreement", title="integrated packets")
     for e in store.index()["entries"]:
-        table.add_row(e["packet_id"][:16], e["teacher"], ", ".join(e["topics"]), str(len(e["concepts"])),
-                      str(e.get("mean_agreement")))  # fmt: skip
+        table.add_row(
+            e["packet_id"][:16],
+            e["teacher"],
+            ", ".join(e["topics"]),
+            str(len(e["concepts"])),
+            str(e.get("mean_agreement")),
+        )
     out.print(table)

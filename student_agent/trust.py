@@ -91,8 +91,13 @@ class TrustState:
     def save(self) -> None:
         if self.path is None:
             return
-        body = {"pinned": self.pinned, "revoked": self.revoked, "versions": self.versions,
-                "subjects": self.subjects, "heads": self.heads}  # fmt: skip
+        body = {
+            "pinned": self.pinned,
+            "revoked": self.revoked,
+            "versions": self.versions,
+            "subjects": self.subjects,
+            "heads": self.heads,
+        }
         atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
     # -- keys ------------------------------------------------------------------------------------

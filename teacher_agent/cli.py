@@ -285,8 +285,16 @@ def run(
     err.print(f"extracting concepts ({method}) from {model_dir}", soft_wrap=True, highlight=False)
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
-    done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
-                                   out_dir=root / "packets", broker_url=broker_url, token=secret)  # fmt: skip
+    done = pipeline.publish_topics(
+        model_dir,
+        result,
+        settings.key,
+        PacketSpec(agent=settings.name),
+        anchors=anchors,
+        out_dir=root / "packets",
+        broker_url=broker_url,
+        token=secret,
+    )
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)
 
@@ -314,8 +322,14 @@ def head(
     settings = TeacherSettings()
     out_dir = (workdir or settings.workdir) / "packets"
     while True:
-        stored = put_head(out_dir, settings.key, settings.name, broker or settings.broker_url,
-                          _token(settings, token), timedelta(seconds=lifetime))  # fmt: skip
+        stored = put_head(
+            out_dir,
+            settings.key,
+            settings.name,
+            broker or settings.broker_url,
+            _token(settings, token),
+            timedelta(seconds=lifetime),
+        )
         out.print(f"head {stored['version']} expires {stored['expires']}", soft_wrap=True)
         if every is None:
             return

@@ -195,9 +195,14 @@ def login(
     response = RedirectResponse("/dashboard", status_code=303)
     secure = request.url.scheme == "https"
     response.set_cookie(
-        COOKIE, opened.cookie, max_age=int(ttl.total_seconds()), httponly=True, samesite="strict",
-        path="/dashboard", secure=secure,
-    )  # fmt: skip
+        COOKIE,
+        opened.cookie,
+        max_age=int(ttl.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        path="/dashboard",
+        secure=secure,
+    )
     return response
 
 
@@ -365,8 +370,15 @@ def provenance_page(request: Request, packet_id: str, page: PageSessionDep, sess
         chain_ok = True
     except eventlog.ChainBroken as exc:
         chain, chain_ok = f"BROKEN: {exc}", False
-    context = {"who": _who(caller), "csrf": page.csrf, "prov": prov, "entries": entries, "mine": set(indexes),
-               "chain": chain, "chain_ok": chain_ok}  # fmt: skip
+    context = {
+        "who": _who(caller),
+        "csrf": page.csrf,
+        "prov": prov,
+        "entries": entries,
+        "mine": set(indexes),
+        "chain": chain,
+        "chain_ok": chain_ok,
+    }
     return templates.TemplateResponse(request, "provenance.html", context)
 
 
@@ -425,8 +437,10 @@ def _transfer_bars(bodies: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
         value = json.loads(body).get("metrics", {}).get("mean_agreement")
         if isinstance(value, int | float):
             acc[(student, teacher)].append(float(value))
-    return [{"student": s, "teacher": t, "agreement": sum(v) / len(v), "reports": len(v)}
-            for (s, t), v in sorted(acc.items())]  # fmt: skip
+    return [
+        {"student": s, "teacher": t, "agreement": sum(v) / len(v), "reports": len(v)}
+        for (s, t), v in sorted(acc.items())
+    ]
 
 
 def install(app: FastAPI) -> None:

@@ -65,8 +65,9 @@ def next_entry(
 
 def append(*, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime) -> LogEntry:
     """Append one entry after the locked head and move the head forward."""
-    fields = next_entry(last_index=head.last_index, last_hash=head.last_hash, kind=kind, subject=subject, body=body,
-                        at=at)  # fmt: skip
+    fields = next_entry(
+        last_index=head.last_index, last_hash=head.last_hash, kind=kind, subject=subject, body=body, at=at
+    )
     entry = LogEntry(**fields)
     log_repo.add(session=session, entry=entry)
     head.last_index, head.last_hash = entry.index, entry.hash

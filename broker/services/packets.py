@@ -91,9 +91,12 @@ def submit_report(*, sessions: Sessions, student: Agent, packet_id: str, report:
             row = Report(packet_id=packet_id, student_id=student.id, verdict=report.verdict, body="", created_at=now)
             reports_repo.add(session=session, report=row)
             out = ReportOut(
-                id=row.id, packet=packet_id, student=student.name, created_at=clock.rfc3339(now),
+                id=row.id,
+                packet=packet_id,
+                student=student.name,
+                created_at=clock.rfc3339(now),
                 **report.model_dump(),
-            )  # fmt: skip
+            )
             body = out.model_dump(mode="json")
             row.body = canonical(body).decode("utf-8")
             eventlog.append(session=session, head=head, kind="report", subject=packet_id, body=body, at=now)
