@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from m2kt.errors import M2KTError
+from m2kt.errors import InvalidOption, M2KTError
 
 if TYPE_CHECKING:  # torch loads only in the commands that train
     from m2kt.ml.train import EpochLog
@@ -55,7 +55,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--param takes name=value, got {item!r}")
+            raise InvalidOption(f"--param takes name=value, got {item!r}")
         params[name] = int(value) if value.lstrip("-").isdigit() else value
     return params
 
