@@ -23,6 +23,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from m2kt import BrokerClient, build_packet, keys
+from m2kt.constants import PACKET_FORMAT
 
 PG_ADMIN = os.environ.get("M2KT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def signed_packets(
     for i in range(first, first + n):
         tensors = {"C": rng.standard_normal(size // 4).astype(np.float32)}
         manifest = {
-            "packet_format": 1,
+            "packet_format": PACKET_FORMAT,
             "created_at": created_at,
             "teacher": {"agent": agent, "model": {"architecture": "x", "hidden_size": 1, "num_layers": 1,
                                                     "weights_sha256": hashlib.sha256(b"w").hexdigest()}},

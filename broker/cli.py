@@ -4,10 +4,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker import logs
 from broker.db import Sessions, make_engine
@@ -15,7 +16,8 @@ from broker.migrate import DatabaseNotReady, require_head, upgrade
 from broker.services import agents as agents_service
 from broker.settings import BrokerSettings
 from m2kt import keys
-from m2kt.errors import M2KTError
+from m2kt.cliutil import err, one_line_errors
+from m2kt.errors import InvalidOption
 
 app = typer.Typer(help="The M2KT broker.", no_args_is_help=True, add_completion=False)
 agents_app = typer.Typer(help="Register agents.", no_args_is_help=True)
@@ -24,7 +26,6 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(keys_app, name="keys")
 
 out = Console()
-err = Console(stderr=True)
 
 
 def _settings() -> BrokerSettings:
@@ -33,8 +34,7 @@ def _settings() -> BrokerSettings:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = "M2KT_" + "_".join(str(p) for p in first["loc"]).upper()
-        err.print(f"[red]error:[/] {field}: {first['msg']}", soft_wrap=True)
-        raise typer.Exit(code=2) from exc
+        raise InvalidOption(f"{field}: {first['msg']}") from exc
 
 
 def _migrate(settings: BrokerSettings) -> None:
@@ -42,14 +42,14 @@ def _migrate(settings: BrokerSettings) -> None:
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
-    except Exception as exc:
-        err.print(f"[red]error:[/] migration failed: {str(exc).splitlines()[0]}")
-        raise typer.Exit(code=1) from exc
+    except (SQLAlchemyError, CommandError) as exc:
+        raise DatabaseNotReady(f"migration failed: {str(exc).splitlines()[0]}") from exc
     finally:
         engine.dispose()
 
 
 @app.command()
+@one_line_errors
 def migrate() -> None:
     """Migrate the database to the newest schema."""
     settings = _settings()
@@ -58,6 +58,7 @@ def migrate() -> None:
 
 
 @app.command()
+@one_line_errors
 def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8080,
@@ -78,16 +79,17 @@ def serve(
 
 
 def _admin_engine(settings: BrokerSettings) -> Engine:
-    """The engine of an admin command, once the database is known to exist and be at head."""
-    try:
-        require_head(settings.database_url)
-    except DatabaseNotReady as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(code=1) from exc
+    """The engine of an admin command, once the database is known to exist and be at head.
+
+    Raises:
+        DatabaseNotReady: missing, unreachable or not migrated.
+    """
+    require_head(settings.database_url)
     return make_engine(settings.database_url)
 
 
 @app.command()
+@one_line_errors
 def sweep() -> None:
     """Remove blobs no packet references, older than M2KT_ORPHAN_GRACE_SECONDS (each start does it too).
 
@@ -102,19 +104,13 @@ def sweep() -> None:
     engine = _admin_engine(settings)
     try:
         removed = sweep_orphans(Sessions(engine), open_store(settings), settings.orphan_grace_seconds)
-    except M2KTError as exc:
-        raise _fail(exc) from exc
     finally:
         engine.dispose()
     err.print(f"removed {removed} unreferenced blobs and temp files")
 
 
-def _fail(exc: M2KTError) -> typer.Exit:
-    err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True)
-    return typer.Exit(code=1)
-
-
 @agents_app.command("create")
+@one_line_errors
 def agents_create(
     name: Annotated[str, typer.Option(help="agent name")],
     role: Annotated[str, typer.Option(help="teacher or student")],
@@ -122,21 +118,17 @@ def agents_create(
 ) -> None:
     """Register an agent directly in the database and print its token (shown once)."""
     settings = _settings()
-    b64 = None
+    b64 = keys.public_to_b64(keys.load_public(public_key)) if public_key is not None else None
+    engine = _admin_engine(settings)
     try:
-        if public_key is not None:
-            b64 = keys.public_to_b64(keys.load_public(public_key))
-        engine = _admin_engine(settings)
-        try:
-            new = agents_service.create_agent(sessions=Sessions(engine), name=name, role=role, public_key=b64)
-        finally:
-            engine.dispose()
-    except M2KTError as exc:
-        raise _fail(exc) from exc
+        new = agents_service.create_agent(sessions=Sessions(engine), name=name, role=role, public_key=b64)
+    finally:
+        engine.dispose()
     out.print(new.token, soft_wrap=True, highlight=False)
 
 
 @keys_app.command("revoke")
+@one_line_errors
 def keys_revoke(
     name: Annotated[str, typer.Option(help="the teacher")],
     keyid: Annotated[str, typer.Option(help="the key to revoke")],
@@ -146,36 +138,32 @@ def keys_revoke(
     engine = _admin_engine(settings)
     try:
         agents_service.revoke_key(sessions=Sessions(engine), name=name, keyid=keyid)
-    except M2KTError as exc:
-        raise _fail(exc) from exc
     finally:
         engine.dispose()
     err.print(f"revoked {keyid}")
 
 
 @agents_app.command("rotate-token")
+@one_line_errors
 def agents_rotate_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
     """Issue a new token for an agent and print it (shown once); the old token stops working at once."""
     settings = _settings()
     engine = make_engine(settings.database_url)
     try:
         new = agents_service.rotate_token(sessions=Sessions(engine), name=name)
-    except M2KTError as exc:
-        raise _fail(exc) from exc
     finally:
         engine.dispose()
     out.print(new.token, soft_wrap=True, highlight=False)
 
 
 @agents_app.command("revoke-token")
+@one_line_errors
 def agents_revoke_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
     """Refuse an agent's token from now on (rotate-token issues a new one)."""
     settings = _settings()
     engine = make_engine(settings.database_url)
     try:
         agents_service.revoke_token(sessions=Sessions(engine), name=name)
-    except M2KTError as exc:
-        raise _fail(exc) from exc
     finally:
         engine.dispose()
     err.print(f"token of {name} revoked")

@@ -4,6 +4,16 @@ Domain errors (`M2KTError`), request-shape errors, HTTP errors of the router
 (404 for unknown paths, 405) and database outages all leave here as problem
 bodies; an unexpected exception is logged and answered as a bare 500 problem
 without internals.
+
+Only a transient database failure is "try again" (503 `unavailable` with
+`Retry-After`, which `BrokerClient` retries): the database cannot be reached,
+dropped the connection, is locked or busy (`OperationalError`, `InterfaceError`,
+a connection SQLAlchemy invalidated, the pool's `TimeoutError`). A value the
+database refuses (`DataError`) is the request's fault (422). Any other database
+error (integrity, programming, internal) is a bug: retrying it cannot help, so it
+is a 500 with its traceback in the log. The services turn the integrity errors
+that a race can cause (a name, a key or a report taken meanwhile) into 409
+`conflict` themselves.
 """
 
 import logging
@@ -12,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,8 +60,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def _problem_response(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}  # fmt: skip
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}
 
 
 # Declared on every /v1 route so the OpenAPI schema says what clients (and fuzzers) will see.
@@ -67,9 +76,20 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A database failure that may pass: unreachable, disconnected, locked or busy; never integrity or a bug."""
+    if isinstance(exc, DisconnectionError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return False
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(M2KTError)
-    async def _domain(_: Request, exc: M2KTError) -> JSONResponse:
+    async def _domain(request: Request, exc: M2KTError) -> JSONResponse:
+        if exc.status < 400:  # a client's or a command line's error (no HTTP status) raised in the broker: a bug
+            return await _unexpected(request, exc)
         return problem_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -89,30 +109,37 @@ def install_problem_handlers(app: FastAPI) -> None:
             body["detail"] = NotFound("no such resource").detail
         return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_MEDIA_TYPE, headers=exc.headers)
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def _database(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("database error", extra={"error": str(exc).splitlines()[0]})
-        return problem_response(ServiceUnavailable("the database is not answering; try again"))
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            logger.error("database unavailable", extra={"error": str(exc).splitlines()[0]})
+            return problem_response(ServiceUnavailable("the database is not answering; try again"))
+        if isinstance(exc, DataError):
+            # a value the database refuses (the door should have refused it first): the request is at fault
+            logger.warning("database refused a value", extra={"error": str(exc).splitlines()[0]})
+            return problem_response(InvalidRequest("a value in the request cannot be stored"))
+        return await _unexpected(request, exc)
 
-    @app.exception_handler(DataError)
-    async def _data(_: Request, exc: Exception) -> JSONResponse:
-        # a value the database refuses (the door should have refused it first): the request is at fault
-        logger.warning("database refused a value", extra={"error": str(exc).splitlines()[0]})
-        return problem_response(InvalidRequest("a value in the request cannot be stored"))
+    @app.exception_handler(DisconnectionError)
+    async def _disconnected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("database connection lost", extra={"error": str(exc).splitlines()[0]})
+        return problem_response(ServiceUnavailable("the database is not answering; try again"))
 
     @app.exception_handler(PoolTimeout)
     async def _busy(_: Request, exc: Exception) -> JSONResponse:
         logger.warning("database connection pool exhausted")
         return problem_response(ServiceUnavailable("the broker is busy; try again"))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", extra={"path": request.url.path})
-        body = {
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "detail": "internal error",
-        }
-        return JSONResponse(body, status_code=500, media_type=PROBLEM_MEDIA_TYPE)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: its traceback goes to the log, the caller gets a bare 500 without internals."""
+    logger.error("unhandled error", extra={"path": request.url.path}, exc_info=exc)
+    body = {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "internal error",
+    }
+    return JSONResponse(body, status_code=500, media_type=PROBLEM_MEDIA_TYPE)

@@ -22,12 +22,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from m2kt.errors import ServiceUnavailable
+
 __all__ = ["DatabaseNotReady", "alembic_config", "require_head", "shown_url", "upgrade"]
 
 CONFIG_RESOURCE = "alembic.ini"
 
 
-class DatabaseNotReady(Exception):
+class DatabaseNotReady(ServiceUnavailable):
     """The database is missing, unreachable or not at the newest schema; the message says which."""
 
 

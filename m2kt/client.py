@@ -2,19 +2,26 @@
 
 Problem bodies come back as the same exception classes the broker raised
 (`m2kt.errors`), so a caller catches `UnknownKey`, not a status code. Every
-request has a timeout; only idempotent requests are retried, with bounded
-backoff. Publishing counts as idempotent: the same packet again is the same
-packet (docs/protocol.md §1), so a retry after a lost acknowledgement is safe.
+request has a timeout; only idempotent requests are retried (tenacity), after a
+transport error or a 502/503/504, with jittered exponential backoff or after the
+answer's `Retry-After`; a refusal (401, 403, any 4xx) is never retried.
+Publishing counts as idempotent: the same packet again is the same packet
+(docs/protocol.md §1), so a retry after a lost acknowledgement is safe.
+
+The SSE parser below stays hand-written: `httpx-sse` drops comment lines, and a
+long-lived reader needs the broker's keep-alive comments to look up between packets.
 """
 
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import tenacity
 
 from m2kt.constants import PROBLEM_BASE
 from m2kt.errors import Forbidden, InvalidRequest, NotFound, TransportError, Unauthorized, UnknownKey
@@ -26,6 +33,48 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _RETRY_STATUS = {502, 503, 504}
+MAX_WAIT = 30.0  # seconds: the longest a retry waits, whatever Retry-After asks
+
+
+def _retryable(response: httpx.Response) -> bool:
+    return response.status_code in _RETRY_STATUS
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The wait a ``Retry-After`` header asks for (delay-seconds or an HTTP date), None if absent or unreadable."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Wait(tenacity.wait.wait_base):
+    """Retry-After when the broker said how long; else exponential backoff with jitter, both capped."""
+
+    def __init__(self, backoff: float, cap: float) -> None:
+        self.cap = cap
+        # backoff * 2**n, then up to ``backoff`` of jitter (the second retry waits 0.5-0.75 s at 0.25)
+        self.backoff = tenacity.wait_exponential(multiplier=backoff, max=5.0) + tenacity.wait_random(0, backoff)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        if outcome is not None and not outcome.failed:
+            asked = retry_after(outcome.result())
+            if asked is not None:
+                return min(asked, self.cap)
+        return min(float(self.backoff(retry_state)), self.cap)
+
+
+def _log_retry(retry_state: tenacity.RetryCallState) -> None:
+    method, path = retry_state.args[:2]
+    wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    logger.info("retrying %s %s in %.2fs", method, path, wait)
 
 
 def broker_root(base_url: str) -> str:
@@ -74,7 +123,10 @@ class BrokerClient:
             adds the API paths; a URL with ``/v1`` in it raises ValueError naming it).
         token: the agent's (or admin's) bearer token.
         retries: extra attempts for idempotent requests after a transport error or 502/503/504.
+        backoff: the first retry's wait in seconds (doubling, plus up to as much jitter); an
+            answer's ``Retry-After`` replaces it, up to ``max_wait``.
         transport: an httpx transport, e.g. ``httpx.ASGITransport(app)`` in tests.
+        sleep: how a retry waits (tests pass a recorder).
     """
 
     def __init__(
@@ -85,11 +137,13 @@ class BrokerClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retries: int = 3,
         backoff: float = 0.25,
+        max_wait: float = MAX_WAIT,
         transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = broker_root(base_url)
-        self._retries, self._backoff = retries, backoff
+        self._retries, self._wait, self._sleep = retries, _Wait(backoff, max_wait), sleep
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -103,21 +157,19 @@ class BrokerClient:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
-        attempts = 1 + (self._retries if idempotent else 0)
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if last:
-                    raise TransportError(f"cannot reach the broker at {self.base_url}: {exc}") from exc
-            else:
-                if response.status_code not in _RETRY_STATUS or last:
-                    return self._check(response)
-            delay = min(self._backoff * 2**attempt, 5.0)
-            logger.info("retrying %s %s in %.2fs", method, path, delay)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(1 + (self._retries if idempotent else 0)),
+            retry=tenacity.retry_if_exception_type(httpx.TransportError) | tenacity.retry_if_result(_retryable),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,  # the last try's
+        )
+        try:
+            response: httpx.Response = retrying(self._http.request, method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TransportError(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+        return self._check(response)
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_success or response.status_code == 304:

@@ -8,22 +8,31 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from m2kt.errors import M2KTError
+from m2kt.errors import InvalidOption, M2KTError
 
 if TYPE_CHECKING:  # torch loads only in the commands that train
     from m2kt.ml.train import EpochLog
 
-__all__ = ["err", "one_line_errors", "parse_params", "training_progress"]
+__all__ = ["err", "fail", "one_line_errors", "parse_params", "training_progress"]
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def one_line_errors(fn: F) -> F:
-    """Turn every expected failure into one line on stderr and an exit code, never a traceback.
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``error: message`` on one line of stderr; the caller raises the returned exit."""
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    return typer.Exit(code=code)
 
-    Exit codes: 1 refused or failed (M2KT errors, files), 2 bad options or values.
+
+def one_line_errors(fn: F) -> F:
+    """Turn every expected failure into one line on stderr and an exit code; a bug keeps its traceback.
+
+    Expected failures: an `M2KTError` (its ``exit_code``: 1 refused or failed, 2 a bad option),
+    a ``ValueError`` (2: a bad value, e.g. a setting pydantic refuses) and an ``OSError`` (1: a file).
+    A ``KeyError``, ``TypeError`` or anything else is a bug, not bad options, and is not hidden.
     """
 
     @functools.wraps(fn)
@@ -31,15 +40,11 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except M2KTError as exc:
-            err.print(f"[red]error:[/] {exc.detail}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=1) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=2) from exc
+            raise fail(exc.detail, exc.exit_code) from exc
+        except ValueError as exc:
+            raise fail(str(exc), 2) from exc
         except OSError as exc:
-            what = f"{exc.strerror}: {exc.filename}" if exc.strerror else str(exc)
-            err.print(f"[red]error:[/] {what}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=1) from exc
+            raise fail(f"{exc.strerror}: {exc.filename}" if exc.strerror else str(exc), 1) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -50,7 +55,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--param takes name=value, got {item!r}")
+            raise InvalidOption(f"--param takes name=value, got {item!r}")
         params[name] = int(value) if value.lstrip("-").isdigit() else value
     return params
 

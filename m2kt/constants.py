@@ -3,6 +3,7 @@
 Every other module imports these names; no protocol literal is written twice.
 """
 
+import re
 from typing import Final
 
 PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
@@ -17,6 +18,7 @@ PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 ENVELOPE_MEDIA_TYPE: Final = "application/vnd.dsse.envelope.v1+json"
 
 TOPIC_PATTERN: Final = r"[a-z0-9]+(\.[a-z0-9_-]+)*"
+TOPIC_RE: Final = re.compile(TOPIC_PATTERN)  # use fullmatch (`m2kt.manifest.is_topic` adds the length)
 TOPIC_MAX_LEN: Final = 128
 MAX_TOPICS: Final = 16
 MAX_CONCEPTS: Final = 4096
@@ -41,3 +43,6 @@ MAX_BODY_JSON_DEPTH: Final = 32
 
 PAGE_LIMIT_DEFAULT: Final = 100
 PAGE_LIMIT_MAX: Final = 500
+
+# The agents' model directory (m2kt.ml.models save/load): architecture, read-out, task spec, weights digest.
+MODEL_META_FILE: Final = "m2kt_model.json"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from m2kt.client import BrokerClient
-from m2kt.errors import Conflict
+from m2kt.errors import Conflict, InvalidOption
 
 __all__ = ["enroll", "read_token_file", "write_token_file"]
 
@@ -23,12 +23,12 @@ def read_token_file(path: Path) -> str:
     try:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
-        raise ValueError(f"token file {path} does not exist") from None
+        raise InvalidOption(f"token file {path} does not exist") from None
     if mode & 0o077:
-        raise ValueError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+        raise InvalidOption(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
     token = path.read_text().strip()
     if not token:
-        raise ValueError(f"token file {path} is empty")
+        raise InvalidOption(f"token file {path} is empty")
     return token
 
 
@@ -58,7 +58,7 @@ def enroll(
         try:
             created = admin.create_agent(name, role, public_key)
         except Conflict:
-            raise ValueError(
+            raise InvalidOption(
                 f"the broker already has an agent {name!r} but {token_file} is missing; "
                 "use a new name or have an admin re-register it"
             ) from None

@@ -21,6 +21,7 @@ from typing import Any
 import rfc8785
 
 from m2kt.constants import MAX_JSON_DEPTH
+from m2kt.errors import M2KTError
 
 __all__ = ["INT_MAX", "SAFE_INT_MAX", "JSONError", "bad_text", "canonical", "loads_strict"]
 
@@ -31,8 +32,8 @@ SAFE_INT_MAX = 2**53 - 1
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
-class JSONError(ValueError):
-    """The bytes are not strict JSON; the message says why."""
+class JSONError(M2KTError, ValueError):
+    """The bytes are not strict JSON; the message says why (callers map it to their own problem type)."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from m2kt.errors import InvalidRequest
+from m2kt.errors import InvalidRequest, LocalInputError
 
 __all__ = [
     "generate",
@@ -79,33 +79,43 @@ def load_private(path: Path) -> Ed25519PrivateKey:
     """Load a PEM Ed25519 private key, refusing files readable by others.
 
     Raises:
-        InvalidRequest: missing, too open, or not an Ed25519 PEM key.
+        LocalInputError: missing, too open, or not an Ed25519 PEM key.
     """
     try:
         mode = path.stat().st_mode & 0o777
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidRequest(f"cannot read private key {path}: {exc.strerror}") from exc
+        raise LocalInputError(f"cannot read private key {path}: {exc.strerror}") from exc
     if mode & 0o077:
-        raise InvalidRequest(f"private key {path} has mode {mode:o}; it must be 0600")
+        raise LocalInputError(f"private key {path} has mode {mode:o}; it must be 0600")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"{path} is not a PEM private key") from exc
+        raise LocalInputError(f"{path} is not a PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise InvalidRequest(f"{path} is not an Ed25519 key")
+        raise LocalInputError(f"{path} is not an Ed25519 key")
     return key
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
-    """Load a public key saved as raw base64 (`.pub`) or as PEM."""
+    """Load a public key saved as raw base64 (`.pub`) or as PEM.
+
+    Raises:
+        LocalInputError: missing, or not an Ed25519 key in either form.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidRequest(f"cannot read public key {path}: {exc.strerror}") from exc
+        raise LocalInputError(f"cannot read public key {path}: {exc.strerror}") from exc
     if data.startswith(b"-----BEGIN"):
-        key = serialization.load_pem_public_key(data)
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as exc:
+            raise LocalInputError(f"{path} is not a PEM public key") from exc
         if not isinstance(key, Ed25519PublicKey):
-            raise InvalidRequest(f"{path} is not an Ed25519 key")
+            raise LocalInputError(f"{path} is not an Ed25519 key")
         return key
-    return public_from_b64(data.decode("ascii", errors="replace").strip())
+    try:
+        return public_from_b64(data.decode("ascii", errors="replace").strip())
+    except InvalidRequest as exc:  # the same check as the broker's, but a local file's problem
+        raise LocalInputError(f"{path}: {exc.detail}") from exc

@@ -25,13 +25,13 @@ from m2kt.constants import (
     PACKET_FORMAT,
     PACKET_ID_PATTERN,
     TOPIC_MAX_LEN,
+    TOPIC_RE,
 )
 from m2kt.constants import TOPIC_PATTERN as _TOPIC
 from m2kt.errors import InvalidManifest
 
 __all__ = ["Manifest", "is_topic", "validate_manifest"]
 
-_TOPIC_RE = re.compile(_TOPIC)
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
@@ -40,7 +40,7 @@ Topic = Annotated[str, StringConstraints(max_length=TOPIC_MAX_LEN, pattern=rf"^{
 
 
 def is_topic(value: str) -> bool:
-    return len(value) <= TOPIC_MAX_LEN and _TOPIC_RE.fullmatch(value) is not None
+    return len(value) <= TOPIC_MAX_LEN and TOPIC_RE.fullmatch(value) is not None
 
 
 class _Open(BaseModel):

@@ -120,8 +120,9 @@ class StudentAgent:
         integrated = {e["packet_id"]: e for e in self.store.index()["entries"]}
         if packet_id in integrated:  # fitted and activated before a crash, report not acknowledged
             entry = integrated[packet_id]
-            outcome = Outcome(packet_id, "accepted", "integrated before a restart",
-                              {"mean_agreement": entry.get("mean_agreement")})  # fmt: skip
+            outcome = Outcome(
+                packet_id, "accepted", "integrated before a restart", {"mean_agreement": entry.get("mean_agreement")}
+            )
         else:
             outcome = self._integrate(summary)
         self._report(outcome)
@@ -145,7 +146,15 @@ class StudentAgent:
         fitted = fit_cal(kn, anchors, self.unlabelled(words), self.fit_config)
         probes = observe(model, tok, kn.probe_texts, words)
         base_after = observe(model, tok, self.student.split("eval").texts, words)
-        decision = audit(fitted.reader, kn, probes, base_before, base_before, base_after, self.audit_config)
+        decision = audit(
+            fitted.reader,
+            kn,
+            probes=probes,
+            held=base_before,
+            base_before=base_before,
+            base_after=base_after,
+            config=self.audit_config,
+        )
         decision.metrics["fit_seconds"] = round(fitted.seconds, 2)
         decision.metrics["anchors"] = len(kn.anchor_texts)
         decision.metrics["loss_terms"] = fitted.losses
@@ -243,7 +252,7 @@ class StudentAgent:
                 args=(topic, self.state.cursors[topic], connect, inbox, halt, read_timeout, retry_seconds, refused),
                 name=f"m2kt-student-{topic}",
                 daemon=True,
-            )  # fmt: skip
+            )
             for topic in topics
         ]
         for thread in readers:

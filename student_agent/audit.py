@@ -137,6 +137,7 @@ def reasoning_agreement(reader: ConceptReader, kn: Knowledge, held: Observation)
 def audit(
     reader: ConceptReader,
     kn: Knowledge,
+    *,
     probes: Observation,
     held: Observation,
     base_before: Observation,

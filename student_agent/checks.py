@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from m2kt.errors import InvalidOption
 from m2kt.ml.tasks.base import TaskFamily
 
 __all__ = ["require_inputs", "require_topics", "topics_without_concepts"]
@@ -22,7 +23,7 @@ def require_topics(family: TaskFamily, topics: Sequence[str]) -> None:
     """Every topic must be one of the family's concept topics."""
     unknown = [t for t in topics if t not in family.topics]
     if unknown:
-        raise ValueError(
+        raise InvalidOption(
             f"{', '.join(unknown)}: not a topic of the {family.name} task; its topics are {', '.join(family.topics)}"
         )
 
@@ -35,7 +36,7 @@ def require_inputs(family: TaskFamily, texts: Sequence[str]) -> None:
         if outside or not text.split():
             example = family.render(family.sample_inputs(np.random.default_rng(0), 1))[0]
             what = f"{', '.join(dict.fromkeys(outside))} not in its vocabulary" if outside else "empty"
-            raise ValueError(
+            raise InvalidOption(
                 f"{text!r} is not an input of the {family.name} task ({what}); inputs look like {example!r}"
             )
 

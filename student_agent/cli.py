@@ -21,6 +21,7 @@ from m2kt.client import BrokerClient
 from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
+from m2kt.errors import InvalidOption
 from m2kt.ml.models import ModelConfig
 from student_agent import checks
 from student_agent.settings import StudentSettings
@@ -44,7 +45,7 @@ def _token(settings: StudentSettings) -> str:
         return settings.token.get_secret_value()
     if settings.token_file:
         return read_token_file(settings.token_file)
-    raise ValueError("no broker token: set M2KT_STUDENT_TOKEN or M2KT_STUDENT_TOKEN_FILE")
+    raise InvalidOption("no broker token: set M2KT_STUDENT_TOKEN or M2KT_STUDENT_TOKEN_FILE")
 
 
 @app.command()
@@ -53,10 +54,10 @@ def enroll() -> None:
     """Register this student with the broker once; keep the token in the token file."""
     settings = StudentSettings()
     if not settings.token_file:
-        raise ValueError("set M2KT_STUDENT_TOKEN_FILE: where to keep the token the broker issues")
+        raise InvalidOption("set M2KT_STUDENT_TOKEN_FILE: where to keep the token the broker issues")
     admin = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not admin and not settings.token_file.exists():
-        raise ValueError("set M2KT_STUDENT_ADMIN_TOKEN for the first enrolment")
+        raise InvalidOption("set M2KT_STUDENT_ADMIN_TOKEN for the first enrolment")
     created = enroll_agent(settings.broker_url, admin, settings.name, "student", settings.token_file)
     state = "enrolled" if created else "already enrolled"
     out.print(f"student {settings.name} {state}; token in {settings.token_file}")
@@ -88,10 +89,13 @@ def train(
     train_cfg = STUDENT_TRAIN.__class__(**{**STUDENT_TRAIN.__dict__, "epochs": epochs})
     params = parse_params(param or []) or default_params(task)
     bar, callback = training_progress(epochs)
-    student = train_student(task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=bar,
-                            callback=callback)  # fmt: skip
-    out.print(f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
-              f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s")  # fmt: skip
+    student = train_student(
+        task, params, target, seed=seed, model_config=cfg, train_config=train_cfg, progress=bar, callback=callback
+    )
+    out.print(
+        f"student {target} held-out accuracy {student.run['heldout_accuracy']:.3f} "
+        f"(majority {student.run['majority_baseline']:.3f}) in {student.run['seconds']:.0f}s"
+    )
 
 
 @app.command()
@@ -112,7 +116,7 @@ def run(
                            form=settings.cal_form, direction=settings.cal_direction)  # fmt: skip
     topics = list(topic or settings.topics)
     if not topics:
-        raise ValueError("no topics: pass --topic or set M2KT_STUDENT_TOPICS")
+        raise InvalidOption("no topics: pass --topic or set M2KT_STUDENT_TOPICS")
     token = _token(settings)
     with BrokerClient(settings.broker_url, token) as probe:
         probe.require_role("student")  # before the model, any download or any fitting
@@ -141,8 +145,14 @@ def run(
         out.print(f"packet {outcome.packet_id} {outcome.verdict}: {outcome.detail}", highlight=False)
 
     with connect() as client:
-        agent = StudentAgent(student, client, settings.state_dir, trusted_keys=tuple(trust or settings.trusted_keys),
-                             unlabelled=settings.unlabelled, fit_config=fit_config)  # fmt: skip
+        agent = StudentAgent(
+            student,
+            client,
+            settings.state_dir,
+            trusted_keys=tuple(trust or settings.trusted_keys),
+            unlabelled=settings.unlabelled,
+            fit_config=fit_config,
+        )
         try:
             agent.run(topics, connect, stop=stop, on_outcome=done)
         except KeyboardInterrupt:
@@ -207,6 +217,11 @@ def status() -> None:
     out.print(f"CAL version: {store.current()}; cursors: {state.cursors}; handled: {verdicts}")
     table = Table("packet", "teacher", "topics", "concepts", "mean agreement", title="integrated packets")
     for e in store.index()["entries"]:
-        table.add_row(e["packet_id"][:16], e["teacher"], ", ".join(e["topics"]), str(len(e["concepts"])),
-                      str(e.get("mean_agreement")))  # fmt: skip
+        table.add_row(
+            e["packet_id"][:16],
+            e["teacher"],
+            ", ".join(e["topics"]),
+            str(len(e["concepts"])),
+            str(e.get("mean_agreement")),
+        )
     out.print(table)

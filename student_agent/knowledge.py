@@ -15,14 +15,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors
 
+from m2kt.errors import M2KTError
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.packet import OpenedPacket
 
 __all__ = ["ConceptInfo", "Knowledge", "PacketContentError", "ViewKnowledge"]
 
 
-class PacketContentError(ValueError):
+class PacketContentError(M2KTError, ValueError):
     """A signed packet whose content breaks docs/packet-format.md."""
+
+    slug = "invalid-content"
 
 
 class _Lax(BaseModel):
@@ -267,8 +270,12 @@ def _views(
         raise PacketContentError("views.slots must be 1 + views.words")
     if not 0 <= part.token.layer < n_layers:
         raise PacketContentError(f"views.token.layer reads a block outside 0..{n_layers - 1}")
-    heads = ObservableHeads(Head(_get(t, "observables.token.weight"), _get(t, "observables.token.bias"),
-                                 part.token.layer), heads.token_classes, heads.steps, heads.answer)  # fmt: skip
+    heads = ObservableHeads(
+        Head(_get(t, "observables.token.weight"), _get(t, "observables.token.bias"), part.token.layer),
+        heads.token_classes,
+        heads.steps,
+        heads.answer,
+    )
     dim = slots * d + heads.feature_dim(slots)
     want = {
         "views.anchor_states": (m, slots, n_layers, d),
@@ -291,8 +298,12 @@ def _views(
     layers = t["views.readout.layer"].long()
     if layers.numel() and not 0 <= int(layers.min()) <= int(layers.max()) < n_layers:
         raise PacketContentError(f"a view read-out reads a block outside 0..{n_layers - 1}")
-    heads = ObservableHeads(Head(floats["observables.token.weight"], floats["observables.token.bias"],
-                                 part.token.layer), heads.token_classes, heads.steps, heads.answer)  # fmt: skip
+    heads = ObservableHeads(
+        Head(floats["observables.token.weight"], floats["observables.token.bias"], part.token.layer),
+        heads.token_classes,
+        heads.steps,
+        heads.answer,
+    )
     readout = ViewReadout(floats["views.readout.weight"], floats["views.readout.bias"], layers)
     mask = t["views.anchor_mask"].bool()
     states = floats["views.anchor_states"] * mask[:, :, None, None]

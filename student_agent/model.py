@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
-from m2kt.errors import InvalidRequest
+from m2kt.errors import LocalInputError
 from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, save_pretrained
 from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
 from m2kt.ml.train import EpochLog, TrainConfig, train_model
@@ -99,7 +99,7 @@ def train_student(
 def load_student(path: Path) -> Student:
     """Load a student directory with ``from_pretrained`` and freeze it."""
     if not (path / RUN_FILE).exists():
-        raise InvalidRequest(f"{path} is not a student directory (no {RUN_FILE}); run `m2kt-student train`")
+        raise LocalInputError(f"{path} is not a student directory (no {RUN_FILE}); run `m2kt-student train`")
     model, tokenizer = load_pretrained(path)
     freeze(model)
     run = json.loads((path / RUN_FILE).read_text())

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from m2kt.errors import InvalidRequest
+from m2kt.errors import LocalInputError
 from student_agent.agent import CAL_DIR, load_reader
 from student_agent.cal.checkpoint import CheckpointStore
 from student_agent.cal.fit import ConceptReader
@@ -63,7 +63,7 @@ class TransferredConcepts:
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], topics: Sequence[str] = ()) -> list[ConceptAnswer]:
         if not self._readers:
-            raise InvalidRequest("nothing integrated yet: no packet has been accepted")
+            raise LocalInputError("nothing integrated yet: no packet has been accepted")
         if not texts:
             return []
         seen: dict[int | None, Observation] = {}
@@ -74,7 +74,7 @@ class TransferredConcepts:
                 try:
                     seen[words] = observe(self.student.model, self.student.tokenizer, list(texts), words)
                 except (ValueError, KeyError) as exc:
-                    raise InvalidRequest(f"the student cannot read these texts: {exc}") from None
+                    raise LocalInputError(f"the student cannot read these texts: {exc}") from None
             p = torch.sigmoid(reader(reader.input_of(seen[words])))  # [N, K]
             for k, c in enumerate(entry["concepts"]):
                 if c["key"] in entry.get("excluded", ()):

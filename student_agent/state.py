@@ -10,10 +10,11 @@ integrated, so no packet is fitted into the student twice.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from m2kt.fsutil import atomic_write_text
 
 __all__ = ["StudentState"]
 
@@ -32,13 +33,8 @@ class StudentState:
         return cls(path, {str(k): int(v) for k, v in data["cursors"].items()}, dict(data["handled"]))
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"cursors": self.cursors, "handled": self.handled}, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        body = {"cursors": self.cursors, "handled": self.handled}
+        atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
     def is_handled(self, packet_id: str) -> bool:
         return packet_id in self.handled

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,38 +39,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from m2kt import dsse, keys
 from m2kt.errors import M2KTError, UnknownKey
+from m2kt.fsutil import atomic_write_text
 from m2kt.head import Head, open_head
 from m2kt.packet import OpenedPacket
 
-__all__ = ["TRUST_FILE", "Rejection", "TrustState", "signing_keyids", "write_json_atomic"]
+__all__ = ["TRUST_FILE", "Rejection", "TrustState", "signing_keyids"]
 
 logger = logging.getLogger(__name__)
 
 TRUST_FILE = "trust.json"
 
 
-class Rejection(Exception):
+class Rejection(M2KTError):
     """Why a packet was not trained on: ``reason`` is a problem slug or ``untrusted-key``, ``rollback`` etc."""
 
+    slug = "rejected"
+
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        super().__init__(detail)
+        self.reason = reason
 
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write, fsync, rename, fsync the folder: a crash leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 def signing_keyids(envelope: bytes) -> set[str]:
@@ -102,9 +91,14 @@ class TrustState:
     def save(self) -> None:
         if self.path is None:
             return
-        body = {"pinned": self.pinned, "revoked": self.revoked, "versions": self.versions,
-                "subjects": self.subjects, "heads": self.heads}  # fmt: skip
-        write_json_atomic(self.path, body)
+        body = {
+            "pinned": self.pinned,
+            "revoked": self.revoked,
+            "versions": self.versions,
+            "subjects": self.subjects,
+            "heads": self.heads,
+        }
+        atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
     # -- keys ------------------------------------------------------------------------------------
     def keys_for(

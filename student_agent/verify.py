@@ -84,5 +84,6 @@ def check_task(kn: Knowledge, student_task: Mapping[str, Any]) -> None:
     theirs = (kn.task_spec.get("name"), kn.task_spec.get("params", {}))
     ours = (student_task.get("name"), student_task.get("params", {}))
     if theirs != ours:
-        raise Rejection("task-mismatch", f"the packet teaches task {theirs[0]} {theirs[1]}; "
-                                         f"this student solves {ours[0]} {ours[1]}")  # fmt: skip
+        raise Rejection(
+            "task-mismatch", f"the packet teaches task {theirs[0]} {theirs[1]}; this student solves {ours[0]} {ours[1]}"
+        )

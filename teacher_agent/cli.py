@@ -17,6 +17,7 @@ from m2kt import keys
 from m2kt.cliutil import err, one_line_errors, parse_params, training_progress
 from m2kt.credentials import enroll as enroll_agent
 from m2kt.credentials import read_token_file
+from m2kt.errors import InvalidOption
 from m2kt.ml.train import not_learned
 from teacher_agent.settings import TeacherSettings
 
@@ -43,7 +44,7 @@ def _token(settings: TeacherSettings, token: str | None) -> str:
     if not value and settings.token_file:
         value = read_token_file(settings.token_file)
     if not value:
-        raise ValueError("no broker token: pass --token or set M2KT_TEACHER_TOKEN or M2KT_TEACHER_TOKEN_FILE")
+        raise InvalidOption("no broker token: pass --token or set M2KT_TEACHER_TOKEN or M2KT_TEACHER_TOKEN_FILE")
     return value
 
 
@@ -53,13 +54,13 @@ def enroll() -> None:
     """Register this teacher and its public key with the broker once; keep the token in the token file."""
     settings = TeacherSettings()
     if not settings.token_file:
-        raise ValueError("set M2KT_TEACHER_TOKEN_FILE: where to keep the token the broker issues")
+        raise InvalidOption("set M2KT_TEACHER_TOKEN_FILE: where to keep the token the broker issues")
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
     public = keys.public_to_b64(keys.load_private(settings.key).public_key())
     admin = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not admin and not settings.token_file.exists():
-        raise ValueError("set M2KT_TEACHER_ADMIN_TOKEN for the first enrolment")
+        raise InvalidOption("set M2KT_TEACHER_ADMIN_TOKEN for the first enrolment")
     created = enroll_agent(settings.broker_url, admin, settings.name, "teacher", settings.token_file, public)
     state = "enrolled" if created else "already enrolled"
     out.print(f"teacher {settings.name} {state}; token in {settings.token_file}")
@@ -73,7 +74,7 @@ def keygen(
     """Write a new Ed25519 key pair and print its keyid."""
     path = out_path or TeacherSettings().key
     if path.exists():
-        raise ValueError(f"{path} exists; refusing to overwrite a key")
+        raise InvalidOption(f"{path} exists; refusing to overwrite a key")
     key = keys.generate()
     pub = keys.save_keypair(key, path)
     out.print(keys.keyid(key.public_key()))
@@ -285,8 +286,16 @@ def run(
     err.print(f"extracting concepts ({method}) from {model_dir}", soft_wrap=True, highlight=False)
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
-    done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
-                                   out_dir=root / "packets", broker_url=broker_url, token=secret)  # fmt: skip
+    done = pipeline.publish_topics(
+        model_dir,
+        result,
+        settings.key,
+        PacketSpec(agent=settings.name),
+        anchors=anchors,
+        out_dir=root / "packets",
+        broker_url=broker_url,
+        token=secret,
+    )
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)
 
@@ -314,8 +323,14 @@ def head(
     settings = TeacherSettings()
     out_dir = (workdir or settings.workdir) / "packets"
     while True:
-        stored = put_head(out_dir, settings.key, settings.name, broker or settings.broker_url,
-                          _token(settings, token), timedelta(seconds=lifetime))  # fmt: skip
+        stored = put_head(
+            out_dir,
+            settings.key,
+            settings.name,
+            broker or settings.broker_url,
+            _token(settings, token),
+            timedelta(seconds=lifetime),
+        )
         out.print(f"head {stored['version']} expires {stored['expires']}", soft_wrap=True)
         if every is None:
             return

@@ -16,6 +16,7 @@ from typing import Any
 
 from m2kt import keys
 from m2kt.client import BrokerClient
+from m2kt.errors import InvalidOption
 from m2kt.head import TopicHead, build_head, sign_head
 from m2kt.packet import open_packet
 from teacher_agent.packetize import next_version
@@ -47,7 +48,7 @@ def latest_per_topic(out_dir: Path, key_path: Path) -> dict[str, TopicHead]:
 def make_head(name: str, key_path: Path, topics: dict[str, TopicHead], lifetime: timedelta) -> bytes:
     """A signed head envelope for ``topics``, issued now, expiring ``lifetime`` later."""
     if lifetime <= timedelta(0):
-        raise ValueError(f"lifetime must be positive, not {lifetime}")
+        raise InvalidOption(f"lifetime must be positive, not {lifetime}")
     now = datetime.now(UTC).replace(microsecond=0)
     statement = build_head(name, next_version(), topics, now, now + lifetime)
     return sign_head(statement, keys.load_private(key_path))

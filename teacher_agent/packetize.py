@@ -31,6 +31,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from transformers import PreTrainedTokenizerFast
 
+from m2kt.constants import PACKET_FORMAT
 from m2kt.ml.hidden import collect_hidden, readout_for
 from m2kt.ml.metrics import concept_logits
 from m2kt.ml.models import TaskModel
@@ -329,7 +330,7 @@ def _manifest(
     ]
     created = (created_at or datetime.now(UTC)).replace(microsecond=0)
     return {
-        "packet_format": 1,
+        "packet_format": PACKET_FORMAT,
         "created_at": _rfc3339(created),
         "version": spec.version if spec.version is not None else next_version(),
         "expires": _rfc3339(created + spec.lifetime),

@@ -25,7 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from m2kt import keys
 from m2kt.client import BrokerClient, PublishResult
-from m2kt.errors import InvalidRequest
+from m2kt.constants import MODEL_META_FILE
+from m2kt.errors import LocalInputError
+from m2kt.fsutil import atomic_write_text
 from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained
 from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
 from m2kt.ml.train import EpochLog, TrainConfig
@@ -109,7 +111,7 @@ def train(
 def train_report(model_dir: Path) -> TrainReport:
     """What training measured for the teacher saved in ``model_dir`` (from its run record)."""
     if not (model_dir / RUN_FILE).exists():
-        raise InvalidRequest(f"{model_dir} is not a teacher directory (no {RUN_FILE}); run `m2kt-teacher train`")
+        raise LocalInputError(f"{model_dir} is not a teacher directory (no {RUN_FILE}); run `m2kt-teacher train`")
     run = json.loads((model_dir / RUN_FILE).read_text())
     return TrainReport(
         model_dir, float(run["heldout_accuracy"]), float(run["majority_baseline"]), float(run["seconds"])
@@ -130,7 +132,7 @@ def check_broker(broker_url: str, token: str) -> None:
 def load(model_dir: Path) -> tuple[TaskModel, Any, TaskFamily, dict[str, Any]]:
     """Load a teacher directory: model, tokenizer, its task family and the run record."""
     if not (model_dir / RUN_FILE).exists():
-        raise InvalidRequest(f"{model_dir} is not a teacher directory (no {RUN_FILE}); run `m2kt-teacher train`")
+        raise LocalInputError(f"{model_dir} is not a teacher directory (no {RUN_FILE}); run `m2kt-teacher train`")
     model, tokenizer = load_pretrained(model_dir)
     run = json.loads((model_dir / RUN_FILE).read_text())
     return model, tokenizer, task_from_spec(model.task_spec), run
@@ -176,7 +178,7 @@ def save_extraction(result: ExtractionResult, path: Path) -> Path:
 
 def load_extraction(path: Path) -> ExtractionResult:
     if not path.with_suffix(".safetensors").exists():
-        raise InvalidRequest(f"no extraction at {path.with_suffix('.safetensors')}; run `m2kt-teacher extract`")
+        raise LocalInputError(f"no extraction at {path.with_suffix('.safetensors')}; run `m2kt-teacher extract`")
     t = load_file(str(path.with_suffix(".safetensors")))
     meta = json.loads(path.with_suffix(".json").read_text())
     concepts = tuple(
@@ -209,15 +211,15 @@ def build(
 ) -> BuiltPacket:
     """Build and sign one packet with ``anchors`` anchors (the data budget) and ``probes`` probes."""
     if anchors < 1 or probes < 1:
-        raise InvalidRequest("--anchors and --probes must be at least 1")
+        raise LocalInputError("--anchors and --probes must be at least 1")
     model, tokenizer, family, run = load(model_dir)
     pool = splits(family, int(run["seed"]), run["sizes"])["pool"]
     if anchors + probes > len(pool):
-        raise InvalidRequest(f"anchors + probes must be at most {len(pool)}")
+        raise LocalInputError(f"anchors + probes must be at most {len(pool)}")
     if topics:
         chosen = tuple(c.key for c in extraction.concepts if c.topic in set(topics))
         if not chosen:
-            raise InvalidRequest(f"no concept has a topic in {list(topics)}")
+            raise LocalInputError(f"no concept has a topic in {list(topics)}")
         spec = PacketSpec(**{**spec.__dict__, "concept_keys": chosen})
     key = keys.load_private(key_path)
     return build_teacher_packet(
@@ -246,7 +248,7 @@ def packet_files(envelope: Path) -> tuple[bytes, bytes]:
     try:
         return envelope.read_bytes(), payload.read_bytes()
     except OSError as exc:
-        raise InvalidRequest(f"cannot read packet files: {exc.strerror}: {exc.filename}") from exc
+        raise LocalInputError(f"cannot read packet files: {exc.strerror}: {exc.filename}") from exc
 
 
 def publish(envelope: Path, broker_url: str, token: str) -> PublishResult:
@@ -281,7 +283,7 @@ def publish_topics(
     """
     record_path = out_dir / PUBLISHED_FILE
     record: dict[str, str] = json.loads(record_path.read_text()) if record_path.exists() else {}
-    digest = json.loads((model_dir / "m2kt_model.json").read_text())["weights_sha256"]
+    digest = json.loads((model_dir / MODEL_META_FILE).read_text())["weights_sha256"]
     done = []
     for topic in sorted({c.topic for c in extraction.concepts}):
         slot = f"{digest}:{extraction.method}:{anchors}:{topic}"
@@ -299,9 +301,7 @@ def publish_topics(
             logger.info("deleted %s: its publish failed", envelope.name)
             raise
         record[slot] = published.id
-        tmp = record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(record_path)
+        atomic_write_text(record_path, json.dumps(record, indent=1))
         done.append((topic, published.id, True))
     return done
 

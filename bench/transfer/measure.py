@@ -24,7 +24,7 @@ from m2kt.ml.metrics import concept_logits
 from m2kt.packet import open_packet
 from student_agent.audit import AuditConfig, audit
 from student_agent.baselines import fit_readout, fit_translation
-from student_agent.cal.fit import FitConfig, FitResult, fit_cal, slot_mask
+from student_agent.cal.fit import FitConfig, FittedCAL, fit_cal, slot_mask
 from student_agent.evaluate import kd_equal_data, kd_features, scores
 from student_agent.features import Observation, observe
 from student_agent.knowledge import Knowledge
@@ -135,7 +135,7 @@ class _Honest:
 
     kn: Knowledge
     a_obs: Observation
-    fitted: FitResult
+    fitted: FittedCAL
 
 
 def _acc(logits: Tensor, truth: Tensor) -> list[float]:
@@ -233,7 +233,15 @@ def _safety(
             fitted = fit_cal(kn, a_obs, s.unlabelled, FitConfig(seed=seed))
         words = kn.views.words if kn.views is not None else None
         probes = observe(s.student.model, s.student.tokenizer, kn.probe_texts, words)
-        decision = audit(fitted.reader, kn, probes, s.eval_obs, s.eval_obs, s.eval_obs, AuditConfig())
+        decision = audit(
+            fitted.reader,
+            kn,
+            probes=probes,
+            held=s.eval_obs,
+            base_before=s.eval_obs,
+            base_after=s.eval_obs,
+            config=AuditConfig(),
+        )
         flagged = {f["concept"] for f in decision.findings}
         found["poisoned"] += len(bad)
         found["detected"] += len(flagged & set(bad))

@@ -6,11 +6,10 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 
 from broker.deps import AdminDep, AnyAgentDep, SessionsDep, TeacherDep
-from broker.repositories import agents as agents_repo
 from broker.schemas import AgentCreated, AgentIn, AgentOut, HeadStored, KeyIn, KeyOut, TokenOut, TokenRevoked
 from broker.services import agents as agents_service
 from broker.services import heads as heads_service
-from m2kt.errors import Forbidden, NotFound
+from m2kt.errors import Forbidden
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -25,12 +24,7 @@ def create_agent(body: AgentIn, _: AdminDep, sessions: SessionsDep) -> AgentCrea
 
 @router.get("/{name}")
 def get_agent(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> AgentOut:
-    with sessions.reader() as session:
-        agent = agents_repo.get_by_name(session=session, name=name)
-        if agent is None:
-            raise NotFound(f"no agent named {name!r}")
-        keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
-        return AgentOut(name=agent.name, role=agent.role, keys=keys)
+    return agents_service.get_agent(sessions=sessions, name=name)
 
 
 @router.post("/{name}/keys", status_code=201)

@@ -4,7 +4,6 @@ from fastapi import APIRouter
 
 from broker.api import params
 from broker.deps import AnyAgentDep, SessionsDep
-from broker.repositories import log as log_repo
 from broker.schemas import LogEntryOut, LogPage
 from broker.services import eventlog
 from m2kt.constants import PAGE_LIMIT_MAX
@@ -16,7 +15,5 @@ router = APIRouter(prefix="/log", tags=["log"])
 def get_log(
     _: AnyAgentDep, sessions: SessionsDep, after: params.After = 0, limit: params.Limit = params.DEFAULT_LIMIT
 ) -> LogPage:
-    with sessions.reader() as session:
-        rows = log_repo.page(session=session, after=after, limit=min(limit, PAGE_LIMIT_MAX))
-    items = [LogEntryOut(**eventlog.as_dict(e)) for e in rows]
+    items = [LogEntryOut(**e) for e in eventlog.page(sessions=sessions, after=after, limit=min(limit, PAGE_LIMIT_MAX))]
     return LogPage(items=items, next_after=items[-1].index if items else after)

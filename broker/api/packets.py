@@ -81,6 +81,7 @@ async def publish(
                 trusted=publisher.keys,
                 envelope=upload.envelope,
                 payload=upload.payload,
+                broadcaster=broadcaster,
                 window=timedelta(seconds=settings.created_at_window_seconds),
             )
         finally:
@@ -91,7 +92,6 @@ async def publish(
     metrics.publish_seconds.observe(time.perf_counter() - started)
     if outcome.created:
         metrics.packets_published.inc()
-        broadcaster.notify(outcome.topics)  # only the streams of its topics can have something new
     body = Published(id=outcome.id, seq=outcome.seq, topics=outcome.topics, created=outcome.created)
     return JSONResponse(body.model_dump(), status_code=201 if outcome.created else 200)
 
@@ -161,15 +161,15 @@ def get_provenance(packet_id: params.PacketIdPath, _: AnyAgentDep, sessions: Ses
 def quarantine(
     packet_id: params.PacketIdPath, body: QuarantineIn, _: AdminDep, sessions: SessionsDep, broadcaster: BroadcasterDep
 ) -> QuarantineOut:
-    out = packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=body.reason)
-    broadcaster.notify()  # a spurious wake-up costs one read; a missed one leaves a live view stale
-    return out
+    return packets_service.set_quarantine(
+        sessions=sessions, broadcaster=broadcaster, packet_id=params.packet_id(packet_id), reason=body.reason
+    )
 
 
 @router.delete("/{packet_id}/quarantine")
 def lift_quarantine(
     packet_id: params.PacketIdPath, _: AdminDep, sessions: SessionsDep, broadcaster: BroadcasterDep
 ) -> QuarantineOut:
-    out = packets_service.set_quarantine(sessions=sessions, packet_id=params.packet_id(packet_id), reason=None)
-    broadcaster.notify()
-    return out
+    return packets_service.set_quarantine(
+        sessions=sessions, broadcaster=broadcaster, packet_id=params.packet_id(packet_id), reason=None
+    )

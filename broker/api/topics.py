@@ -15,9 +15,8 @@ from broker.db import Sessions
 from broker.deps import AnyAgentDep, BroadcasterDep, Caller, MetricsDep, SessionsDep, SettingsDep, StreamSlotsDep
 from broker.events import Broadcaster, SlotStreamingResponse
 from broker.metrics import Metrics
-from broker.repositories import packets as packets_repo
-from broker.schemas import PacketPage, PacketSummary, TopicOut
-from broker.services.packets import summary
+from broker.schemas import PacketPage, TopicOut
+from broker.services import topics as topics_service
 from m2kt.constants import PAGE_LIMIT_MAX
 from m2kt.errors import InvalidRequest, TooManyRequests
 
@@ -28,21 +27,7 @@ _SEQ = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also accep
 
 @router.get("")
 def list_topics(caller: AnyAgentDep, sessions: SessionsDep) -> list[TopicOut]:
-    with sessions.reader() as session:
-        stats = packets_repo.topic_stats(session=session, include_quarantined=caller.sees_quarantined)
-    return [TopicOut(topic=t, packets=n, last_seq=s) for t, n, s in stats]
-
-
-def _page(sessions: Sessions, topic: str, after: int, limit: int, caller: Caller) -> list[PacketSummary]:
-    with sessions.reader() as session:
-        rows = packets_repo.topic_page(
-            session=session,
-            topic=topic,
-            after=after,
-            limit=limit,
-            include_quarantined=caller.sees_quarantined,
-        )
-        return [summary(p) for p in rows]
+    return topics_service.list_topics(sessions=sessions, include_quarantined=caller.sees_quarantined)
 
 
 @router.get("/{topic}/packets")
@@ -53,19 +38,22 @@ def topic_packets(
     after: params.After = 0,
     limit: params.Limit = params.DEFAULT_LIMIT,
 ) -> PacketPage:
-    items = _page(sessions, params.topic(topic), after, min(limit, PAGE_LIMIT_MAX), caller)
+    items = topics_service.page(
+        sessions=sessions,
+        topic=params.topic(topic),
+        after=after,
+        limit=min(limit, PAGE_LIMIT_MAX),
+        include_quarantined=caller.sees_quarantined,
+    )
     return PacketPage(items=items, next_after=items[-1].seq if items else after)
 
 
 def _frames(sessions: Sessions, topic: str, after: int, caller: Caller) -> list[tuple[int, str]]:
     """The SSE frames of the next page, encoded once for every stream that shares the read."""
-    return [(item.seq, f"id: {item.seq}\nevent: packet\ndata: {json.dumps(item.model_dump())}\n\n")
-            for item in _page(sessions, topic, after, PAGE_LIMIT_MAX, caller)]  # fmt: skip
-
-
-def _current_seq(sessions: Sessions) -> int:
-    with sessions.reader() as session:
-        return packets_repo.max_seq(session=session)
+    items = topics_service.page(
+        sessions=sessions, topic=topic, after=after, limit=PAGE_LIMIT_MAX, include_quarantined=caller.sees_quarantined
+    )
+    return [(item.seq, f"id: {item.seq}\nevent: packet\ndata: {json.dumps(item.model_dump())}\n\n") for item in items]
 
 
 async def _stream(
@@ -128,7 +116,7 @@ async def topic_events(
     release = functools.partial(slots.release, holder)
     try:
         if cursor is None:
-            cursor = await run_in_threadpool(_current_seq, sessions)
+            cursor = await run_in_threadpool(functools.partial(topics_service.current_seq, sessions=sessions))
     except BaseException:
         release()
         raise

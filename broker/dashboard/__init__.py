@@ -43,9 +43,9 @@ from broker.deps import (
 )
 from broker.events import SlotStreamingResponse
 from broker.repositories import dashboard as queries
-from broker.repositories import packets as packets_repo
 from broker.services import dashboard_sessions, eventlog
 from broker.services import packets as packets_service
+from broker.services import topics as topics_service
 from m2kt.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from m2kt.payload import read_header
 from m2kt.text import count, when
@@ -67,8 +67,11 @@ templates.env.filters["count"] = count  # "1 student", "2 students"
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
-class SignIn(Exception):
-    """No valid session: send the browser to the sign-in page."""
+class SignIn(Unauthorized):
+    """No valid session: send the browser to the sign-in page (its own handler, before the problem one)."""
+
+    def __init__(self) -> None:
+        super().__init__("no dashboard session")
 
 
 class SignInThrottle:
@@ -189,9 +192,14 @@ def login(
     response = RedirectResponse("/dashboard", status_code=303)
     secure = request.url.scheme == "https"
     response.set_cookie(
-        COOKIE, opened.cookie, max_age=int(ttl.total_seconds()), httponly=True, samesite="strict",
-        path="/dashboard", secure=secure,
-    )  # fmt: skip
+        COOKIE,
+        opened.cookie,
+        max_age=int(ttl.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        path="/dashboard",
+        secure=secure,
+    )
     return response
 
 
@@ -293,8 +301,7 @@ async def events(
 
 
 def _max_seq(sessions: Any) -> int:
-    with sessions.reader() as session:
-        return packets_repo.max_seq(session=session)
+    return topics_service.current_seq(sessions=sessions)
 
 
 @router.get("/packets/{packet_id}", response_class=HTMLResponse)
@@ -343,8 +350,15 @@ def provenance_page(request: Request, packet_id: str, page: PageSessionDep, sess
         chain_ok = True
     except eventlog.ChainBroken as exc:
         chain, chain_ok = f"BROKEN: {exc}", False
-    context = {"who": _who(caller), "csrf": page.csrf, "prov": prov, "entries": entries, "mine": set(indexes),
-               "chain": chain, "chain_ok": chain_ok}  # fmt: skip
+    context = {
+        "who": _who(caller),
+        "csrf": page.csrf,
+        "prov": prov,
+        "entries": entries,
+        "mine": set(indexes),
+        "chain": chain,
+        "chain_ok": chain_ok,
+    }
     return templates.TemplateResponse(request, "provenance.html", context)
 
 
@@ -361,9 +375,8 @@ def quarantine(
         raise Forbidden("only the admin quarantines or lifts")
     text = reason.strip() or "quarantined from the dashboard"
     packets_service.set_quarantine(
-        sessions=sessions, packet_id=packet_id, reason=text if action == "quarantine" else None
+        sessions=sessions, broadcaster=broadcaster, packet_id=packet_id, reason=text if action == "quarantine" else None
     )
-    broadcaster.notify()
     return RedirectResponse(f"/dashboard/packets/{packet_id}", status_code=303)
 
 
@@ -404,8 +417,10 @@ def _transfer_bars(bodies: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
         value = json.loads(body).get("metrics", {}).get("mean_agreement")
         if isinstance(value, int | float):
             acc[(student, teacher)].append(float(value))
-    return [{"student": s, "teacher": t, "agreement": sum(v) / len(v), "reports": len(v)}
-            for (s, t), v in sorted(acc.items())]  # fmt: skip
+    return [
+        {"student": s, "teacher": t, "agreement": sum(v) / len(v), "reports": len(v)}
+        for (s, t), v in sorted(acc.items())
+    ]
 
 
 def install(app: FastAPI) -> None:

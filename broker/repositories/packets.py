@@ -109,8 +109,9 @@ def insert_published(
     """
     new_packets = insert(_PACKETS).values(packets)
     new_topics = insert(_TOPICS).values(topics)
-    new_entries = insert(_LOG).values([{"log_index": e["index"], **{k: v for k, v in e.items() if k != "index"}}
-                                       for e in entries])  # fmt: skip
+    new_entries = insert(_LOG).values(
+        [{"log_index": e["index"], **{k: v for k, v in e.items() if k != "index"}} for e in entries]
+    )
     last_seq, last_index, last_hash = head
     moved = update(_HEAD).where(_HEAD.c.id == 1).values(last_seq=last_seq, last_index=last_index, last_hash=last_hash)
     if conn.dialect.name != "postgresql":

@@ -1,4 +1,4 @@
-"""Agent registration and key changes; each is a log entry."""
+"""Agent registration and key changes (each is a log entry), and the registry entry as agents read it."""
 
 import logging
 import re
@@ -12,6 +12,7 @@ from broker.db import Sessions
 from broker.models import Agent, Head, Key
 from broker.repositories import agents as agents_repo
 from broker.repositories import log as log_repo
+from broker.schemas import AgentOut, KeyOut
 from broker.services import eventlog
 from m2kt import keys
 from m2kt.errors import Conflict, InvalidRequest, NotFound
@@ -144,6 +145,14 @@ def revoke_token(*, sessions: Sessions, name: str) -> None:
     with sessions.writer() as session, session.begin():
         _agent(session, name).token_hash = auth.hash_token(auth.new_token())
     logger.info("agent token revoked", extra={"agent": name})
+
+
+def get_agent(*, sessions: Sessions, name: str) -> AgentOut:
+    """An agent's registry entry: its role and its keys, revoked ones included (students learn revocations here)."""
+    with sessions.reader() as session:
+        agent = _agent(session, name)
+        keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
+        return AgentOut(name=agent.name, role=agent.role, keys=keys)
 
 
 def _agent(session: Session, name: str) -> Agent:

@@ -13,16 +13,21 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from broker.clock import rfc3339
+from broker.db import Sessions
 from broker.models import Head, LogEntry
 from broker.repositories import log as log_repo
+from m2kt.errors import M2KTError
 from m2kt.jsonutil import canonical
 
 GENESIS = "0" * 64
 ENTRY_FIELDS = ("index", "kind", "subject", "body_sha256", "prev_hash", "hash", "at")
 
 
-class ChainBroken(Exception):
-    """The log does not verify; the message names the first bad entry."""
+class ChainBroken(M2KTError):
+    """The log does not verify; the message names the first bad entry. The broker's fault, not the caller's."""
+
+    slug = "chain-broken"
+    status = 500
 
 
 def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
@@ -60,12 +65,19 @@ def next_entry(
 
 def append(*, session: Session, head: Head, kind: str, subject: str, body: dict[str, Any], at: datetime) -> LogEntry:
     """Append one entry after the locked head and move the head forward."""
-    fields = next_entry(last_index=head.last_index, last_hash=head.last_hash, kind=kind, subject=subject, body=body,
-                        at=at)  # fmt: skip
+    fields = next_entry(
+        last_index=head.last_index, last_hash=head.last_hash, kind=kind, subject=subject, body=body, at=at
+    )
     entry = LogEntry(**fields)
     log_repo.add(session=session, entry=entry)
     head.last_index, head.last_hash = entry.index, entry.hash
     return entry
+
+
+def page(*, sessions: Sessions, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` log entries after index ``after``, as `as_dict` gives them."""
+    with sessions.reader() as session:
+        return [as_dict(e) for e in log_repo.page(session=session, after=after, limit=limit)]
 
 
 def verify_chain(entries: list[dict[str, Any]], prev_hash: str = GENESIS, start: int = 1) -> str:

@@ -91,9 +91,12 @@ def submit_report(*, sessions: Sessions, student: Agent, packet_id: str, report:
             row = Report(packet_id=packet_id, student_id=student.id, verdict=report.verdict, body="", created_at=now)
             reports_repo.add(session=session, report=row)
             out = ReportOut(
-                id=row.id, packet=packet_id, student=student.name, created_at=clock.rfc3339(now),
+                id=row.id,
+                packet=packet_id,
+                student=student.name,
+                created_at=clock.rfc3339(now),
                 **report.model_dump(),
-            )  # fmt: skip
+            )
             body = out.model_dump(mode="json")
             row.body = canonical(body).decode("utf-8")
             eventlog.append(session=session, head=head, kind="report", subject=packet_id, body=body, at=now)
@@ -107,8 +110,13 @@ def list_reports(*, session: Session, packet_id: str) -> list[ReportOut]:
     return [_report_out(r) for r in reports_repo.for_packet(session=session, packet_id=packet_id)]
 
 
-def set_quarantine(*, sessions: Sessions, packet_id: str, reason: str | None) -> QuarantineOut:
-    """Quarantine (reason given) or lift (reason None); repeating the current state changes nothing."""
+def set_quarantine(
+    *, sessions: Sessions, broadcaster: events.Broadcaster, packet_id: str, reason: str | None
+) -> QuarantineOut:
+    """Quarantine (reason given) or lift (reason None); repeating the current state changes nothing.
+
+    Wakes this process's event streams once committed (other replicas hear the NOTIFY).
+    """
     target: Literal["published", "quarantined"] = "quarantined" if reason is not None else "published"
     with sessions.writer() as session, session.begin():
         head = log_repo.lock_head(session=session)
@@ -127,6 +135,7 @@ def set_quarantine(*, sessions: Sessions, packet_id: str, reason: str | None) ->
             kind = "packet.quarantine" if reason is not None else "packet.quarantine.lift"
             eventlog.append(session=session, head=head, kind=kind, subject=packet_id, body=body, at=now)
             events.announce(session, packet.seq)  # topic counts changed: live views refetch
+    broadcaster.notify()  # a spurious wake-up costs one read; a missed one leaves a live view stale
     return QuarantineOut(id=packet_id, status=target, reason=reason)
 
 

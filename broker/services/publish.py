@@ -111,6 +111,7 @@ def publish(
     trusted: dict[str, str],
     envelope: bytes,
     payload: SpooledBlob,
+    broadcaster: events.Broadcaster,
     window: timedelta = timedelta(days=1),
 ) -> PublishOutcome:
     """Check and store one packet; the same statement again answers `created=False`.
@@ -122,6 +123,7 @@ def publish(
     older than the caller's newest packet on any of its topics (422 `invalid-manifest`); an
     `expires` in the past is 422 `invalid-manifest` and a `version` not above the caller's
     highest on its topics is 409 `conflict`. The same statement again is still 200 `created=False`, whenever it comes.
+    A new packet wakes this process's event streams of its topics once committed.
 
     Raises:
         M2KTError subclasses: the first check that fails; nothing is stored then.
@@ -154,6 +156,7 @@ def publish(
         outcome = _group(sessions).commit(pending, lambda batch: _write(unit, batch))
     if outcome.created:
         logger.info("packet published", extra={"packet": opened.id, "seq": outcome.seq, "teacher": teacher.name})
+        broadcaster.notify(outcome.topics)  # only the streams of its topics can have something new
     return outcome
 
 

@@ -50,6 +50,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from m2kt.constants import MODEL_META_FILE
+from m2kt.errors import UnknownName
 from m2kt.ml.tasks.base import TaskFamily
 from m2kt.ml.tokenizer import build_tokenizer, load_tokenizer
 
@@ -71,7 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Readout = Literal["first", "last"]
-META_FILE = "m2kt_model.json"
+META_FILE = MODEL_META_FILE
 HEADS_FILE = "heads.safetensors"
 FORMAT_VERSION = 1
 
@@ -164,7 +166,7 @@ def _arch(name: str) -> ArchSpec:
     try:
         return _ARCHS[name]
     except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; known: {sorted(_ARCHS)}") from None
+        raise UnknownName(f"unknown architecture {name!r}; known: {sorted(_ARCHS)}") from None
 
 
 def available_archs() -> list[str]:

@@ -19,6 +19,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from m2kt.errors import LocalInputError
+
 __all__ = ["SPECIAL_TOKENS", "Encoded", "build_tokenizer", "encode", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer written by ``save_pretrained`` from a local directory (no hub access)."""
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not isinstance(tok, PreTrainedTokenizerFast):
-        raise TypeError(f"{path} holds a {type(tok).__name__}, not a fast tokenizer")
+        raise LocalInputError(f"{path} holds a {type(tok).__name__}, not a fast tokenizer")
     return tok
 
 

@@ -14,7 +14,6 @@ version leaves every byte of the store as it was: that is the rollback.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,18 +22,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from m2kt.fsutil import atomic_path, atomic_write_bytes
+
 __all__ = ["CheckpointStore"]
 
 POINTER, INDEX, READERS = "current", "index.json", "readers"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointStore:
@@ -63,14 +55,13 @@ class CheckpointStore:
         reader = self.reader_path(packet_id)
         if reader.exists():
             raise ValueError(f"packet {packet_id} already has a reader; discard its staged version first")
-        tmp = reader.with_name(reader.name + ".tmp")
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, reader)
+        with atomic_path(reader) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
         version = max(self.versions(), default=0) + 1
         entries = [e for e in self.index()["entries"] if e["packet_id"] != packet_id] + [dict(entry)]
         folder = self._folder(version)
         folder.mkdir()
-        _write_atomic(folder / INDEX, json.dumps({"version": version, "entries": entries}, indent=1).encode())
+        atomic_write_bytes(folder / INDEX, json.dumps({"version": version, "entries": entries}, indent=1).encode())
         return version
 
     def activate(self, version: int | None) -> None:
@@ -80,7 +71,7 @@ class CheckpointStore:
             return
         if version not in self.versions():
             raise ValueError(f"no CAL checkpoint v{version:04d}")
-        _write_atomic(self.root / POINTER, str(version).encode())
+        atomic_write_bytes(self.root / POINTER, str(version).encode())
 
     def discard(self, version: int) -> None:
         """Remove a staged version that never became current, with the reader only it introduced."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +41,7 @@ from student_agent.cal.losses import composite, geometric_loss, reasoning_loss, 
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge
 
-__all__ = ["FitConfig", "FitResult", "ConceptReader", "fit_cal"]
+__all__ = ["ConceptReader", "FitConfig", "FittedCAL", "fit_cal"]
 
 TERMS = ("geo", "struct", "reason", "safety")
 
@@ -274,7 +273,9 @@ def slot_mask(x: Tensor) -> Tensor:
 
 
 @dataclass
-class FitResult:
+class FittedCAL:
+    """What `fit_cal` made: the fitted reader (CAL + read-outs), how long it took, the last loss terms."""
+
     reader: ConceptReader
     seconds: float
     losses: dict[str, float] = field(default_factory=dict)  # last step's terms, unweighted
@@ -311,7 +312,7 @@ def fit_cal(
     config: FitConfig | None = None,
     *,
     extra_unsafe: Tensor | None = None,
-) -> FitResult:
+) -> FittedCAL:
     """Fit a CAL for one packet. ``anchors``: the student on the packet's anchor texts.
 
     ``unlabelled``: the student on its own inputs (its own answers, no labels of any kind).
@@ -338,7 +339,7 @@ def fit_cal(
         losses = _fit_views(reader, kn, anchors, unlabelled, unsafe, config)
         reader.eval()
         reader.requires_grad_(False)
-        return FitResult(reader, time.perf_counter() - start, losses)
+        return FittedCAL(reader, time.perf_counter() - start, losses)
     reader.student_norm = _Standardize(torch.cat([unlabelled.flat, anchors.flat]))
     t_flat = kn.anchor_states.flatten(1)  # [m, L_T*d_T]
     reader.teacher_norm = _Standardize(t_flat)
@@ -352,7 +353,7 @@ def fit_cal(
         losses = _fit_to_student(reader, kn, anchors, labels, config)
     reader.eval()
     reader.requires_grad_(False)
-    return FitResult(reader, time.perf_counter() - start, losses)
+    return FittedCAL(reader, time.perf_counter() - start, losses)
 
 
 def _optimise(params: list[nn.Parameter], config: FitConfig, loss_fn: Any) -> dict[str, float]:
@@ -563,7 +564,3 @@ def _fit_to_student(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     return losses
-
-
-def state_of(reader: ConceptReader) -> Mapping[str, Tensor]:
-    return {k: v.detach().contiguous() for k, v in reader.state_dict().items()}

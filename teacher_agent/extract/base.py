@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from m2kt.errors import UnknownName
 from m2kt.ml.hidden import collect_hidden
 from m2kt.ml.metrics import balanced_accuracy, concept_logits
 from m2kt.ml.models import TaskModel
@@ -227,7 +228,7 @@ def get_extractor(name: str, **options: Any) -> Extractor:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown extractor {name!r}; known: {sorted(_REGISTRY)}") from None
+        raise UnknownName(f"unknown extractor {name!r}; known: {sorted(_REGISTRY)}") from None
     return factory(**options)
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +28,13 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from m2kt.constants import TOPIC_MAX_LEN, TOPIC_PATTERN
+from m2kt.errors import UnknownName, WrongKind
+from m2kt.manifest import is_topic
 from m2kt.ml.seed import numpy_rng
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "TOPIC_RE",
     "ConceptDef",
     "ConceptSpec",
     "StepSpec",
@@ -49,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "m2kt.tasks"
-TOPIC_RE = re.compile(r"^[a-z0-9]+(\.[a-z0-9_-]+)*$")
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -80,8 +81,10 @@ class ConceptSpec:
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("ConceptSpec.key must be non-empty")
-        if not TOPIC_RE.match(self.topic) or len(self.topic) > 128:
-            raise ValueError(f"ConceptSpec.topic {self.topic!r} does not match {TOPIC_RE.pattern}")
+        if not is_topic(self.topic):
+            raise ValueError(
+                f"ConceptSpec.topic {self.topic!r} does not match {TOPIC_PATTERN} (at most {TOPIC_MAX_LEN} characters)"
+            )
 
 
 @dataclass(frozen=True)
@@ -308,7 +311,7 @@ def _resolve(name: str) -> TaskFactory:
         loaded: TaskFactory = _import_object(name)
         return loaded
     known = sorted(set(_REGISTRY) | set(eps))
-    raise KeyError(f"unknown task family {name!r}; known: {known}")
+    raise UnknownName(f"unknown task family {name!r}; known: {known}")
 
 
 def get_task(name: str, **params: Any) -> TaskFamily:
@@ -320,12 +323,20 @@ def get_task(name: str, **params: Any) -> TaskFamily:
         **params: Constructor arguments of the family (e.g. ``p=31``).
 
     Raises:
-        KeyError: if the name is unknown.
-        TypeError: if the resolved object does not build a :class:`TaskFamily`.
+        UnknownName: (a KeyError) if the name is unknown.
+        WrongKind: (a TypeError) if the resolved object does not take ``params`` or does not
+            build a :class:`TaskFamily`.
     """
-    family = _resolve(name)(**params)
+    factory = _resolve(name)
+    try:
+        inspect.signature(factory).bind(**params)
+    except TypeError as exc:
+        raise WrongKind(f"task family {name!r} does not take {sorted(params)}: {exc}") from None
+    except ValueError:  # no signature to check (some builtins): the call below decides
+        pass
+    family = factory(**params)
     if not isinstance(family, TaskFamily):
-        raise TypeError(f"{name!r} built a {type(family).__name__}, not a TaskFamily")
+        raise WrongKind(f"{name!r} built a {type(family).__name__}, not a TaskFamily")
     return family
 
 
