@@ -35,6 +35,7 @@ def aggregate(setup_info: dict[str, Any], runs: list[dict[str, Any]]) -> dict[st
         "teacher": _mean(setup_info["teacher_score"]),
         "oracle": _mean(setup_info["oracle_score"]),
         "seeds": [r["seed"] for r in runs],
+        "task_accuracy": setup_info.get("task_accuracy", {}),  # the models' held-out answer accuracy
     }
     std: dict[str, Any] = {}
     for method in METHODS:

@@ -94,6 +94,7 @@ def main(
             "keys": [c.key for c in setup.extractions["probing"].concepts],
             "groups": setup.groups,
             "seconds": setup.seconds,
+            "task_accuracy": setup.task_accuracy,
             "ablation_m": profile.ablation_m,
         }
         agg = aggregate(info, runs)

@@ -37,6 +37,8 @@ def test_quick_json_has_the_published_shape(quick):
     assert family == "digitsum"
     for key in ("teacher", "oracle"):
         assert 0.0 <= r[key] <= 1.0
+    (pair,) = result["pairs"][family].values()
+    assert set(pair["task_accuracy"]) == {"teacher", "student"}  # each model's held-out answer accuracy
     for key in ("m2kt", "kd_equal", "procrustes", "n_match"):
         assert set(r[key]) == {"64", "256"}, key
     assert all(isinstance(v, int) or v is None for v in r["n_match"].values())
