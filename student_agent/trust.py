@@ -13,6 +13,8 @@ beside its CAL store, one JSON file (``trust.json``, replaced atomically) with:
 - the **highest version** seen per (teacher, topic), with the packet that carried it.
 - the **payload digests** of statements already verified, so a payload served under another
   packet's statement is recognised as mix-and-match rather than as noise.
+- the **CALs removed** because the key that signed their packet was revoked, and whether the
+  broker has the report of each removal yet (an unsent one is sent on the next sync).
 - the **last head** of each teacher that signs one (`m2kt.head`, TUF's timestamp role): an
   older head is a rollback, a head past its expiry makes the teacher stale (nothing of it is
   accepted until a fresh head comes, and a broker that stops serving heads runs into that), and
@@ -90,6 +92,7 @@ class TrustState:
     versions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # teacher -> topic -> seen
     subjects: dict[str, str] = field(default_factory=dict)  # payload sha256 -> packet id
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # teacher -> last head (version, expires, topics)
+    removed: dict[str, dict[str, Any]] = field(default_factory=dict)  # packet id -> teacher, keyid, reported
 
     @classmethod
     def load(cls, path: Path) -> TrustState:
@@ -97,13 +100,14 @@ class TrustState:
         if not path.exists():
             return cls(path)
         data = json.loads(path.read_text())
-        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}))
+        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}),
+                   data.get("removed", {}))  # fmt: skip
 
     def save(self) -> None:
         if self.path is None:
             return
         body = {"pinned": self.pinned, "revoked": self.revoked, "versions": self.versions,
-                "subjects": self.subjects, "heads": self.heads}  # fmt: skip
+                "subjects": self.subjects, "heads": self.heads, "removed": self.removed}  # fmt: skip
         write_json_atomic(self.path, body)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -120,21 +124,8 @@ class TrustState:
         """
         if agent.get("role") != "teacher":
             raise Rejection("untrusted-key", f"publisher {teacher!r} is not a teacher")
-        listed: dict[str, str] = {}
+        listed = self.learn_revoked(teacher, agent)
         changed = False
-        for entry in agent.get("keys", []):
-            try:
-                keyid, public = str(entry["keyid"]), str(entry["public_key"])
-                matches = keys.keyid(keys.public_from_b64(public)) == keyid
-            except (M2KTError, KeyError, TypeError, ValueError) as exc:  # a registry answer we cannot read
-                raise Rejection("untrusted-key", f"the registry entry of {teacher!r} is malformed: {exc}") from None
-            if not matches:
-                raise Rejection("untrusted-key", f"registry keyid {keyid} does not match its public key")
-            if entry.get("revoked") and keyid not in self.revoked:
-                self.revoked[keyid] = teacher
-                changed = True
-                logger.warning("teacher %s: key %s is revoked; it is never trusted again", teacher, keyid[:12])
-            listed[keyid] = public
         pins = self.pinned.setdefault(teacher, {})
         fresh = {k: v for k, v in listed.items() if k not in pins and k not in self.revoked}
         if trust_list:
@@ -160,6 +151,34 @@ class TrustState:
             why = "none of its keys is on this student's trust list" if trust_list else "it has no valid pinned key"
             raise Rejection("untrusted-key", f"teacher {teacher!r}: {why}")
         return found
+
+    def learn_revoked(self, teacher: str, agent: Mapping[str, Any]) -> dict[str, str]:
+        """Remember (for good, saved at once) every key the registry entry ``agent`` lists as revoked.
+
+        Returns:
+            keyid -> public key (b64) of every key the entry lists.
+
+        Raises:
+            Rejection: ``untrusted-key`` when the entry is malformed or a keyid does not match its key.
+        """
+        listed: dict[str, str] = {}
+        changed = False
+        for entry in agent.get("keys", []):
+            try:
+                keyid, public = str(entry["keyid"]), str(entry["public_key"])
+                matches = keys.keyid(keys.public_from_b64(public)) == keyid
+            except (M2KTError, KeyError, TypeError, ValueError) as exc:  # a registry answer we cannot read
+                raise Rejection("untrusted-key", f"the registry entry of {teacher!r} is malformed: {exc}") from None
+            if not matches:
+                raise Rejection("untrusted-key", f"registry keyid {keyid} does not match its public key")
+            if entry.get("revoked") and keyid not in self.revoked:
+                self.revoked[keyid] = teacher
+                changed = True
+                logger.warning("teacher %s: key %s is revoked; it is never trusted again", teacher, keyid[:12])
+            listed[keyid] = public
+        if changed:
+            self.save()
+        return listed
 
     def explain_unknown_key(self, envelope: bytes, detail: str) -> Rejection:
         """An envelope no trusted key verifies: ``revoked-key`` when it names a key seen revoked."""

@@ -22,7 +22,7 @@ from m2kt.packet import OpenedPacket, open_packet
 from student_agent.knowledge import Knowledge, PacketContentError
 from student_agent.trust import Rejection, TrustState
 
-__all__ = ["Rejection", "Verified", "check_task", "fetch_and_verify"]
+__all__ = ["Rejection", "Verified", "check_task", "fetch_and_verify", "head_of"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _open(envelope: bytes, payload: bytes, trusted: dict[str, Ed25519PublicKey],
         raise Rejection(exc.slug, exc.detail) from None
 
 
-def _head_of(client: BrokerClient, teacher: str) -> bytes | None:
+def head_of(client: BrokerClient, teacher: str) -> bytes | None:
     try:
         return client.get_head(teacher)
     except NotFound:
@@ -64,7 +64,7 @@ def fetch_and_verify(
     trust = trust if trust is not None else TrustState(None)
     packet_id, teacher = str(summary["id"]), str(summary["teacher"])
     trusted = trust.keys_for(teacher, client.get_agent(teacher), trust_list)
-    trust.update_head(teacher, _head_of(client, teacher), trusted)
+    trust.update_head(teacher, head_of(client, teacher), trusted)
     envelope, payload = client.get_envelope(packet_id), client.get_payload(packet_id)
     opened = _open(envelope, payload, trusted, trust)
     trust.check(opened, summary)
