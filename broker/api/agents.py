@@ -5,11 +5,24 @@ from typing import Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 
-from broker.deps import AdminDep, AnyAgentDep, SessionsDep, TeacherDep
+from broker.deps import AdminDep, AnyAgentDep, SessionsDep, StudentDep, TeacherDep
 from broker.repositories import agents as agents_repo
-from broker.schemas import AgentCreated, AgentIn, AgentOut, HeadStored, KeyIn, KeyOut, TokenOut, TokenRevoked
+from broker.schemas import (
+    AgentCreated,
+    AgentIn,
+    AgentOut,
+    HeadStored,
+    KeyIn,
+    KeyOut,
+    TeacherTrustOut,
+    TokenOut,
+    TokenRevoked,
+    TrustReportIn,
+    TrustReportOut,
+)
 from broker.services import agents as agents_service
 from broker.services import heads as heads_service
+from broker.services import trust as trust_service
 from m2kt.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -79,3 +92,36 @@ def get_head(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> Respons
     """The teacher's newest signed head, byte for byte as stored; 404 when it never put one."""
     envelope = heads_service.get_head(sessions=sessions, name=name)
     return Response(envelope, media_type="application/vnd.dsse.envelope.v1+json")
+
+
+@router.post(
+    "/{name}/trust-reports",
+    status_code=201,
+    response_model=TrustReportOut,
+    responses={200: {"model": TrustReportOut, "description": "the same report was logged before"}},
+)
+def submit_trust_report(
+    body: TrustReportIn, caller: StudentDep, sessions: SessionsDep, name: str = Name
+) -> JSONResponse:
+    """A student's report of what it refused or removed of teacher ``name`` (rollback, withheld, revoked-key...).
+
+    Logged in the event log; the same report again answers 200 and logs nothing.
+    """
+    assert caller.agent is not None
+    out, created = trust_service.submit_trust_report(sessions=sessions, student=caller.agent, teacher=name,
+                                                     report=body)  # fmt: skip
+    return JSONResponse(out.model_dump(), status_code=201 if created else 200)
+
+
+@router.get("/{name}/trust-reports")
+def list_trust_reports(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> list[TrustReportOut]:
+    """The students' trust reports on teacher ``name``, oldest first (the newest 500)."""
+    with sessions.reader() as session:
+        return trust_service.list_trust_reports(session=session, teacher=name)
+
+
+@router.get("/{name}/trust")
+def teacher_trust(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> TeacherTrustOut:
+    """Teacher ``name``: its current head and expiry, versions per topic, keys, and students' trust reports."""
+    with sessions.reader() as session:
+        return trust_service.teacher_trust(session=session, name=name)
