@@ -121,7 +121,7 @@ def list_trust_reports(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) 
 
 
 @router.get("/{name}/trust")
-def teacher_trust(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> TeacherTrustOut:
+def teacher_trust(caller: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> TeacherTrustOut:
     """Teacher ``name``: its current head and expiry, versions per topic, keys, and students' trust reports."""
     with sessions.reader() as session:
-        return trust_service.teacher_trust(session=session, name=name)
+        return trust_service.teacher_trust(session=session, name=name, include_quarantined=caller.sees_quarantined)

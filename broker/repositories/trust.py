@@ -27,8 +27,10 @@ def trust_reports(*, session: Session, teacher: str, limit: int) -> list[LogEntr
     return list(reversed(list(session.scalars(stmt))))
 
 
-def versions_by_topic(*, session: Session, teacher_id: int) -> list[tuple[str, int, int | None]]:
-    """(topic, packets, highest version) of one teacher's packets, quarantined ones included."""
+def versions_by_topic(
+    *, session: Session, teacher_id: int, include_quarantined: bool
+) -> list[tuple[str, int, int | None]]:
+    """(topic, packets, highest version) of one teacher's packets."""
     stmt = (
         select(PacketTopic.topic, func.count(), func.max(Packet.version))
         .join(Packet, Packet.id == PacketTopic.packet_id)
@@ -36,6 +38,8 @@ def versions_by_topic(*, session: Session, teacher_id: int) -> list[tuple[str, i
         .group_by(PacketTopic.topic)
         .order_by(PacketTopic.topic)
     )
+    if not include_quarantined:
+        stmt = stmt.where(Packet.status == "published")
     return [(t, int(n), None if v is None else int(v)) for t, n, v in session.execute(stmt)]
 
 

@@ -93,8 +93,11 @@ def _stored_head(agent: Agent, envelope: str) -> Head | None:
         return None
 
 
-def teacher_trust(*, session: Session, name: str) -> TeacherTrustOut:
+def teacher_trust(*, session: Session, name: str, include_quarantined: bool) -> TeacherTrustOut:
     """Teacher ``name``'s current head and expiry, versions per topic, keys, and the students' trust reports.
+
+    Packets counted per topic leave out quarantined ones unless ``include_quarantined`` (students
+    never see those).
 
     Raises:
         NotFound: no such teacher.
@@ -103,7 +106,12 @@ def teacher_trust(*, session: Session, name: str) -> TeacherTrustOut:
     row = trust_repo.head_of(session=session, teacher_id=agent.id)
     head = None if row is None else _stored_head(agent, row.envelope)
     named = head.topics if head is not None else {}
-    stats = {t: (n, v) for t, n, v in trust_repo.versions_by_topic(session=session, teacher_id=agent.id)}
+    stats = {
+        t: (n, v)
+        for t, n, v in trust_repo.versions_by_topic(
+            session=session, teacher_id=agent.id, include_quarantined=include_quarantined
+        )
+    }
     topics = []
     for topic in sorted(set(stats) | set(named)):
         n, latest = stats.get(topic, (0, None))
