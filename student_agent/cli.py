@@ -142,7 +142,8 @@ def run(
 
     with connect() as client:
         agent = StudentAgent(student, client, settings.state_dir, trusted_keys=tuple(trust or settings.trusted_keys),
-                             unlabelled=settings.unlabelled, fit_config=fit_config)  # fmt: skip
+                             unlabelled=settings.unlabelled, fit_config=fit_config,
+                             revoked_after=settings.revoked_cutoff)  # fmt: skip
         try:
             agent.run(topics, connect, stop=stop, on_outcome=done)
         except KeyboardInterrupt:

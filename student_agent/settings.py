@@ -1,5 +1,6 @@
 """StudentSettings: the only place the student agent reads its environment (prefix M2KT_STUDENT_)."""
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,9 @@ class StudentSettings(BaseSettings):
     Lists come from the environment comma-separated (``M2KT_STUDENT_TOPICS=modarith.a,modarith.s1``).
     ``trusted_keys``: keyids the student accepts signatures from; empty means every
     non-revoked key the broker's registry lists for the packet's teacher.
+    ``revoked_after``: when a teacher's key is revoked, the CALs of packets it signed are removed:
+    ``all`` (the default), or only those whose signed ``created_at`` is at or after this RFC 3339
+    time (the moment the key is known to have been safe until).
     """
 
     model_config = SettingsConfigDict(env_prefix="M2KT_STUDENT_", extra="ignore")
@@ -26,6 +30,7 @@ class StudentSettings(BaseSettings):
     model_dir: Path | None = None
     topics: Annotated[list[str], NoDecode] = Field(default_factory=list)
     trusted_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    revoked_after: str = "all"
     unlabelled: int = 4000
     # The CAL and its loss (student_agent.cal.fit.FitConfig); a zero weight switches a term off.
     alpha: float = Field(default=1.0, ge=0)
@@ -41,6 +46,22 @@ class StudentSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("revoked_after")
+    @classmethod
+    def _cutoff(cls, value: str) -> str:
+        if value != "all":
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))  # ValueError: pydantic reports it
+            if when.tzinfo is None:
+                raise ValueError("revoked_after must be 'all' or an RFC 3339 time with its timezone")
+        return value
+
+    @property
+    def revoked_cutoff(self) -> datetime | None:
+        """``revoked_after`` as a time; None for ``all``."""
+        return (
+            None if self.revoked_after == "all" else datetime.fromisoformat(self.revoked_after.replace("Z", "+00:00"))
+        )
 
     @property
     def resolved_model_dir(self) -> Path:
