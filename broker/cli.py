@@ -1,4 +1,4 @@
-"""m2kt-broker: serve, migrate, agents create / rotate-token / revoke-token, keys revoke, teachers show."""
+"""m2kt-broker: serve, migrate, agents create / rotate-token / revoke-token, keys revoke / threshold, teachers show."""
 
 from pathlib import Path
 from typing import Annotated
@@ -136,6 +136,23 @@ def keys_revoke(
     err.print(f"revoked {keyid}")
 
 
+@keys_app.command("threshold")
+def keys_threshold(
+    name: Annotated[str, typer.Option(help="the teacher")],
+    k: Annotated[int, typer.Option(help="how many of its keys must sign each packet and head", min=1, max=16)],
+) -> None:
+    """Require k of a teacher's unrevoked keys on each packet and head it publishes (k-of-n)."""
+    settings = _settings()
+    engine = _admin_engine(settings)
+    try:
+        agents_service.set_threshold(sessions=Sessions(engine), name=name, threshold=k)
+    except M2KTError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    err.print(f"{name}: {k} of its keys must sign")
+
+
 @agents_app.command("rotate-token")
 def agents_rotate_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
     """Issue a new token for an agent and print it (shown once); the old token stops working at once."""
@@ -193,7 +210,7 @@ def teachers_show(
         topics.add_row(v.topic, str(v.packets), _or_dash(v.latest_version), _or_dash(v.head_version),
                        (v.head_packet or "-")[:16])  # fmt: skip
     out.print(topics)
-    keys_table = Table("keyid", "status", title="keys")
+    keys_table = Table("keyid", "status", title=f"keys ({t.threshold} must sign each packet and head)")
     for k in t.keys:
         keys_table.add_row(k.keyid, f"revoked {when(k.revoked_at)}" if k.revoked else "active")
     out.print(keys_table)

@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_THRESHOLD = 16  # k of a k-of-n teacher: more keys than anyone registers
+
 Verdict = Literal["accepted", "rolled_back", "rejected"]
 # What a student refused (or removed) of a teacher because of what it trusted before (student_agent.trust).
 TrustReason = Literal["rollback", "stale", "withheld", "revoked-key", "mix-and-match"]
@@ -70,6 +72,13 @@ class AgentOut(BaseModel):
     name: str
     role: str
     keys: list[KeyOut]
+    threshold: int | None = Field(
+        default=None, description="teachers only: how many of its keys must sign each packet and head"
+    )
+
+
+class ThresholdIn(_In):
+    threshold: int = Field(ge=1, le=MAX_THRESHOLD)
 
 
 class Published(BaseModel):
@@ -221,6 +230,7 @@ class TeacherTrustOut(BaseModel):
     """Per teacher: its head, its versions per topic, its keys and what students reported of it."""
 
     teacher: str
+    threshold: int = Field(description="how many of its keys must sign each packet and head")
     head: TeacherHeadOut | None
     topics: list[TopicVersions]
     keys: list[TrustKeyOut]

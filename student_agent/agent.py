@@ -105,11 +105,13 @@ class StudentAgent:
         fit_config: FitConfig | None = None,
         audit_config: AuditConfig | None = None,
         revoked_after: datetime | None = None,
+        min_signers: int = 1,
     ) -> None:
         """``revoked_after``: when a key is revoked, remove the CALs of packets it signed with a
-        ``created_at`` at or after this time; None (the default) removes all of them."""
+        ``created_at`` at or after this time; None (the default) removes all of them. ``min_signers``:
+        distinct trusted keys that must sign every packet and head, whatever threshold the registry lists."""
         self.student, self.client, self.state_dir = student, client, state_dir
-        self.trusted_keys, self.revoked_after = trusted_keys, revoked_after
+        self.trusted_keys, self.revoked_after, self.min_signers = trusted_keys, revoked_after, min_signers
         self.n_unlabelled = unlabelled
         self.fit_config, self.audit_config = fit_config or FitConfig(), audit_config or AuditConfig()
         self.state = StudentState.load(state_dir / STATE_FILE)
@@ -158,7 +160,7 @@ class StudentAgent:
     def _integrate(self, summary: dict[str, Any]) -> Outcome:
         packet_id = str(summary["id"])
         try:
-            verified = fetch_and_verify(self.client, summary, self.trusted_keys, self.trust)
+            verified = fetch_and_verify(self.client, summary, self.trusted_keys, self.trust, self.min_signers)
             check_task(verified.knowledge, self.student.model.task_spec)
         except Rejection as exc:
             if exc.reason in TRUST_REASONS:
@@ -239,7 +241,7 @@ class StudentAgent:
         for teacher in self._teachers():
             try:
                 trusted = self.trust.keys_for(teacher, self.client.get_agent(teacher), self.trusted_keys)
-                self.trust.update_head(teacher, head_of(self.client, teacher), trusted)
+                self.trust.update_head(teacher, head_of(self.client, teacher), trusted, minimum=self.min_signers)
             except Rejection as exc:
                 logger.warning("teacher %s: head refused: %s: %s", teacher, exc.reason, exc.detail)
                 if exc.reason in TRUST_REASONS:
@@ -371,8 +373,8 @@ class StudentAgent:
         (``Last-Event-ID``), and pages ``/packets?after=`` whenever the stream breaks before
         reconnecting; the main thread handles what they queue. Cursors advance only after a
         packet is handled, so a restart resumes where handling stopped. When nothing is queued,
-        the main thread syncs each topic every ``sync_seconds`` (`catch_up`): a stream shows
-        packets, not revocations or heads, and a withheld packet never comes down it.
+        the main thread syncs every ``sync_seconds`` (`_sync_following`): a stream shows packets,
+        not revocations or heads, and a withheld packet never comes down it.
         """
         for topic in topics:
             self.state.cursors.setdefault(topic, 0)
@@ -399,7 +401,7 @@ class StudentAgent:
                 except queue.Empty:
                     if time.monotonic() - last_sync >= sync_seconds:
                         last_sync = time.monotonic()
-                        self._sync_all(topics, refused, on_outcome)
+                        self._sync_following(topics, inbox, refused)
                     continue
                 outcome = self.handle(summary)
                 self.state.advance(topic, int(summary["seq"]))
@@ -412,22 +414,30 @@ class StudentAgent:
         if refused:
             raise refused[0]
 
-    def _sync_all(
-        self, topics: list[str], refused: list[M2KTError], on_outcome: Callable[[Outcome], None] | None
+    def _sync_following(
+        self, topics: list[str], inbox: queue.Queue[tuple[str, dict[str, Any]]], refused: list[M2KTError]
     ) -> None:
-        """`catch_up` every topic from the main thread; withholding, already logged, is not an outcome."""
-        for topic in topics:
-            try:
-                outcomes = self.catch_up(topic)
-            except (Unauthorized, Forbidden) as exc:
-                refused.append(exc)
-                return
-            except M2KTError as exc:
-                logger.warning("topic %s: sync failed: %s", topic, exc)
-                continue
-            for outcome in outcomes:
-                if on_outcome is not None and outcome.metrics.get("reason") != "withheld":
-                    on_outcome(outcome)
+        """What the streams do not show: revocations (and removals), heads, and packets the heads name.
+
+        Packets the page-through finds unhandled are queued like the readers' (the main loop
+        handles them in order, between its ``stop()`` checks); a topic whose page-through finds
+        nothing new is checked for withheld packets, as `catch_up` does.
+        """
+        try:
+            self.sync_revocations()
+            self.refresh_heads()
+            for topic in topics:
+                after = self.state.cursors.get(topic, 0)
+                fresh = [s for s in self.client.iter_topic_packets(topic, after=after)
+                         if not self.state.is_handled(str(s["id"]))]  # fmt: skip
+                for summary in fresh:
+                    inbox.put((topic, summary))
+                if not fresh:
+                    self.report_withheld(topic)
+        except (Unauthorized, Forbidden) as exc:
+            refused.append(exc)
+        except M2KTError as exc:
+            logger.warning("sync failed: %s; again in a while", exc)
 
 
 def _read_topic(

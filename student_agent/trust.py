@@ -93,6 +93,7 @@ class TrustState:
     subjects: dict[str, str] = field(default_factory=dict)  # payload sha256 -> packet id
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # teacher -> last head (version, expires, topics)
     removed: dict[str, dict[str, Any]] = field(default_factory=dict)  # packet id -> teacher, keyid, reported
+    thresholds: dict[str, int] = field(default_factory=dict)  # teacher -> highest k of k-of-n ever listed
 
     @classmethod
     def load(cls, path: Path) -> TrustState:
@@ -101,13 +102,14 @@ class TrustState:
             return cls(path)
         data = json.loads(path.read_text())
         return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}),
-                   data.get("removed", {}))  # fmt: skip
+                   data.get("removed", {}), data.get("thresholds", {}))  # fmt: skip
 
     def save(self) -> None:
         if self.path is None:
             return
         body = {"pinned": self.pinned, "revoked": self.revoked, "versions": self.versions,
-                "subjects": self.subjects, "heads": self.heads, "removed": self.removed}  # fmt: skip
+                "subjects": self.subjects, "heads": self.heads, "removed": self.removed,
+                "thresholds": self.thresholds}  # fmt: skip
         write_json_atomic(self.path, body)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -176,9 +178,26 @@ class TrustState:
                 changed = True
                 logger.warning("teacher %s: key %s is revoked; it is never trusted again", teacher, keyid[:12])
             listed[keyid] = public
+        k = agent.get("threshold", 1)
+        if isinstance(k, int) and not isinstance(k, bool) and k > self.thresholds.get(teacher, 1):
+            self.thresholds[teacher] = k  # like revocation, sticky: a broker cannot lower it again
+            changed = True
+            logger.warning("teacher %s: %d of its keys must sign from now on", teacher, k)
         if changed:
             self.save()
         return listed
+
+    def check_signers(self, teacher: str, signers: Collection[str], minimum: int = 1) -> None:
+        """Enough distinct trusted keys signed: the teacher's threshold as ever listed, at least ``minimum``.
+
+        Raises:
+            Rejection: ``threshold`` when fewer signed.
+        """
+        need = max(self.thresholds.get(teacher, 1), minimum)
+        if len(set(signers)) < need:
+            raise Rejection(
+                "threshold", f"signed by {len(set(signers))} of {teacher!r}'s trusted keys; {need} must sign"
+            )
 
     def explain_unknown_key(self, envelope: bytes, detail: str) -> Rejection:
         """An envelope no trusted key verifies: ``revoked-key`` when it names a key seen revoked."""
@@ -196,7 +215,12 @@ class TrustState:
 
     # -- heads -----------------------------------------------------------------------------------
     def update_head(
-        self, teacher: str, envelope: bytes | None, trusted: Mapping[str, Ed25519PublicKey], now: datetime | None = None
+        self,
+        teacher: str,
+        envelope: bytes | None,
+        trusted: Mapping[str, Ed25519PublicKey],
+        now: datetime | None = None,
+        minimum: int = 1,
     ) -> None:
         """Take the head the broker serves for ``teacher`` (None: it serves none) if it is newer.
 
@@ -205,7 +229,8 @@ class TrustState:
         Raises:
             Rejection: ``rollback`` (a head older than the last, or another head of the same
             version), ``mix-and-match`` (a head of another teacher), ``revoked-key`` or
-            ``untrusted-key`` (not signed by a pinned key), ``invalid-head`` (malformed).
+            ``untrusted-key`` (not signed by a pinned key), ``threshold`` (by fewer pinned keys than
+            the teacher's k-of-n, or ``minimum``), ``invalid-head`` (malformed).
         """
         if envelope is None:
             return
@@ -215,6 +240,7 @@ class TrustState:
             raise self.explain_unknown_key(envelope, exc.detail) from None
         except M2KTError as exc:
             raise Rejection("invalid-head", exc.detail) from None
+        self.check_signers(teacher, head.signers, minimum)
         if head.teacher != teacher:
             raise Rejection("mix-and-match", f"the head served for {teacher!r} is the head of {head.teacher!r}")
         last = self.heads.get(teacher)

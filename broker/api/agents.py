@@ -15,6 +15,7 @@ from broker.schemas import (
     KeyIn,
     KeyOut,
     TeacherTrustOut,
+    ThresholdIn,
     TokenOut,
     TokenRevoked,
     TrustReportIn,
@@ -36,14 +37,23 @@ def create_agent(body: AgentIn, _: AdminDep, sessions: SessionsDep) -> AgentCrea
     return AgentCreated(name=new.name, role=new.role, token=new.token, keyid=new.keyid)
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model_exclude_none=True)
 def get_agent(_: AnyAgentDep, sessions: SessionsDep, name: str = Name) -> AgentOut:
     with sessions.reader() as session:
         agent = agents_repo.get_by_name(session=session, name=name)
         if agent is None:
             raise NotFound(f"no agent named {name!r}")
         keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
-        return AgentOut(name=agent.name, role=agent.role, keys=keys)
+        threshold = agent.threshold if agent.role == "teacher" else None
+        return AgentOut(name=agent.name, role=agent.role, keys=keys, threshold=threshold)
+
+
+@router.put("/{name}/threshold")
+def set_threshold(body: ThresholdIn, _: AdminDep, sessions: SessionsDep, name: str = Name) -> AgentOut:
+    """How many of the teacher's keys must sign each packet and head (k-of-n); at most its unrevoked keys."""
+    agent = agents_service.set_threshold(sessions=sessions, name=name, threshold=body.threshold)
+    keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
+    return AgentOut(name=agent.name, role=agent.role, keys=keys, threshold=agent.threshold)
 
 
 @router.post("/{name}/keys", status_code=201)

@@ -20,6 +20,7 @@ from broker.repositories import agents as agents_repo
 from broker.repositories import log as log_repo
 from broker.repositories import packets as packets_repo
 from broker.services import eventlog
+from broker.services.publish import check_threshold
 from m2kt import keys
 from m2kt.errors import Conflict, Forbidden, InvalidManifest, NotFound
 from m2kt.head import Head, open_head
@@ -58,6 +59,7 @@ def put_head(*, sessions: Sessions, teacher: Agent, envelope: dict[str, Any]) ->
             for k in agents_repo.active_keys(session=session, agent_id=teacher.id)
         }
     head = open_head(raw, trusted)
+    check_threshold(head.signers, teacher)
     if head.teacher != teacher.name:
         raise Forbidden(f"the head names teacher {head.teacher[:64]!r}; only it may put it")
     if head.expires <= clock.now():

@@ -145,6 +145,7 @@ def teacher_trust(*, session: Session, name: str, include_quarantined: bool) -> 
     ]
     return TeacherTrustOut(
         teacher=name,
+        threshold=agent.threshold,
         head=head_out,
         topics=topics,
         keys=key_rows,

@@ -7,6 +7,8 @@ here is what the store holds, so `_StubStudent` stages a small reader per packet
 the agent does (`CheckpointStore.stage`, then `activate`) after the student's own trust checks.
 """
 
+import threading
+import time
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -151,6 +153,36 @@ def test_a_removal_the_broker_did_not_take_is_reported_on_the_next_sync(broker, 
     with broker.client(token) as client:
         assert [r["packet"] for r in client.trust_reports(teacher.name)] == [packet]
     assert "revoked-key" in TRUST_REASONS
+
+
+def test_a_following_student_removes_the_cals_of_a_key_revoked_while_it_runs(broker, tmp_path):
+    teacher = broker.teacher()
+    _, token = broker.student()
+    packet = _publish(broker, teacher, 1)
+    agent = _student(broker, token, tmp_path / "student")
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + 60
+
+    def held() -> list[str]:
+        return [e["packet_id"] for e in agent.store.index()["entries"]]
+
+    def follow() -> None:
+        agent.run([TOPIC], lambda: broker.client(token), on_outcome=outcomes.append, read_timeout=2,
+                  stop=lambda: packet in agent.trust.removed or time.monotonic() > deadline,
+                  sync_seconds=0.3)  # fmt: skip
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    while not outcomes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert packet in held()
+    with broker.admin as admin:
+        admin.revoke_key(teacher.name, teacher.keyid)
+    thread.join(timeout=70)
+    agent.client.close()
+    assert held() == [BASE] and agent.trust.removed[packet]["reported"] is True
+    with broker.client(token) as client:
+        assert [r["action"] for r in client.trust_reports(teacher.name)] == ["removed"]
 
 
 def _store_with(root, packets: dict[str, int]) -> CheckpointStore:

@@ -10,6 +10,7 @@ the packets are signed test vectors (tests/factory.py) whose content the student
 """
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -43,10 +44,13 @@ def _when(**delta: float) -> str:
 class Packet:
     """One validly signed packet: id, envelope, payload."""
 
-    def __init__(self, key: Ed25519PrivateKey, seed: int, **manifest: Any) -> None:
+    def __init__(self, key: Ed25519PrivateKey, seed: int, *cosigners: Ed25519PrivateKey, **manifest: Any) -> None:
         manifest.setdefault("teacher", {"agent": TEACHER, "model": factory.manifest()["teacher"]["model"]})
         self.version = manifest.get("version")
         self.id, self.envelope, self.payload = factory.packet(key, seed=seed, **manifest)
+        if cosigners:  # the same statement, signed by more keys
+            statement = base64.b64decode(json.loads(self.envelope)["payload"])
+            self.envelope = factory.envelope_bytes(statement, key, *cosigners)
 
 
 def _head(key: Ed25519PrivateKey, version: int, topics: dict[str, Packet], *, expires_in: float = 3600) -> bytes:
@@ -69,6 +73,7 @@ class EvilBroker:
         self.trust_reports: list[dict[str, Any]] = []  # what students told of the teacher, as posted
         self.url = ""
         self.head: bytes | None = None  # the teacher's signed head, as the broker chooses to serve it
+        self.threshold = 1  # how many of the teacher's keys must sign, as the broker claims it
         self.app = self._build()
 
     def key(self, key: Ed25519PrivateKey, *, revoked: bool = False) -> None:
@@ -92,7 +97,7 @@ class EvilBroker:
 
         @app.get("/v1/agents/{name}")
         def agent(name: str) -> dict[str, Any]:
-            return {"name": name, "role": "teacher", "keys": self.keys}
+            return {"name": name, "role": "teacher", "keys": self.keys, "threshold": self.threshold}
 
         @app.get("/v1/agents/{name}/head")
         def head(name: str) -> Response:
@@ -407,3 +412,53 @@ def test_a_head_naming_a_packet_the_stream_never_brings_is_withheld(evil, tmp_pa
     assert evil.reports[held_back.id]["metrics"]["reason"] == "withheld"
     assert not agent.state.is_handled(held_back.id)
     assert agent.store.files() == before
+
+
+def test_a_k_of_n_teacher_needs_k_of_its_pinned_keys_and_the_broker_cannot_lower_k(evil, tmp_path):
+    a, b, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    evil.key(a)
+    evil.key(b)
+    evil.threshold = 2
+    both, one = Packet(a, 1, b, version=1), Packet(a, 2, version=2)
+    twice_by_one = Packet(a, 3, a, version=3)  # the same key twice is one signer
+    with_stranger = Packet(a, 4, stranger, version=4)  # a key the student does not trust does not count
+    for packet in (both, one, twice_by_one, with_stranger):
+        evil.serve(packet)
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    outcomes = _handle(agent)
+    assert outcomes[both.id] == PASSED
+    for packet in (one, twice_by_one, with_stranger):
+        _assert_refused(evil, outcomes, packet.id, "threshold")
+    assert agent.trust.thresholds == {TEACHER: 2}
+    # A head needs k signers too; and a broker that "lowers" the threshold changes nothing.
+    evil.threshold = 1
+    statement = base64.b64decode(json.loads(_head(a, 1, {TOPIC: both}))["payload"])
+    evil.head = factory.envelope_bytes(statement, a)
+    late = Packet(a, 5, b, version=5)
+    evil.serve(late)
+    agent = _student(evil, tmp_path / "student")
+    _assert_refused(evil, _handle(agent), late.id, "threshold")
+    evil.head = factory.envelope_bytes(statement, a, b)
+    again, lone = Packet(a, 6, b, version=6), Packet(b, 7, version=7)
+    evil.serve(again)
+    evil.serve(lone)
+    agent = _student(evil, tmp_path / "student")
+    outcomes = _handle(agent)
+    assert outcomes[again.id] == PASSED
+    _assert_refused(evil, outcomes, lone.id, "threshold")
+    assert agent.store.files() == before
+    assert TrustState.load(tmp_path / "student" / TRUST_FILE).thresholds == {TEACHER: 2}
+
+
+def test_a_student_can_require_k_signers_itself(evil, tmp_path):
+    a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    evil.key(a)
+    evil.key(b)  # the registry says threshold 1; the operator wants 2
+    one, both = Packet(a, 1, version=1), Packet(a, 2, b, version=2)
+    evil.serve(one)
+    evil.serve(both)
+    agent = _student(evil, tmp_path / "student", min_signers=2)
+    outcomes = _handle(agent)
+    _assert_refused(evil, outcomes, one.id, "threshold")
+    assert outcomes[both.id] == PASSED
