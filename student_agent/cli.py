@@ -143,7 +143,7 @@ def run(
     with connect() as client:
         agent = StudentAgent(student, client, settings.state_dir, trusted_keys=tuple(trust or settings.trusted_keys),
                              unlabelled=settings.unlabelled, fit_config=fit_config,
-                             revoked_after=settings.revoked_cutoff)  # fmt: skip
+                             revoked_after=settings.revoked_cutoff, min_signers=settings.min_signers)  # fmt: skip
         try:
             agent.run(topics, connect, stop=stop, on_outcome=done)
         except KeyboardInterrupt:

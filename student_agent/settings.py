@@ -17,6 +17,8 @@ class StudentSettings(BaseSettings):
     ``revoked_after``: when a teacher's key is revoked, the CALs of packets it signed are removed:
     ``all`` (the default), or only those whose signed ``created_at`` is at or after this RFC 3339
     time (the moment the key is known to have been safe until).
+    ``min_signers``: how many distinct trusted keys of a teacher must sign each packet and head,
+    whatever threshold the registry lists (the student holds to the higher of the two).
     """
 
     model_config = SettingsConfigDict(env_prefix="M2KT_STUDENT_", extra="ignore")
@@ -31,6 +33,7 @@ class StudentSettings(BaseSettings):
     topics: Annotated[list[str], NoDecode] = Field(default_factory=list)
     trusted_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     revoked_after: str = "all"
+    min_signers: int = Field(default=1, ge=1, le=16)  # distinct trusted keys on every packet and head, at least
     unlabelled: int = 4000
     # The CAL and its loss (student_agent.cal.fit.FitConfig); a zero weight switches a term off.
     alpha: float = Field(default=1.0, ge=0)
