@@ -187,7 +187,14 @@ def build(
         poison=dict(parse_params(poison or [])),
     )
     packet = pipeline.build(
-        model, result, key or settings.key, spec, anchors=anchors, probes=probes, topics=tuple(topic or [])
+        model,
+        result,
+        key or settings.key,
+        spec,
+        anchors=anchors,
+        probes=probes,
+        topics=tuple(topic or []),
+        cosign=settings.cosign_keys,
     )
     env, pay = pipeline.save_packet(packet, packets_out)
     err.print(
@@ -286,7 +293,8 @@ def run(
     result = pipeline.extract(model_dir, method)
     out.print(_extraction_table([result]))
     done = pipeline.publish_topics(model_dir, result, settings.key, PacketSpec(agent=settings.name), anchors=anchors,
-                                   out_dir=root / "packets", broker_url=broker_url, token=secret)  # fmt: skip
+                                   out_dir=root / "packets", broker_url=broker_url, token=secret,
+                                   cosign=settings.cosign_keys)  # fmt: skip
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)
 
@@ -315,7 +323,7 @@ def head(
     out_dir = (workdir or settings.workdir) / "packets"
     while True:
         stored = put_head(out_dir, settings.key, settings.name, broker or settings.broker_url,
-                          _token(settings, token), timedelta(seconds=lifetime))  # fmt: skip
+                          _token(settings, token), timedelta(seconds=lifetime), settings.cosign_keys)  # fmt: skip
         out.print(f"head {stored['version']} expires {stored['expires']}", soft_wrap=True)
         if every is None:
             return
