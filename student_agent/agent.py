@@ -111,6 +111,8 @@ class StudentAgent:
         ``created_at`` at or after this time; None (the default) removes all of them. ``min_signers``:
         distinct trusted keys that must sign every packet and head, whatever threshold the registry lists."""
         self.student, self.client, self.state_dir = student, client, state_dir
+        if min_signers < 1:
+            raise ValueError(f"M2KT_STUDENT_MIN_SIGNERS must be at least 1, not {min_signers}")
         self.trusted_keys, self.revoked_after, self.min_signers = trusted_keys, revoked_after, min_signers
         self.n_unlabelled = unlabelled
         self.fit_config, self.audit_config = fit_config or FitConfig(), audit_config or AuditConfig()
