@@ -1,4 +1,4 @@
-"""m2kt-broker: serve, migrate, agents create / rotate-token / revoke-token, keys revoke / threshold, teachers show."""
+"""m2kt-broker: serve, migrate, sweep, agents create / rotate-token / revoke-token, keys revoke."""
 
 from pathlib import Path
 from typing import Annotated
