@@ -62,18 +62,19 @@ class Outcome:
 
 
 def reader_entry(
-    kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any], keyid: str | None = None,
+    kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any], signers: tuple[str, ...] = (),
     created_at: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The checkpoint index entry of one integrated packet (what a query needs to rebuild it).
 
-    ``keyid`` (the key that signed the packet) and ``created_at`` (its signed creation time)
-    decide whether a later revocation of that key removes it.
+    ``signers`` (the trusted keys that signed the packet, the first one as ``keyid``) and
+    ``created_at`` (its signed creation time) decide whether a later revocation removes it.
     """
     return {
         "packet_id": kn.packet_id,
         "teacher": kn.teacher,
-        "keyid": keyid,
+        "keyid": signers[0] if signers else None,
+        "signers": list(signers),
         "created_at": created_at,
         "teacher_weights": kn.teacher_weights,
         "topics": list(kn.topics),
@@ -121,7 +122,7 @@ class StudentAgent:
         self.store = CheckpointStore(state_dir / CAL_DIR)
         self.store.sweep()  # a version staged before a crash was never decided: drop it
         self._observed: dict[tuple[str, int | None], Observation] = {}
-        self._signers: dict[str, tuple[str | None, str | None]] = {}  # packet id -> (keyid, created_at)
+        self._signers: dict[str, tuple[tuple[str, ...], str | None]] = {}  # packet id -> (keyids, created_at)
 
     # -- the student's own inputs (no labels of any kind) --------------------------------------
     def unlabelled(self, words: int | None = None) -> Observation:
@@ -185,8 +186,9 @@ class StudentAgent:
         decision.metrics["student_weights_unchanged"] = digest_before == digest_after
         if digest_before != digest_after:
             decision = Decision("rolled_back", decision.metrics, decision.findings, "the student's weights changed")
-        self._commit(reader_entry(kn, fitted.reader, decision.metrics, verified.opened.keyid,
-                                  verified.opened.manifest.created_at), fitted.reader, decision)  # fmt: skip
+        signers = verified.opened.signers or (verified.opened.keyid,)
+        self._commit(reader_entry(kn, fitted.reader, decision.metrics, signers, verified.opened.manifest.created_at),
+                     fitted.reader, decision)  # fmt: skip
         return Outcome(
             packet_id, decision.verdict, decision.detail, decision.metrics, decision.findings, fitted.seconds
         )
@@ -274,13 +276,15 @@ class StudentAgent:
             teacher = str(entry["teacher"])
             if not any(t == teacher for t in self.trust.revoked.values()):
                 continue
-            keyid, created = self._signer(entry)
-            if keyid is None or keyid not in self.trust.revoked:
-                continue
+            signers, created = self._signers_of(entry)
+            revoked = [k for k in signers if k in self.trust.revoked]
+            need = max(self.trust.thresholds.get(teacher, 1), self.min_signers)
+            if not revoked or len(signers) - len(revoked) >= need:
+                continue  # enough keys that were never revoked signed it (k-of-n)
             if self.revoked_after is not None and created is not None:
                 if datetime.fromisoformat(created.replace("Z", "+00:00")) < self.revoked_after:
                     continue
-            doomed[str(entry["packet_id"])] = (teacher, keyid)
+            doomed[str(entry["packet_id"])] = (teacher, revoked[0])
         removed = self.store.remove(doomed) if doomed else []
         outcomes = []
         for packet_id in removed:
@@ -297,23 +301,25 @@ class StudentAgent:
         self._report_removals()
         return outcomes
 
-    def _signer(self, entry: dict[str, Any]) -> tuple[str | None, str | None]:
-        """(keyid, created_at) of an integrated packet: from its index entry, else from its envelope.
+    def _signers_of(self, entry: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+        """(signing keyids, created_at) of an integrated packet: from its index entry, else from its envelope.
 
-        Entries written before keyids were kept: the envelope is fetched and checked against each
+        Entries written before signers were kept: the envelope is fetched and checked against each
         revoked key of the teacher this student had pinned; only a signature that verifies counts.
         """
+        if entry.get("signers"):
+            return tuple(map(str, entry["signers"])), entry.get("created_at")
         if entry.get("keyid"):
-            return str(entry["keyid"]), entry.get("created_at")
+            return (str(entry["keyid"]),), entry.get("created_at")
         packet_id = str(entry["packet_id"])
         if packet_id not in self._signers:
-            self._signers[packet_id] = (None, None)
+            self._signers[packet_id] = ((), None)
             pins = self.trust.pinned.get(str(entry["teacher"]), {})
             candidates = {k: keys.public_from_b64(v) for k, v in pins.items() if k in self.trust.revoked}
             try:
                 verified = dsse.verify(dsse.Envelope.from_json(self.client.get_envelope(packet_id)), candidates)
                 created = loads_strict(verified.statement).get("predicate", {}).get("created_at")
-                self._signers[packet_id] = (verified.keyid, created if isinstance(created, str) else None)
+                self._signers[packet_id] = (verified.keyids, created if isinstance(created, str) else None)
             except (M2KTError, ValueError, AttributeError) as exc:
                 logger.info("packet %s: no revoked key signed it (%s)", packet_id[:12], exc)
         return self._signers[packet_id]

@@ -7,6 +7,8 @@ here is what the store holds, so `_StubStudent` stages a small reader per packet
 the agent does (`CheckpointStore.stage`, then `activate`) after the student's own trust checks.
 """
 
+import base64
+import json
 import threading
 import time
 from datetime import datetime, timedelta
@@ -17,7 +19,9 @@ import factory
 import pytest
 import torch
 from brokerkit import Broker
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from m2kt import keys
 from m2kt.packet import open_packet
 from student_agent.agent import TRUST_REASONS, Outcome, StudentAgent
 from student_agent.cal.checkpoint import CheckpointStore
@@ -49,7 +53,7 @@ class _StubStudent(StudentAgent):
         opened = open_packet(self.client.get_envelope(packet_id), self.client.get_payload(packet_id), trusted)
         entry = {"packet_id": packet_id, "teacher": teacher, "topics": [TOPIC]}
         if self.keep_keyid:
-            entry |= {"keyid": opened.keyid, "created_at": opened.manifest.created_at}
+            entry |= {"keyid": opened.keyid, "signers": list(opened.signers), "created_at": opened.manifest.created_at}
         self.store.activate(self.store.stage(entry, _reader(int(summary["seq"]))))
         return Outcome(packet_id, "accepted", "stub integration")
 
@@ -183,6 +187,27 @@ def test_a_following_student_removes_the_cals_of_a_key_revoked_while_it_runs(bro
     assert held() == [BASE] and agent.trust.removed[packet]["reported"] is True
     with broker.client(token) as client:
         assert [r["action"] for r in client.trust_reports(teacher.name)] == ["removed"]
+
+
+@pytest.mark.parametrize("threshold,removed", [(1, False), (2, True)], ids=["1-of-2", "2-of-2"])
+def test_a_cal_stays_while_enough_unrevoked_keys_signed_it(broker, tmp_path, threshold, removed):
+    teacher, second = broker.teacher(), Ed25519PrivateKey.generate()
+    _, token = broker.student()
+    with broker.admin as admin:
+        admin.add_key(teacher.name, keys.public_to_b64(second.public_key()))
+    with broker.http(broker.settings.admin_token.get_secret_value()) as http:
+        assert http.put(f"/v1/agents/{teacher.name}/threshold", json={"threshold": threshold}).status_code == 200
+    packet_id, envelope, payload = factory.packet(teacher.key, seed=1, topics=[TOPIC])
+    envelope = factory.envelope_bytes(base64.b64decode(json.loads(envelope)["payload"]), teacher.key, second)
+    with broker.client(teacher.token) as client:
+        client.publish(envelope, payload)
+    _sync(_student(broker, token, tmp_path / "student"))
+    with broker.admin as admin:
+        admin.revoke_key(teacher.name, teacher.keyid)  # the second key was never revoked
+    agent = _student(broker, token, tmp_path / "student")
+    outcomes = _sync(agent)
+    assert (packet_id not in [e["packet_id"] for e in agent.store.index()["entries"]]) is removed
+    assert [o.packet_id for o in outcomes] == ([packet_id] if removed else [])
 
 
 def _store_with(root, packets: dict[str, int]) -> CheckpointStore:
