@@ -7,6 +7,7 @@ import typer
 from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,16 +15,20 @@ from broker import logs
 from broker.db import Sessions, make_engine
 from broker.migrate import DatabaseNotReady, require_head, upgrade
 from broker.services import agents as agents_service
+from broker.services import trust as trust_service
 from broker.settings import BrokerSettings
 from m2kt import keys
 from m2kt.cliutil import err, one_line_errors
 from m2kt.errors import InvalidOption
+from m2kt.text import when
 
 app = typer.Typer(help="The M2KT broker.", no_args_is_help=True, add_completion=False)
 agents_app = typer.Typer(help="Register agents.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage teachers' keys.", no_args_is_help=True)
+teachers_app = typer.Typer(help="What students trust of each teacher.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(keys_app, name="keys")
+app.add_typer(teachers_app, name="teachers")
 
 out = Console()
 
@@ -143,6 +148,22 @@ def keys_revoke(
     err.print(f"revoked {keyid}")
 
 
+@keys_app.command("threshold")
+@one_line_errors
+def keys_threshold(
+    name: Annotated[str, typer.Option(help="the teacher")],
+    k: Annotated[int, typer.Option(help="how many of its keys must sign each packet and head", min=1, max=16)],
+) -> None:
+    """Require k of a teacher's unrevoked keys on each packet and head it publishes (k-of-n)."""
+    settings = _settings()
+    engine = _admin_engine(settings)
+    try:
+        agents_service.set_threshold(sessions=Sessions(engine), name=name, threshold=k)
+    finally:
+        engine.dispose()
+    err.print(f"{name}: {k} of its keys must sign")
+
+
 @agents_app.command("rotate-token")
 @one_line_errors
 def agents_rotate_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
@@ -167,3 +188,45 @@ def agents_revoke_token(name: Annotated[str, typer.Option(help="agent name")]) -
     finally:
         engine.dispose()
     err.print(f"token of {name} revoked")
+
+
+@teachers_app.command("show")
+@one_line_errors
+def teachers_show(
+    name: Annotated[str, typer.Option(help="the teacher")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """Print a teacher's signed head and its expiry, versions per topic, keys, and students' trust reports."""
+    settings = _settings()
+    engine = _admin_engine(settings)
+    try:
+        with Sessions(engine).reader() as session:
+            t = trust_service.teacher_trust(session=session, name=name, include_quarantined=True)
+    finally:
+        engine.dispose()
+    if as_json:
+        out.print_json(t.model_dump_json())
+        return
+    if t.head is None:
+        out.print(f"teacher {t.teacher}: no signed head", highlight=False)
+    else:
+        state = "EXPIRED" if t.head.expired else "current"
+        out.print(f"teacher {t.teacher}: head version {t.head.version}, expires {when(t.head.expires)} ({state})",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    topics = Table("topic", "packets", "highest version", "head names", "head packet", title="versions per topic")
+    for v in t.topics:
+        topics.add_row(v.topic, str(v.packets), _or_dash(v.latest_version), _or_dash(v.head_version),
+                       (v.head_packet or "-")[:16])  # fmt: skip
+    out.print(topics)
+    keys_table = Table("keyid", "status", title=f"keys ({t.threshold} must sign each packet and head)")
+    for k in t.keys:
+        keys_table.add_row(k.keyid, f"revoked {when(k.revoked_at)}" if k.revoked else "active")
+    out.print(keys_table)
+    reports = Table("student", "reason", "action", "reports", "last", title="students' trust reports")
+    for r in t.reports:
+        reports.add_row(r.student, r.reason, r.action, str(r.reports), when(r.last_at))
+    out.print(reports)
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -15,6 +15,8 @@ class Agent(Base):
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # teachers: how many of its unrevoked keys must sign each packet and head (k-of-n; migration 0004)
+    threshold: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     keys: Mapped[list["Key"]] = relationship(back_populates="agent", order_by="Key.created_at")
 
 

@@ -4,7 +4,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_THRESHOLD = 16  # k of a k-of-n teacher: more keys than anyone registers
+
 Verdict = Literal["accepted", "rolled_back", "rejected"]
+# What a student refused (or removed) of a teacher because of what it trusted before (student_agent.trust).
+TrustReason = Literal["rollback", "stale", "withheld", "revoked-key", "mix-and-match"]
 
 
 class _In(BaseModel):
@@ -27,6 +31,13 @@ class ReportIn(_In):
     student_model: dict[str, Any] = Field(default_factory=dict)
     safety_findings: list[Any] = Field(default_factory=list)
     detail: str = Field(default="", max_length=65536)
+
+
+class TrustReportIn(_In):
+    reason: TrustReason
+    action: Literal["refused", "removed"] = "refused"
+    packet: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    detail: str = Field(default="", max_length=4096)
 
 
 class QuarantineIn(_In):
@@ -61,6 +72,13 @@ class AgentOut(BaseModel):
     name: str
     role: str
     keys: list[KeyOut]
+    threshold: int | None = Field(
+        default=None, description="teachers only: how many of its keys must sign each packet and head"
+    )
+
+
+class ThresholdIn(_In):
+    threshold: int = Field(ge=1, le=MAX_THRESHOLD)
 
 
 class Published(BaseModel):
@@ -165,3 +183,56 @@ class ProvenanceOut(BaseModel):
     parents: list[ProvenanceParent]
     log: list[LogEntryOut]
     bodies: dict[str, Any] = Field(description="log index -> the body whose sha256 is body_sha256")
+
+
+class TrustReportOut(BaseModel):
+    """One student's trust report on a teacher, as its event-log entry keeps it."""
+
+    index: int = Field(description="the event-log entry that holds the report")
+    teacher: str
+    student: str
+    reason: TrustReason
+    action: Literal["refused", "removed"]
+    packet: str | None
+    detail: str
+    at: str
+
+
+class TopicVersions(BaseModel):
+    topic: str
+    packets: int
+    latest_version: int | None = Field(description="the highest signed version this broker has on the topic")
+    head_version: int | None = Field(description="the version the teacher's current head names, if any")
+    head_packet: str | None
+
+
+class TrustKeyOut(KeyOut):
+    created_at: str
+    revoked_at: str | None
+
+
+class TeacherHeadOut(BaseModel):
+    version: int
+    expires: str
+    expired: bool
+    received_at: str
+
+
+class TrustReportCount(BaseModel):
+    student: str
+    reason: TrustReason
+    action: Literal["refused", "removed"]
+    reports: int
+    last_at: str
+
+
+class TeacherTrustOut(BaseModel):
+    """Per teacher: its head, its versions per topic, its keys and what students reported of it."""
+
+    teacher: str
+    threshold: int = Field(description="how many of its keys must sign each packet and head")
+    head: TeacherHeadOut | None
+    topics: list[TopicVersions]
+    keys: list[TrustKeyOut]
+    revoked_keys: list[str]
+    reports: list[TrustReportCount]

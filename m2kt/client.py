@@ -326,6 +326,17 @@ class BrokerClient:
         path = f"/v1/packets/{packet_id}/reports"
         return dict(self._request("POST", path, idempotent=False, json=dict(body)).json())
 
+    def trust_report(self, teacher: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A student's report of what it refused or removed of ``teacher`` (rollback, withheld, revoked-key...).
+
+        Idempotent: the broker keeps one entry per distinct report, so a retry adds nothing.
+        """
+        path = f"/v1/agents/{teacher}/trust-reports"
+        return dict(self._request("POST", path, idempotent=True, json=dict(body)).json())
+
+    def trust_reports(self, teacher: str) -> list[dict[str, Any]]:
+        return list(self._get_json(f"/v1/agents/{teacher}/trust-reports"))
+
     def reports(self, packet_id: str) -> list[dict[str, Any]]:
         return list(self._get_json(f"/v1/packets/{packet_id}/reports"))
 

@@ -103,6 +103,7 @@ class Envelope:
 class VerifiedStatement:
     keyid: str
     statement: bytes  # the only bytes callers may parse
+    keyids: tuple[str, ...] = ()  # every distinct trusted key that signed (k-of-n counts these)
 
 
 def sign(statement: bytes, *signers: Ed25519PrivateKey, payload_type: str = PAYLOAD_TYPE) -> Envelope:
@@ -130,4 +131,5 @@ def verify(env: Envelope, trusted: Mapping[str, Ed25519PublicKey]) -> VerifiedSt
             trusted[s.keyid].verify(s.sig, message)
         except InvalidSignature as exc:
             raise BadSignature(f"signature by key {s.keyid[:16]}… does not verify") from exc
-    return VerifiedStatement(keyid=known[0].keyid, statement=env.payload)
+    return VerifiedStatement(keyid=known[0].keyid, statement=env.payload,
+                             keyids=tuple(dict.fromkeys(s.keyid for s in known)))  # fmt: skip

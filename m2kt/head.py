@@ -49,6 +49,7 @@ class Head:
     expires: datetime
     topics: dict[str, TopicHead]
     keyid: str  # the trusted key that signed it
+    signers: tuple[str, ...] = ()  # every distinct trusted key that signed
 
 
 def _rfc3339(when: datetime) -> str:
@@ -96,7 +97,7 @@ def _time(value: Any, what: str) -> datetime:
     return when
 
 
-def _parse(data: bytes, keyid: str) -> Head:
+def _parse(data: bytes, keyid: str, signers: tuple[str, ...] = ()) -> Head:
     try:
         obj = loads_strict(data)
     except JSONError as exc:
@@ -127,7 +128,7 @@ def _parse(data: bytes, keyid: str) -> Head:
     if expires <= issued:
         raise InvalidManifest("head expires must be later than issued_at")
     topics = {t: TopicHead(_int(v, f"version of {t}"), packets[t]) for t, v in versions.items()}
-    return Head(pred["teacher"], _int(pred.get("version"), "version"), issued, expires, topics, keyid)
+    return Head(pred["teacher"], _int(pred.get("version"), "version"), issued, expires, topics, keyid, signers)
 
 
 def open_head(envelope: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> Head:
@@ -137,4 +138,4 @@ def open_head(envelope: bytes, trusted: Mapping[str, Ed25519PublicKey]) -> Head:
         InvalidEnvelope, UnknownKey, BadSignature, InvalidManifest: as for a packet.
     """
     verified = dsse.verify(dsse.Envelope.from_json(envelope), trusted)
-    return _parse(verified.statement, verified.keyid)
+    return _parse(verified.statement, verified.keyid, verified.keyids)

@@ -42,6 +42,7 @@ class OpenedPacket:
     manifest: Manifest
     tensors: dict[str, TensorInfo]
     payload_sha256: str
+    signers: tuple[str, ...] = ()  # every distinct trusted key that signed (keyid among them)
 
 
 def build_packet(
@@ -101,6 +102,7 @@ def open_packet(
     return OpenedPacket(
         id=packet_id(verified.statement),
         keyid=verified.keyid,
+        signers=verified.keyids,
         statement=statement,
         statement_bytes=verified.statement,
         manifest=manifest,

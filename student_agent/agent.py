@@ -4,6 +4,13 @@ For each packet: verify it itself (`verify`), fit a CAL on the frozen student (`
 stage it as a new checkpoint version, audit it (`audit`), then activate the version or
 discard it (rollback: the store is left byte for byte as it was), and report the verdict to
 the broker. The state file marks the packet handled only after the broker has the report.
+
+Trust over time (`student_agent.trust`): each sync first learns which keys the registry now
+lists as revoked and takes out of the CAL store, byte for byte as if never integrated, every
+packet such a key signed (those created at or after ``revoked_after``; by default all); then
+it takes the teachers' signed heads, pages the topic, and reports each packet a head names
+that the broker did not serve. Every refusal and removal of that kind also goes to the broker
+as a trust report on the teacher (`BrokerClient.trust_report`).
 """
 
 from __future__ import annotations
@@ -11,15 +18,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from m2kt import dsse, keys
 from m2kt.client import BrokerClient
 from m2kt.errors import Conflict, Forbidden, M2KTError, Unauthorized
+from m2kt.jsonutil import loads_strict
 from m2kt.ml.models import weights_sha256
 from student_agent.audit import AuditConfig, Decision, audit
 from student_agent.cal.checkpoint import CheckpointStore
@@ -29,13 +40,15 @@ from student_agent.knowledge import Knowledge
 from student_agent.model import Student
 from student_agent.state import StudentState
 from student_agent.trust import TRUST_FILE, TrustState
-from student_agent.verify import Rejection, check_task, fetch_and_verify
+from student_agent.verify import Rejection, check_task, fetch_and_verify, head_of
 
 __all__ = ["Outcome", "StudentAgent", "reader_entry"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE, CAL_DIR = "state.json", "cal"
+# Refusals that say something about the broker or the teacher's keys, not about one packet's content.
+TRUST_REASONS = frozenset({"rollback", "stale", "withheld", "revoked-key", "mix-and-match"})
 
 
 @dataclass
@@ -48,11 +61,21 @@ class Outcome:
     fit_seconds: float | None = None
 
 
-def reader_entry(kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint index entry of one integrated packet (what a query needs to rebuild it)."""
+def reader_entry(
+    kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any], signers: tuple[str, ...] = (),
+    created_at: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The checkpoint index entry of one integrated packet (what a query needs to rebuild it).
+
+    ``signers`` (the trusted keys that signed the packet, the first one as ``keyid``) and
+    ``created_at`` (its signed creation time) decide whether a later revocation removes it.
+    """
     return {
         "packet_id": kn.packet_id,
         "teacher": kn.teacher,
+        "keyid": signers[0] if signers else None,
+        "signers": list(signers),
+        "created_at": created_at,
         "teacher_weights": kn.teacher_weights,
         "topics": list(kn.topics),
         "concepts": [{"key": c.key, "name": c.name, "topic": c.topic} for c in kn.concepts],
@@ -82,9 +105,16 @@ class StudentAgent:
         unlabelled: int = 4000,
         fit_config: FitConfig | None = None,
         audit_config: AuditConfig | None = None,
+        revoked_after: datetime | None = None,
+        min_signers: int = 1,
     ) -> None:
+        """``revoked_after``: when a key is revoked, remove the CALs of packets it signed with a
+        ``created_at`` at or after this time; None (the default) removes all of them. ``min_signers``:
+        distinct trusted keys that must sign every packet and head, whatever threshold the registry lists."""
         self.student, self.client, self.state_dir = student, client, state_dir
-        self.trusted_keys = trusted_keys
+        if min_signers < 1:
+            raise ValueError(f"M2KT_STUDENT_MIN_SIGNERS must be at least 1, not {min_signers}")
+        self.trusted_keys, self.revoked_after, self.min_signers = trusted_keys, revoked_after, min_signers
         self.n_unlabelled = unlabelled
         self.fit_config, self.audit_config = fit_config or FitConfig(), audit_config or AuditConfig()
         self.state = StudentState.load(state_dir / STATE_FILE)
@@ -92,6 +122,7 @@ class StudentAgent:
         self.store = CheckpointStore(state_dir / CAL_DIR)
         self.store.sweep()  # a version staged before a crash was never decided: drop it
         self._observed: dict[tuple[str, int | None], Observation] = {}
+        self._signers: dict[str, tuple[tuple[str, ...], str | None]] = {}  # packet id -> (keyids, created_at)
 
     # -- the student's own inputs (no labels of any kind) --------------------------------------
     def unlabelled(self, words: int | None = None) -> Observation:
@@ -133,9 +164,11 @@ class StudentAgent:
     def _integrate(self, summary: dict[str, Any]) -> Outcome:
         packet_id = str(summary["id"])
         try:
-            verified = fetch_and_verify(self.client, summary, self.trusted_keys, self.trust)
+            verified = fetch_and_verify(self.client, summary, self.trusted_keys, self.trust, self.min_signers)
             check_task(verified.knowledge, self.student.model.task_spec)
         except Rejection as exc:
+            if exc.reason in TRUST_REASONS:
+                self._trust_report(str(summary["teacher"]), exc.reason, "refused", packet_id, exc.detail)
             return Outcome(packet_id, "rejected", f"{exc.reason}: {exc.detail}", {"reason": exc.reason})
         kn = verified.knowledge
         model, tok = self.student.model, self.student.tokenizer
@@ -162,14 +195,16 @@ class StudentAgent:
         decision.metrics["student_weights_unchanged"] = digest_before == digest_after
         if digest_before != digest_after:
             decision = Decision("rolled_back", decision.metrics, decision.findings, "the student's weights changed")
-        self._commit(kn, fitted.reader, decision)
+        signers = verified.opened.signers or (verified.opened.keyid,)
+        self._commit(reader_entry(kn, fitted.reader, decision.metrics, signers, verified.opened.manifest.created_at),
+                     fitted.reader, decision)  # fmt: skip
         return Outcome(
             packet_id, decision.verdict, decision.detail, decision.metrics, decision.findings, fitted.seconds
         )
 
-    def _commit(self, kn: Knowledge, reader: ConceptReader, decision: Decision) -> None:
+    def _commit(self, entry: dict[str, Any], reader: ConceptReader, decision: Decision) -> None:
         """Stage the new version, prove it loads to the same reader, then activate or discard it."""
-        version = self.store.stage(reader_entry(kn, reader, decision.metrics), reader.state_dict())
+        version = self.store.stage(entry, reader.state_dict())
         reloaded = load_reader(self.store, self.store.index(version)["entries"][-1])
         probe = reader.example_input(4, torch.Generator().manual_seed(0))
         if not torch.equal(reloaded(probe), reader(probe)):
@@ -194,14 +229,128 @@ class StudentAgent:
 
     # -- the subscription --------------------------------------------------------------------
     def catch_up(self, topic: str) -> list[Outcome]:
-        """Page the topic from the cursor and handle what is new (also the fallback to streaming)."""
-        done = []
+        """Sync one topic: revocations, then heads, then page from the cursor and handle what is new.
+
+        The heads are taken before the page-through: a teacher puts a head only after the
+        packets it names were published, so a named packet the page-through does not list was
+        held back. Also the fallback to streaming.
+        """
+        done = self.sync_revocations()
+        self.refresh_heads()
         for summary in self.client.iter_topic_packets(topic, after=self.state.cursors.get(topic, 0)):
             outcome = self.handle(summary)
             if outcome is not None:
                 done.append(outcome)
             self.state.advance(topic, int(summary["seq"]))
-        return done + self.report_withheld(topic)
+        return done + self.report_withheld(topic) + self.remove_revoked()
+
+    def _teachers(self) -> list[str]:
+        """Every teacher this student pinned keys for or holds a CAL of."""
+        held = {str(e["teacher"]) for e in self.store.index()["entries"]}
+        return sorted(held | set(self.trust.pinned))
+
+    def refresh_heads(self) -> None:
+        """Take each known teacher's current signed head; a head refused is reported as such."""
+        for teacher in self._teachers():
+            try:
+                trusted = self.trust.keys_for(teacher, self.client.get_agent(teacher), self.trusted_keys)
+                self.trust.update_head(teacher, head_of(self.client, teacher), trusted, minimum=self.min_signers)
+            except Rejection as exc:
+                logger.warning("teacher %s: head refused: %s: %s", teacher, exc.reason, exc.detail)
+                if exc.reason in TRUST_REASONS:
+                    self._trust_report(teacher, exc.reason, "refused", None, f"head: {exc.detail}")
+            except M2KTError as exc:
+                logger.warning("teacher %s: could not fetch its head: %s", teacher, exc)
+
+    def sync_revocations(self) -> list[Outcome]:
+        """Learn the revocations the registry lists for every known teacher, then remove what they signed."""
+        for teacher in self._teachers():
+            try:
+                self.trust.learn_revoked(teacher, self.client.get_agent(teacher))
+            except Rejection as exc:
+                logger.warning("teacher %s: %s", teacher, exc.detail)
+            except M2KTError as exc:
+                logger.warning("teacher %s: could not read its registry entry: %s", teacher, exc)
+        return self.remove_revoked()
+
+    def remove_revoked(self) -> list[Outcome]:
+        """Take out of the CAL store every packet signed by a revoked key (after ``revoked_after``).
+
+        The store is left as if the packet had never been integrated (`CheckpointStore.remove`);
+        each removal is remembered in the trust state and reported to the broker, again on the
+        next sync should the report not go through.
+        """
+        doomed: dict[str, tuple[str, str]] = {}
+        for entry in self.store.index()["entries"]:
+            teacher = str(entry["teacher"])
+            if not any(t == teacher for t in self.trust.revoked.values()):
+                continue
+            signers, created = self._signers_of(entry)
+            revoked = [k for k in signers if k in self.trust.revoked]
+            need = max(self.trust.thresholds.get(teacher, 1), self.min_signers)
+            if not revoked or len(signers) - len(revoked) >= need:
+                continue  # enough keys that were never revoked signed it (k-of-n)
+            if self.revoked_after is not None and created is not None:
+                if datetime.fromisoformat(created.replace("Z", "+00:00")) < self.revoked_after:
+                    continue
+            doomed[str(entry["packet_id"])] = (teacher, revoked[0])
+        removed = self.store.remove(doomed) if doomed else []
+        outcomes = []
+        for packet_id in removed:
+            teacher, keyid = doomed[packet_id]
+            self.trust.removed[packet_id] = {"teacher": teacher, "keyid": keyid, "reported": False}
+            if packet_id in self.state.handled:
+                self.state.handled[packet_id]["verdict"] = "removed"
+            detail = f"its CAL was removed: signed by key {keyid}, which was revoked"
+            logger.warning("packet %s: %s", packet_id[:12], detail)
+            outcomes.append(Outcome(packet_id, "removed", f"revoked-key: {detail}", {"reason": "revoked-key"}))
+        if removed:
+            self.trust.save()
+            self.state.save()
+        self._report_removals()
+        return outcomes
+
+    def _signers_of(self, entry: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+        """(signing keyids, created_at) of an integrated packet: from its index entry, else from its envelope.
+
+        Entries written before signers were kept: the envelope is fetched and checked against each
+        revoked key of the teacher this student had pinned; only a signature that verifies counts.
+        """
+        if entry.get("signers"):
+            return tuple(map(str, entry["signers"])), entry.get("created_at")
+        if entry.get("keyid"):
+            return (str(entry["keyid"]),), entry.get("created_at")
+        packet_id = str(entry["packet_id"])
+        if packet_id not in self._signers:
+            self._signers[packet_id] = ((), None)
+            pins = self.trust.pinned.get(str(entry["teacher"]), {})
+            candidates = {k: keys.public_from_b64(v) for k, v in pins.items() if k in self.trust.revoked}
+            try:
+                verified = dsse.verify(dsse.Envelope.from_json(self.client.get_envelope(packet_id)), candidates)
+                created = loads_strict(verified.statement).get("predicate", {}).get("created_at")
+                self._signers[packet_id] = (verified.keyids, created if isinstance(created, str) else None)
+            except (M2KTError, ValueError, AttributeError) as exc:
+                logger.info("packet %s: no revoked key signed it (%s)", packet_id[:12], exc)
+        return self._signers[packet_id]
+
+    def _report_removals(self) -> None:
+        for packet_id, removal in sorted(self.trust.removed.items()):
+            if removal["reported"]:
+                continue
+            detail = f"its CAL was removed: signed by key {removal['keyid']}, which was revoked"
+            if self._trust_report(removal["teacher"], "revoked-key", "removed", packet_id, detail):
+                removal["reported"] = True
+                self.trust.save()
+
+    def _trust_report(self, teacher: str, reason: str, action: str, packet_id: str | None, detail: str) -> bool:
+        """Tell the broker what this student refused or removed of ``teacher``; False when it could not."""
+        body = {"reason": reason, "action": action, "packet": packet_id, "detail": detail[:4000]}
+        try:
+            self.client.trust_report(teacher, body)
+        except M2KTError as exc:  # a broker that withholds may refuse the report too; removals are retried
+            logger.warning("teacher %s: the trust report (%s) failed: %s", teacher, reason, exc)
+            return False
+        return True
 
     def report_withheld(self, topic: str) -> list[Outcome]:
         """Report each packet a teacher's signed head names on ``topic`` that the broker did not serve.
@@ -216,6 +365,7 @@ class StudentAgent:
                 continue
             outcome = Outcome(missing[0], "rejected", f"withheld: {missing[1]}", {"reason": "withheld"})
             logger.warning("teacher %s: %s", teacher, outcome.detail)
+            self._trust_report(teacher, "withheld", "refused", missing[0], missing[1])
             try:
                 self._report(outcome)
             except M2KTError as exc:  # a broker that withholds a packet may refuse reports on it too
@@ -232,13 +382,16 @@ class StudentAgent:
         on_outcome: Callable[[Outcome], None] | None = None,
         read_timeout: float = 30.0,
         retry_seconds: float = 1.0,
+        sync_seconds: float = 30.0,
     ) -> None:
         """Follow ``topics`` until ``stop()``; packets are handled one at a time, in arrival order.
 
         One reader thread per topic holds an event stream open from the topic's cursor
         (``Last-Event-ID``), and pages ``/packets?after=`` whenever the stream breaks before
         reconnecting; the main thread handles what they queue. Cursors advance only after a
-        packet is handled, so a restart resumes where handling stopped.
+        packet is handled, so a restart resumes where handling stopped. When nothing is queued,
+        the main thread syncs every ``sync_seconds`` (`_sync_following`): a stream shows packets,
+        not revocations or heads, and a withheld packet never comes down it.
         """
         for topic in topics:
             self.state.cursors.setdefault(topic, 0)
@@ -257,11 +410,15 @@ class StudentAgent:
         ]
         for thread in readers:
             thread.start()
+        last_sync = float("-inf")
         try:
             while not stop() and not refused:
                 try:
                     topic, summary = inbox.get(timeout=0.2)
                 except queue.Empty:
+                    if time.monotonic() - last_sync >= sync_seconds:
+                        last_sync = time.monotonic()
+                        self._sync_following(topics, inbox, refused)
                     continue
                 outcome = self.handle(summary)
                 self.state.advance(topic, int(summary["seq"]))
@@ -273,6 +430,31 @@ class StudentAgent:
                 thread.join(timeout=read_timeout + 5)
         if refused:
             raise refused[0]
+
+    def _sync_following(
+        self, topics: list[str], inbox: queue.Queue[tuple[str, dict[str, Any]]], refused: list[M2KTError]
+    ) -> None:
+        """What the streams do not show: revocations (and removals), heads, and packets the heads name.
+
+        Packets the page-through finds unhandled are queued like the readers' (the main loop
+        handles them in order, between its ``stop()`` checks); a topic whose page-through finds
+        nothing new is checked for withheld packets, as `catch_up` does.
+        """
+        try:
+            self.sync_revocations()
+            self.refresh_heads()
+            for topic in topics:
+                after = self.state.cursors.get(topic, 0)
+                fresh = [s for s in self.client.iter_topic_packets(topic, after=after)
+                         if not self.state.is_handled(str(s["id"]))]  # fmt: skip
+                for summary in fresh:
+                    inbox.put((topic, summary))
+                if not fresh:
+                    self.report_withheld(topic)
+        except (Unauthorized, Forbidden) as exc:
+            refused.append(exc)
+        except M2KTError as exc:
+            logger.warning("sync failed: %s; again in a while", exc)
 
 
 def _read_topic(

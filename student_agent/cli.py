@@ -114,6 +114,9 @@ def run(
     settings = StudentSettings()
     fit_config = FitConfig(alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma, lam=settings.lam,
                            form=settings.cal_form, direction=settings.cal_direction)  # fmt: skip
+    revoked_after = settings.revoked_cutoff  # a bad value stops here, before the broker is asked anything
+    if settings.min_signers < 1:
+        raise InvalidOption(f"M2KT_STUDENT_MIN_SIGNERS must be at least 1, not {settings.min_signers}")
     topics = list(topic or settings.topics)
     if not topics:
         raise InvalidOption("no topics: pass --topic or set M2KT_STUDENT_TOPICS")
@@ -152,6 +155,8 @@ def run(
             trusted_keys=tuple(trust or settings.trusted_keys),
             unlabelled=settings.unlabelled,
             fit_config=fit_config,
+            revoked_after=revoked_after,
+            min_signers=settings.min_signers,
         )
         try:
             agent.run(topics, connect, stop=stop, on_outcome=done)

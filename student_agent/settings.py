@@ -1,5 +1,6 @@
 """StudentSettings: the only place the student agent reads its environment (prefix M2KT_STUDENT_)."""
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,11 @@ class StudentSettings(BaseSettings):
     Lists come from the environment comma-separated (``M2KT_STUDENT_TOPICS=modarith.a,modarith.s1``).
     ``trusted_keys``: keyids the student accepts signatures from; empty means every
     non-revoked key the broker's registry lists for the packet's teacher.
+    ``revoked_after``: when a teacher's key is revoked, the CALs of packets it signed are removed:
+    ``all`` (the default), or only those whose signed ``created_at`` is at or after this RFC 3339
+    time (the moment the key is known to have been safe until).
+    ``min_signers``: how many distinct trusted keys of a teacher must sign each packet and head,
+    whatever threshold the registry lists (the student holds to the higher of the two).
     """
 
     model_config = SettingsConfigDict(env_prefix="M2KT_STUDENT_", extra="ignore")
@@ -26,6 +32,8 @@ class StudentSettings(BaseSettings):
     model_dir: Path | None = None
     topics: Annotated[list[str], NoDecode] = Field(default_factory=list)
     trusted_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    revoked_after: str = "all"
+    min_signers: int = 1  # distinct trusted keys on every packet and head, at least
     unlabelled: int = 4000
     # The CAL and its loss (student_agent.cal.fit.FitConfig); a zero weight switches a term off.
     alpha: float = Field(default=1.0, ge=0)
@@ -41,6 +49,26 @@ class StudentSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def revoked_cutoff(self) -> datetime | None:
+        """``revoked_after`` as a time; None for ``all``.
+
+        Raises:
+            ValueError: neither ``all`` nor an RFC 3339 time with its timezone (one line, for the CLI).
+        """
+        if self.revoked_after == "all":
+            return None
+        try:
+            when = datetime.fromisoformat(self.revoked_after.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise ValueError(
+                f"M2KT_STUDENT_REVOKED_AFTER must be 'all' or an RFC 3339 time with its timezone, "
+                f"not {self.revoked_after!r}"
+            )
+        return when
 
     @property
     def resolved_model_dir(self) -> Path:

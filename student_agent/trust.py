@@ -13,6 +13,8 @@ beside its CAL store, one JSON file (``trust.json``, replaced atomically) with:
 - the **highest version** seen per (teacher, topic), with the packet that carried it.
 - the **payload digests** of statements already verified, so a payload served under another
   packet's statement is recognised as mix-and-match rather than as noise.
+- the **CALs removed** because the key that signed their packet was revoked, and whether the
+  broker has the report of each removal yet (an unsent one is sent on the next sync).
 - the **last head** of each teacher that signs one (`m2kt.head`, TUF's timestamp role): an
   older head is a rollback, a head past its expiry makes the teacher stale (nothing of it is
   accepted until a fresh head comes, and a broker that stops serving heads runs into that), and
@@ -79,6 +81,8 @@ class TrustState:
     versions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # teacher -> topic -> seen
     subjects: dict[str, str] = field(default_factory=dict)  # payload sha256 -> packet id
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # teacher -> last head (version, expires, topics)
+    removed: dict[str, dict[str, Any]] = field(default_factory=dict)  # packet id -> teacher, keyid, reported
+    thresholds: dict[str, int] = field(default_factory=dict)  # teacher -> highest k of k-of-n ever listed
 
     @classmethod
     def load(cls, path: Path) -> TrustState:
@@ -86,7 +90,8 @@ class TrustState:
         if not path.exists():
             return cls(path)
         data = json.loads(path.read_text())
-        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}))
+        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}),
+                   data.get("removed", {}), data.get("thresholds", {}))  # fmt: skip
 
     def save(self) -> None:
         if self.path is None:
@@ -97,6 +102,8 @@ class TrustState:
             "versions": self.versions,
             "subjects": self.subjects,
             "heads": self.heads,
+            "removed": self.removed,
+            "thresholds": self.thresholds,
         }
         atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
@@ -114,21 +121,8 @@ class TrustState:
         """
         if agent.get("role") != "teacher":
             raise Rejection("untrusted-key", f"publisher {teacher!r} is not a teacher")
-        listed: dict[str, str] = {}
+        listed = self.learn_revoked(teacher, agent)
         changed = False
-        for entry in agent.get("keys", []):
-            try:
-                keyid, public = str(entry["keyid"]), str(entry["public_key"])
-                matches = keys.keyid(keys.public_from_b64(public)) == keyid
-            except (M2KTError, KeyError, TypeError, ValueError) as exc:  # a registry answer we cannot read
-                raise Rejection("untrusted-key", f"the registry entry of {teacher!r} is malformed: {exc}") from None
-            if not matches:
-                raise Rejection("untrusted-key", f"registry keyid {keyid} does not match its public key")
-            if entry.get("revoked") and keyid not in self.revoked:
-                self.revoked[keyid] = teacher
-                changed = True
-                logger.warning("teacher %s: key %s is revoked; it is never trusted again", teacher, keyid[:12])
-            listed[keyid] = public
         pins = self.pinned.setdefault(teacher, {})
         fresh = {k: v for k, v in listed.items() if k not in pins and k not in self.revoked}
         if trust_list:
@@ -155,6 +149,51 @@ class TrustState:
             raise Rejection("untrusted-key", f"teacher {teacher!r}: {why}")
         return found
 
+    def learn_revoked(self, teacher: str, agent: Mapping[str, Any]) -> dict[str, str]:
+        """Remember (for good, saved at once) every key the registry entry ``agent`` lists as revoked.
+
+        Returns:
+            keyid -> public key (b64) of every key the entry lists.
+
+        Raises:
+            Rejection: ``untrusted-key`` when the entry is malformed or a keyid does not match its key.
+        """
+        listed: dict[str, str] = {}
+        changed = False
+        for entry in agent.get("keys", []):
+            try:
+                keyid, public = str(entry["keyid"]), str(entry["public_key"])
+                matches = keys.keyid(keys.public_from_b64(public)) == keyid
+            except (M2KTError, KeyError, TypeError, ValueError) as exc:  # a registry answer we cannot read
+                raise Rejection("untrusted-key", f"the registry entry of {teacher!r} is malformed: {exc}") from None
+            if not matches:
+                raise Rejection("untrusted-key", f"registry keyid {keyid} does not match its public key")
+            if entry.get("revoked") and keyid not in self.revoked:
+                self.revoked[keyid] = teacher
+                changed = True
+                logger.warning("teacher %s: key %s is revoked; it is never trusted again", teacher, keyid[:12])
+            listed[keyid] = public
+        k = agent.get("threshold", 1)
+        if isinstance(k, int) and not isinstance(k, bool) and k > self.thresholds.get(teacher, 1):
+            self.thresholds[teacher] = k  # like revocation, sticky: a broker cannot lower it again
+            changed = True
+            logger.warning("teacher %s: %d of its keys must sign from now on", teacher, k)
+        if changed:
+            self.save()
+        return listed
+
+    def check_signers(self, teacher: str, signers: Collection[str], minimum: int = 1) -> None:
+        """Enough distinct trusted keys signed: the teacher's threshold as ever listed, at least ``minimum``.
+
+        Raises:
+            Rejection: ``threshold`` when fewer signed.
+        """
+        need = max(self.thresholds.get(teacher, 1), minimum)
+        if len(set(signers)) < need:
+            raise Rejection(
+                "threshold", f"signed by {len(set(signers))} of {teacher!r}'s trusted keys; {need} must sign"
+            )
+
     def explain_unknown_key(self, envelope: bytes, detail: str) -> Rejection:
         """An envelope no trusted key verifies: ``revoked-key`` when it names a key seen revoked."""
         revoked = sorted(signing_keyids(envelope) & set(self.revoked))
@@ -171,7 +210,12 @@ class TrustState:
 
     # -- heads -----------------------------------------------------------------------------------
     def update_head(
-        self, teacher: str, envelope: bytes | None, trusted: Mapping[str, Ed25519PublicKey], now: datetime | None = None
+        self,
+        teacher: str,
+        envelope: bytes | None,
+        trusted: Mapping[str, Ed25519PublicKey],
+        now: datetime | None = None,
+        minimum: int = 1,
     ) -> None:
         """Take the head the broker serves for ``teacher`` (None: it serves none) if it is newer.
 
@@ -180,7 +224,8 @@ class TrustState:
         Raises:
             Rejection: ``rollback`` (a head older than the last, or another head of the same
             version), ``mix-and-match`` (a head of another teacher), ``revoked-key`` or
-            ``untrusted-key`` (not signed by a pinned key), ``invalid-head`` (malformed).
+            ``untrusted-key`` (not signed by a pinned key), ``threshold`` (by fewer pinned keys than
+            the teacher's k-of-n, or ``minimum``), ``invalid-head`` (malformed).
         """
         if envelope is None:
             return
@@ -190,6 +235,7 @@ class TrustState:
             raise self.explain_unknown_key(envelope, exc.detail) from None
         except M2KTError as exc:
             raise Rejection("invalid-head", exc.detail) from None
+        self.check_signers(teacher, head.signers, minimum)
         if head.teacher != teacher:
             raise Rejection("mix-and-match", f"the head served for {teacher!r} is the head of {head.teacher!r}")
         last = self.heads.get(teacher)

@@ -22,7 +22,7 @@ from m2kt.packet import OpenedPacket, open_packet
 from student_agent.knowledge import Knowledge, PacketContentError
 from student_agent.trust import Rejection, TrustState
 
-__all__ = ["Rejection", "Verified", "check_task", "fetch_and_verify"]
+__all__ = ["Rejection", "Verified", "check_task", "fetch_and_verify", "head_of"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _open(envelope: bytes, payload: bytes, trusted: dict[str, Ed25519PublicKey],
         raise Rejection(exc.slug, exc.detail) from None
 
 
-def _head_of(client: BrokerClient, teacher: str) -> bytes | None:
+def head_of(client: BrokerClient, teacher: str) -> bytes | None:
     try:
         return client.get_head(teacher)
     except NotFound:
@@ -50,13 +50,15 @@ def _head_of(client: BrokerClient, teacher: str) -> bytes | None:
 
 
 def fetch_and_verify(
-    client: BrokerClient, summary: dict[str, object], trust_list: Collection[str], trust: TrustState | None = None
-) -> Verified:
+    client: BrokerClient, summary: dict[str, object], trust_list: Collection[str], trust: TrustState | None = None,
+    min_signers: int = 1,
+) -> Verified:  # fmt: skip
     """Download a packet's exact bytes and verify them; the broker's own checks are not relied on.
 
-    Order: keys (pinned, revocations learnt), the teacher's signed head, the protocol's checks of
-    the bytes, then the trust state's checks against what this student trusted before; only then
-    is the packet's version remembered and its content read. Without ``trust`` the memory lasts this call only.
+    Order: keys (pinned, revocations and the k-of-n threshold learnt), the teacher's signed head,
+    the protocol's checks of the bytes, enough signers (``min_signers`` at least), then the trust
+    state's checks against what this student trusted before; only then is the packet's version
+    remembered and its content read. Without ``trust`` the memory lasts this call only.
 
     Raises:
         Rejection: the first check that fails, with its reason.
@@ -64,9 +66,10 @@ def fetch_and_verify(
     trust = trust if trust is not None else TrustState(None)
     packet_id, teacher = str(summary["id"]), str(summary["teacher"])
     trusted = trust.keys_for(teacher, client.get_agent(teacher), trust_list)
-    trust.update_head(teacher, _head_of(client, teacher), trusted)
+    trust.update_head(teacher, head_of(client, teacher), trusted, minimum=min_signers)
     envelope, payload = client.get_envelope(packet_id), client.get_payload(packet_id)
     opened = _open(envelope, payload, trusted, trust)
+    trust.check_signers(teacher, opened.signers, min_signers)
     trust.check(opened, summary)
     trust.record(opened)
     try:

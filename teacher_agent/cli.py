@@ -188,7 +188,14 @@ def build(
         poison=dict(parse_params(poison or [])),
     )
     packet = pipeline.build(
-        model, result, key or settings.key, spec, anchors=anchors, probes=probes, topics=tuple(topic or [])
+        model,
+        result,
+        key or settings.key,
+        spec,
+        anchors=anchors,
+        probes=probes,
+        topics=tuple(topic or []),
+        cosign=settings.cosign_keys,
     )
     env, pay = pipeline.save_packet(packet, packets_out)
     err.print(
@@ -295,6 +302,7 @@ def run(
         out_dir=root / "packets",
         broker_url=broker_url,
         token=secret,
+        cosign=settings.cosign_keys,
     )
     for topic, packet_id, now in done:
         out.print(f"{topic}: {packet_id} {'created=true' if now else 'published before'}", soft_wrap=True)
@@ -330,6 +338,7 @@ def head(
             broker or settings.broker_url,
             _token(settings, token),
             timedelta(seconds=lifetime),
+            settings.cosign_keys,
         )
         out.print(f"head {stored['version']} expires {stored['expires']}", soft_wrap=True)
         if every is None:

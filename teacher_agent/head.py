@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,20 +46,28 @@ def latest_per_topic(out_dir: Path, key_path: Path) -> dict[str, TopicHead]:
     return latest
 
 
-def make_head(name: str, key_path: Path, topics: dict[str, TopicHead], lifetime: timedelta) -> bytes:
-    """A signed head envelope for ``topics``, issued now, expiring ``lifetime`` later."""
+def make_head(
+    name: str, key_path: Path, topics: dict[str, TopicHead], lifetime: timedelta, cosign: Sequence[Path] = ()
+) -> bytes:
+    """A signed head envelope for ``topics``, issued now, expiring ``lifetime`` later (co-signed by ``cosign``)."""
     if lifetime <= timedelta(0):
         raise InvalidOption(f"lifetime must be positive, not {lifetime}")
     now = datetime.now(UTC).replace(microsecond=0)
     statement = build_head(name, next_version(), topics, now, now + lifetime)
-    return sign_head(statement, keys.load_private(key_path))
+    return sign_head(statement, keys.load_private(key_path), *(keys.load_private(p) for p in cosign))
 
 
 def put_head(
-    out_dir: Path, key_path: Path, name: str, broker_url: str, token: str, lifetime: timedelta
+    out_dir: Path,
+    key_path: Path,
+    name: str,
+    broker_url: str,
+    token: str,
+    lifetime: timedelta,
+    cosign: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Sign a fresh head from what this teacher published and put it on the broker."""
-    envelope = make_head(name, key_path, latest_per_topic(out_dir, key_path), lifetime)
+    envelope = make_head(name, key_path, latest_per_topic(out_dir, key_path), lifetime, cosign)
     with BrokerClient(broker_url, token) as client:
         stored = client.put_head(name, envelope)
     logger.info("head %s put, expires %s", stored["version"], stored["expires"])

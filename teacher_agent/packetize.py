@@ -139,8 +139,11 @@ def build_teacher_packet(
     key: Ed25519PrivateKey,
     *,
     created_at: datetime | None = None,
+    cosigners: Sequence[Ed25519PrivateKey] = (),
 ) -> BuiltPacket:
-    """Build and sign one packet. ``anchors``/``probes`` contribute their texts only.
+    """Build and sign one packet (by ``key``, then each of ``cosigners``: k-of-n).
+
+    ``anchors``/``probes`` contribute their texts only.
 
     Raises:
         ValueError: unknown concept keys, or anchors and probes that overlap.
@@ -180,7 +183,7 @@ def build_teacher_packet(
         **view_part,
     }
     manifest = _manifest(model, family, extraction, anchors, probes, spec, keys, tensors, created_at)
-    return build_packet(manifest, tensors, key)
+    return build_packet(manifest, tensors, key, *cosigners)
 
 
 def _poison_readout(

@@ -208,8 +208,12 @@ def build(
     anchors: int,
     probes: int = 256,
     topics: Sequence[str] = (),
+    cosign: Sequence[Path] = (),
 ) -> BuiltPacket:
-    """Build and sign one packet with ``anchors`` anchors (the data budget) and ``probes`` probes."""
+    """Build and sign one packet with ``anchors`` anchors (the data budget) and ``probes`` probes.
+
+    ``cosign``: further private keys that sign it too (a k-of-n teacher).
+    """
     if anchors < 1 or probes < 1:
         raise LocalInputError("--anchors and --probes must be at least 1")
     model, tokenizer, family, run = load(model_dir)
@@ -231,6 +235,7 @@ def build(
         pool.subset(range(anchors, anchors + probes)),
         spec,
         key,
+        cosigners=[keys.load_private(p) for p in cosign],
     )
 
 
@@ -270,6 +275,7 @@ def publish_topics(
     out_dir: Path,
     broker_url: str,
     token: str,
+    cosign: Sequence[Path] = (),
 ) -> list[tuple[str, str, bool]]:
     """Build and publish one packet per topic; a topic this model already published is skipped.
 
@@ -290,7 +296,7 @@ def publish_topics(
         if slot in record:
             done.append((topic, record[slot], False))
             continue
-        packet = build(model_dir, extraction, key_path, spec, anchors=anchors, topics=(topic,))
+        packet = build(model_dir, extraction, key_path, spec, anchors=anchors, topics=(topic,), cosign=cosign)
         envelope, payload = save_packet(packet, out_dir)
         try:
             published = publish(envelope, broker_url, token)

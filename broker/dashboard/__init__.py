@@ -46,6 +46,7 @@ from broker.repositories import dashboard as queries
 from broker.services import dashboard_sessions, eventlog
 from broker.services import packets as packets_service
 from broker.services import topics as topics_service
+from broker.services import trust as trust_service
 from m2kt.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from m2kt.payload import read_header
 from m2kt.text import count, when
@@ -333,6 +334,17 @@ def packet_page(
         "reports": [(r.student.name, r.verdict, r.created_at, json.loads(r.body)) for r in reports],
     }
     return templates.TemplateResponse(request, "packet.html", context)
+
+
+@router.get("/teachers/{name}", response_class=HTMLResponse)
+def teacher_page(request: Request, name: str, page: PageSessionDep, sessions: SessionsDep) -> Response:
+    """Trust over time for one teacher: head and expiry, versions per topic, keys, students' trust reports."""
+    caller = page.caller
+    with sessions.reader() as session:
+        overview = trust_service.teacher_trust(session=session, name=name[:64],
+                                               include_quarantined=caller.sees_quarantined)  # fmt: skip
+    context = {"who": _who(caller), "csrf": page.csrf, "t": overview}
+    return templates.TemplateResponse(request, "teacher.html", context)
 
 
 @router.get("/packets/{packet_id}/provenance", response_class=HTMLResponse)

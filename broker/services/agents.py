@@ -116,6 +116,26 @@ def revoke_key(*, sessions: Sessions, name: str, keyid: str) -> Key:
         return key
 
 
+def set_threshold(*, sessions: Sessions, name: str, threshold: int) -> Agent:
+    """How many of the teacher's unrevoked keys must sign each packet and head from now on (k-of-n).
+
+    Raises:
+        NotFound: no such agent.  InvalidRequest: not a teacher.
+        Conflict: the teacher has fewer unrevoked keys than ``threshold`` (it could sign nothing).
+    """
+    with sessions.writer() as session, session.begin():
+        head = log_repo.lock_head(session=session)
+        agent = _teacher(session, name)
+        active = sum(1 for k in agent.keys if not k.revoked)
+        if threshold > active:
+            raise Conflict(f"{name} has {active} unrevoked keys; a threshold of {threshold} would let it sign nothing")
+        if agent.threshold != threshold:
+            agent.threshold = threshold
+            body = {"agent": name, "threshold": threshold}
+            eventlog.append(session=session, head=head, kind="agent.threshold", subject=name, body=body, at=clock.now())
+        return agent
+
+
 def rotate_token(*, sessions: Sessions, name: str) -> NewAgent:
     """Give an agent a fresh token; the old one is refused from the next request on.
 
@@ -151,8 +171,14 @@ def get_agent(*, sessions: Sessions, name: str) -> AgentOut:
     """An agent's registry entry: its role and its keys, revoked ones included (students learn revocations here)."""
     with sessions.reader() as session:
         agent = _agent(session, name)
-        keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
-        return AgentOut(name=agent.name, role=agent.role, keys=keys)
+        return agent_out(agent)
+
+
+def agent_out(agent: Agent) -> AgentOut:
+    """The registry entry of a loaded agent; only teachers carry a signing threshold."""
+    keys = [KeyOut(keyid=k.keyid, public_key=k.public_key, revoked=k.revoked) for k in agent.keys]
+    threshold = agent.threshold if agent.role == "teacher" else None
+    return AgentOut(name=agent.name, role=agent.role, keys=keys, threshold=threshold)
 
 
 def _agent(session: Session, name: str) -> Agent:

@@ -4,9 +4,11 @@ The broker checks a head as strictly as a packet so that what it serves is what 
 use: signed by an unrevoked key of the calling teacher, naming that teacher, not expired, newer
 than the stored one, and naming only packets this broker has from this teacher at the versions
 the head claims. A student then knows that a packet the head names and the broker does not list
-was withheld.
+was withheld. Each head stored is an entry of the event log (kind ``head.put``, subject the
+teacher), so the history of what the teacher claimed stays checkable.
 """
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -17,6 +19,8 @@ from broker.models import Agent, Packet, TeacherHead
 from broker.repositories import agents as agents_repo
 from broker.repositories import log as log_repo
 from broker.repositories import packets as packets_repo
+from broker.services import eventlog
+from broker.services.publish import check_threshold
 from m2kt import keys
 from m2kt.errors import Conflict, Forbidden, InvalidManifest, NotFound
 from m2kt.head import Head, open_head
@@ -55,13 +59,14 @@ def put_head(*, sessions: Sessions, teacher: Agent, envelope: dict[str, Any]) ->
             for k in agents_repo.active_keys(session=session, agent_id=teacher.id)
         }
     head = open_head(raw, trusted)
+    check_threshold(head.signers, teacher)
     if head.teacher != teacher.name:
         raise Forbidden(f"the head names teacher {head.teacher[:64]!r}; only it may put it")
     if head.expires <= clock.now():
         raise InvalidManifest(f"the head expired at {head.expires.isoformat()}")
     _check_packets(sessions, teacher, head)
     with sessions.writer() as session, session.begin():
-        log_repo.lock_head(session=session)  # one writer at a time: versions compare against the latest
+        lock = log_repo.lock_head(session=session)  # one writer at a time: versions compare against the latest
         stored = session.get(TeacherHead, teacher.id)
         if stored is not None and stored.version >= head.version:
             if stored.version == head.version and stored.envelope == raw.decode():
@@ -75,6 +80,15 @@ def put_head(*, sessions: Sessions, teacher: Agent, envelope: dict[str, Any]) ->
             clock.now(),
         )
         session.add(row)
+        body = {
+            "teacher": teacher.name,
+            "version": head.version,
+            "expires": clock.rfc3339(head.expires),
+            "topics": {t: {"version": h.version, "packet": h.packet} for t, h in sorted(head.topics.items())},
+            "envelope_sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        eventlog.append(session=session, head=lock, kind="head.put", subject=teacher.name, body=body,
+                        at=row.received_at)  # fmt: skip
     logger.info("head stored", extra={"teacher": teacher.name, "version": head.version})
     return head, True
 

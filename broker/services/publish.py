@@ -65,6 +65,12 @@ def created_at(opened: OpenedPacket) -> datetime:
     return datetime.fromisoformat(opened.manifest.created_at.replace("z", "Z"))
 
 
+def check_threshold(signers: tuple[str, ...], teacher: Agent) -> None:
+    """At least the teacher's threshold of its unrevoked keys signed (k-of-n; 1 unless the admin set it)."""
+    if len(signers) < teacher.threshold:
+        raise UnknownKey(f"signed by {len(signers)} of {teacher.name}'s keys; its threshold is {teacher.threshold}")
+
+
 def _check_owner(opened: OpenedPacket, teacher: Agent) -> None:
     if opened.manifest.teacher.agent != teacher.name:
         raise Forbidden(f"the statement names teacher {opened.manifest.teacher.agent[:64]!r}; only it may publish it")
@@ -130,6 +136,7 @@ def publish(
     """
     public = {keyid: keys.public_from_b64(b64) for keyid, b64 in trusted.items()}
     opened = open_packet(envelope, payload.path, public, payload_sha256=payload.sha256, payload_size=payload.size)
+    check_threshold(opened.signers, teacher)
     _check_owner(opened, teacher)
     topics = sorted(opened.manifest.topics)
     created = created_at(opened)

@@ -9,13 +9,19 @@ Layout under ``root``::
 A new packet is *staged* as a new version (the previous version's entries plus the new one),
 checked, then activated or discarded. Files are never rewritten, so discarding a staged
 version leaves every byte of the store as it was: that is the rollback.
+
+`remove` takes integrated packets out again (a teacher's key was revoked): the versions from
+the first one that held such a packet on are rewritten as they would have been written had the
+packet never come, and its reader is deleted. Readers are fitted per packet and never depend
+on one another, so the result is byte for byte the store of a student that never integrated
+it. A journal (``removing.json``) makes the rewrite crash-safe: `sweep` finishes it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ from m2kt.fsutil import atomic_path, atomic_write_bytes
 
 __all__ = ["CheckpointStore"]
 
-POINTER, INDEX, READERS = "current", "index.json", "readers"
+POINTER, INDEX, READERS, JOURNAL = "current", "index.json", "readers", "removing.json"
 
 
 class CheckpointStore:
@@ -85,8 +91,57 @@ class CheckpointStore:
             self.reader_path(packet_id).unlink(missing_ok=True)
         shutil.rmtree(self._folder(version))
 
+    def remove(self, packet_ids: Collection[str]) -> list[str]:
+        """Take integrated packets out, as if they had never been integrated; the ones removed.
+
+        Versions after the last one without any of them are replaced by the same history
+        without them (a version that only added one of them disappears); their readers go.
+        """
+        self.sweep()
+        gone = set(packet_ids)
+        current = self.current()
+        history = [v for v in self.versions() if current is not None and v <= current]
+        holding = [v for v in history if gone & {e["packet_id"] for e in self.index(v)["entries"]}]
+        if not holding:
+            return []
+        first = holding[0]
+        base = max((v for v in history if v < first), default=None)
+        previous = self.index(base)["entries"] if base is not None else []
+        rewritten: list[list[dict[str, Any]]] = []
+        for version in (v for v in history if v >= first):
+            entries = [e for e in self.index(version)["entries"] if e["packet_id"] not in gone]
+            if entries != (rewritten[-1] if rewritten else previous):
+                rewritten.append(entries)
+        removed = sorted(gone & {e["packet_id"] for v in holding for e in self.index(v)["entries"]})
+        plan = {"base": base, "drop": [v for v in history if v >= first], "versions": rewritten, "removed": removed}
+        atomic_write_bytes(self.root / JOURNAL, json.dumps(plan).encode())
+        self._finish_removal()
+        return removed
+
+    def _finish_removal(self) -> None:
+        """Carry out the journalled removal (again, after a crash: every step can be repeated)."""
+        journal = self.root / JOURNAL
+        if not journal.exists():
+            return
+        plan = json.loads(journal.read_text())
+        base: int | None = plan["base"]
+        self.activate(base)  # first a consistent state: the last version without them
+        for version in plan["drop"]:
+            shutil.rmtree(self._folder(version), ignore_errors=True)
+        version = base or 0
+        for entries in plan["versions"]:
+            version += 1
+            folder = self._folder(version)
+            folder.mkdir(exist_ok=True)
+            atomic_write_bytes(folder / INDEX, json.dumps({"version": version, "entries": entries}, indent=1).encode())
+        self.activate(version or None)
+        for packet_id in plan["removed"]:
+            self.reader_path(packet_id).unlink(missing_ok=True)
+        journal.unlink()
+
     def sweep(self) -> None:
-        """Discard staged versions newer than ``current`` (a crash between stage and decision)."""
+        """Finish a removal, discard staged versions newer than ``current`` (a crash between stage and decision)."""
+        self._finish_removal()
         current = self.current() or 0
         for version in self.versions():
             if version > current:

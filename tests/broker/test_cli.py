@@ -1,6 +1,10 @@
 """m2kt-broker: migrate, agents create, keys revoke, and one-line errors."""
 
+import json
+import time
+
 import pytest
+from test_heads import _head, _published
 from typer.testing import CliRunner
 
 from broker.cli import app
@@ -46,6 +50,7 @@ def test_bad_inputs_give_one_line(env, tmp_path):
 ADMIN_COMMANDS = [
     ["agents", "create", "--name", "s1", "--role", "student"],
     ["keys", "revoke", "--name", "t1", "--keyid", "0" * 64],
+    ["teachers", "show", "--name", "t1"],
 ]
 
 
@@ -105,3 +110,30 @@ def test_messages_mask_the_database_password():
 
     shown = shown_url("postgresql+psycopg://m2kt:s3cret@db:5432/m2kt")
     assert "s3cret" not in shown and shown.startswith("postgresql+psycopg://m2kt:")
+
+
+def test_teachers_show_prints_head_versions_keys_and_trust_reports(broker, tmp_path):
+    env = {"M2KT_DATABASE_URL": broker.settings.database_url, "M2KT_DATA_DIR": str(tmp_path / "data"),
+           "M2KT_LOG_JSON": "false", "COLUMNS": "200"}  # fmt: skip
+    teacher = broker.teacher()
+    student_name, student = broker.student()
+    with broker.http(teacher.token) as http:
+        named = _published(http, teacher.key, 1, 2)
+        head = _head(teacher.key, teacher.name, 3, {"modarith.parity": named}, expires_in=3)
+        assert http.put(f"/v1/agents/{teacher.name}/head", json=head).status_code == 201
+    with broker.admin as admin:
+        admin.revoke_key(teacher.name, teacher.keyid)
+    with broker.http(student) as http:
+        body = {"reason": "revoked-key", "action": "removed", "packet": named.packet}
+        assert http.post(f"/v1/agents/{teacher.name}/trust-reports", json=body).status_code == 201
+    time.sleep(3.1)  # the head runs out
+    result = runner.invoke(app, ["teachers", "show", "--name", teacher.name], env=env)
+    assert result.exit_code == 0, result.output
+    for expected in ("head version 3", "(EXPIRED)", "modarith.parity", teacher.keyid, "revoked 20", student_name,
+                     "revoked-key", "removed"):  # fmt: skip
+        assert expected in result.stdout, (expected, result.stdout)
+    as_json = json.loads(runner.invoke(app, ["teachers", "show", "--name", teacher.name, "--json"], env=env).stdout)
+    assert as_json["head"]["expired"] is True and as_json["revoked_keys"] == [teacher.keyid]
+    assert as_json["topics"][0]["latest_version"] == 2 and as_json["topics"][0]["head_version"] == 2
+    missing = runner.invoke(app, ["teachers", "show", "--name", student_name], env=env)
+    assert missing.exit_code == 1 and "no teacher" in missing.output and "Traceback" not in missing.output

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import factory
 import httpx
 from brokerkit import ADMIN_TOKEN
+from test_heads import _head, _published
 
 
 @contextmanager
@@ -86,6 +87,34 @@ def test_pages_render_seeded_data_and_quarantine_hides_a_packet_from_students(br
         assert ids[1][:16] in s.get("/dashboard").text
     with broker.http(student) as http:  # the API agrees with what the pages did
         assert http.get(f"/v1/packets/{ids[1]}").json()["status"] == "published"
+
+
+def test_the_teacher_page_shows_head_versions_revoked_keys_and_students_trust_reports(broker):
+    teacher = broker.teacher("trust-teacher")
+    student_name, student = broker.student("trust-student")
+    with broker.http(teacher.token) as http:
+        named = _published(http, teacher.key, 1, 3)
+        head = _head(teacher.key, teacher.name, 5, {"modarith.parity": named})
+        assert http.put(f"/v1/agents/{teacher.name}/head", json=head).status_code == 201
+    with broker.admin as admin:
+        admin.revoke_key(teacher.name, teacher.keyid)
+    with broker.http(student) as http:
+        for reason in ("rollback", "withheld"):
+            body = {"reason": reason, "packet": named.packet, "detail": f"<b>{reason}</b>"}
+            assert http.post(f"/v1/agents/{teacher.name}/trust-reports", json=body).status_code == 201
+    with _session(broker, student) as s:
+        assert '<a href="/dashboard/teachers/trust-teacher">' in s.get("/dashboard").text
+        page = s.get("/dashboard/teachers/trust-teacher")
+        assert page.status_code == 200
+        text = page.text
+        for expected in ("version</dt><dd>5", "(current)", "modarith.parity", teacher.keyid, "revoked 20",
+                         named.packet[:16], student_name, "rollback", "withheld", "refused"):  # fmt: skip
+            assert expected in text, expected
+        assert "<b>" not in text  # a student's detail is not shown, let alone as markup
+        assert s.get("/dashboard/teachers/nobody").status_code == 404
+        assert s.get(f"/dashboard/teachers/{student_name}").status_code == 404  # students are not teachers
+    with httpx.Client(base_url=broker.url) as anonymous:
+        assert anonymous.get("/dashboard/teachers/trust-teacher").status_code == 303
 
 
 def test_the_dashboard_is_not_in_the_api_schema(broker):

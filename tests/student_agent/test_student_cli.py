@@ -53,6 +53,15 @@ def test_a_bad_cal_setting_is_one_line(env, monkeypatch):
     _one_line(CliRunner().invoke(app, ["run", "--topic", "modarith.range"]), 2, "FitConfig.form")
 
 
+@pytest.mark.parametrize(
+    "name,value",
+    [("REVOKED_AFTER", "yesterday"), ("REVOKED_AFTER", "2026-01-01T00:00:00"), ("MIN_SIGNERS", "0")],
+)  # not a time; a time without its zone; no signer at all
+def test_a_bad_trust_setting_is_one_line(env, monkeypatch, name, value):
+    monkeypatch.setenv(f"M2KT_STUDENT_{name}", value)
+    _one_line(CliRunner().invoke(app, ["run", "--topic", "modarith.range"]), 2, f"M2KT_STUDENT_{name}")
+
+
 def test_query_heading_stays_whole_above_a_narrow_table():
     """The heading is its own line: as a table title it wrapped to the width of one short column."""
     import io

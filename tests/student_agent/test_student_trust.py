@@ -9,8 +9,12 @@ the packets are signed test vectors (tests/factory.py) whose content the student
 (``invalid-content``) once they passed every trust check, which is what the honest ones show.
 """
 
+import asyncio
+import base64
+import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -22,12 +26,12 @@ import uvicorn
 from brokerkit import free_port
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from m2kt import keys
 from m2kt.client import BrokerClient
 from m2kt.head import TopicHead, build_head
-from student_agent.agent import StudentAgent
+from student_agent.agent import TRUST_REASONS, StudentAgent
 from student_agent.trust import TRUST_FILE, TrustState
 
 TOPIC, TEACHER = "modarith.parity", "teacher-a"
@@ -40,10 +44,13 @@ def _when(**delta: float) -> str:
 class Packet:
     """One validly signed packet: id, envelope, payload."""
 
-    def __init__(self, key: Ed25519PrivateKey, seed: int, **manifest: Any) -> None:
+    def __init__(self, key: Ed25519PrivateKey, seed: int, *cosigners: Ed25519PrivateKey, **manifest: Any) -> None:
         manifest.setdefault("teacher", {"agent": TEACHER, "model": factory.manifest()["teacher"]["model"]})
         self.version = manifest.get("version")
         self.id, self.envelope, self.payload = factory.packet(key, seed=seed, **manifest)
+        if cosigners:  # the same statement, signed by more keys
+            statement = base64.b64decode(json.loads(self.envelope)["payload"])
+            self.envelope = factory.envelope_bytes(statement, key, *cosigners)
 
 
 def _head(key: Ed25519PrivateKey, version: int, topics: dict[str, Packet], *, expires_in: float = 3600) -> bytes:
@@ -63,8 +70,10 @@ class EvilBroker:
         self.envelopes: dict[str, bytes] = {}
         self.payloads: dict[str, bytes] = {}
         self.reports: dict[str, dict[str, Any]] = {}
+        self.trust_reports: list[dict[str, Any]] = []  # what students told of the teacher, as posted
         self.url = ""
         self.head: bytes | None = None  # the teacher's signed head, as the broker chooses to serve it
+        self.threshold = 1  # how many of the teacher's keys must sign, as the broker claims it
         self.app = self._build()
 
     def key(self, key: Ed25519PrivateKey, *, revoked: bool = False) -> None:
@@ -88,7 +97,7 @@ class EvilBroker:
 
         @app.get("/v1/agents/{name}")
         def agent(name: str) -> dict[str, Any]:
-            return {"name": name, "role": "teacher", "keys": self.keys}
+            return {"name": name, "role": "teacher", "keys": self.keys, "threshold": self.threshold}
 
         @app.get("/v1/agents/{name}/head")
         def head(name: str) -> Response:
@@ -110,6 +119,24 @@ class EvilBroker:
         @app.get("/v1/packets/{pid}/payload")
         def payload(pid: str) -> Response:
             return Response(self.payloads[pid], media_type="application/octet-stream")
+
+        @app.get("/v1/topics/{topic}/events")
+        async def events(topic: str, request: Request) -> StreamingResponse:
+            after = int(request.headers.get("last-event-id", "0"))
+
+            async def stream() -> AsyncIterator[str]:
+                for s in [s for s in self.feed if s["seq"] > after and topic in s["topics"]]:
+                    yield f"id: {s['seq']}\nevent: packet\ndata: {json.dumps(s)}\n\n"
+                for _ in range(10):  # then hold the stream open a while, as a quiet topic does
+                    yield ": keep-alive\n\n"
+                    await asyncio.sleep(0.1)
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+
+        @app.post("/v1/agents/{name}/trust-reports")
+        async def trust_report(name: str, request: Request) -> JSONResponse:
+            self.trust_reports.append({"teacher": name, **await request.json()})
+            return JSONResponse({"index": len(self.trust_reports)}, status_code=201)
 
         @app.post("/v1/packets/{pid}/reports")
         async def report(pid: str, request: Request) -> JSONResponse:
@@ -166,6 +193,9 @@ def _assert_refused(evil: EvilBroker, outcomes, pid: str, reason: str) -> None:
     report = evil.reports[pid]
     assert report["verdict"] == "rejected" and report["metrics"]["reason"] == reason
     assert report["detail"].startswith(reason)
+    if reason in TRUST_REASONS:  # told of the teacher too, where the dashboard shows it
+        told = [(t["teacher"], t["reason"], t["action"]) for t in evil.trust_reports if t["packet"] == pid]
+        assert (TEACHER, reason, "refused") in told, evil.trust_reports
 
 
 PASSED = ("rejected", "invalid-content")  # through every trust check; its test-vector content is not a real packet
@@ -346,3 +376,89 @@ def test_a_malformed_registry_answer_is_a_refusal_not_a_crash(evil, tmp_path):
     before = agent.store.files()
     _assert_refused(evil, _handle(agent), packet.id, "untrusted-key")
     assert agent.store.files() == before
+
+
+def test_a_head_naming_a_packet_the_stream_never_brings_is_withheld(evil, tmp_path):
+    """A following student syncs heads while it streams: a packet named after it started is missed too."""
+    key = Ed25519PrivateKey.generate()
+    evil.key(key)
+    served, held_back = Packet(key, 1, version=1), Packet(key, 2, version=2)
+    evil.head = _head(key, 1, {TOPIC: served})
+    evil.serve(served)
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    outcomes: list[Any] = []
+
+    def withheld() -> bool:
+        return any(t["reason"] == "withheld" for t in evil.trust_reports)
+
+    def follow() -> None:
+        agent.run([TOPIC], lambda: BrokerClient(evil.url, "student-token", retries=0), on_outcome=outcomes.append,
+                  stop=lambda: withheld() or time.monotonic() > deadline, read_timeout=2, retry_seconds=0.2,
+                  sync_seconds=0.3)  # fmt: skip
+
+    deadline = time.monotonic() + 60
+    thread = threading.Thread(target=follow)
+    thread.start()
+    while not outcomes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [o.packet_id for o in outcomes] == [served.id]
+    evil.head = _head(key, 2, {TOPIC: held_back})  # the teacher published v2 and said so; the broker hides v2
+    thread.join(timeout=70)
+    agent.client.close()
+    assert withheld(), evil.trust_reports
+    told = next(t for t in evil.trust_reports if t["reason"] == "withheld")
+    assert (told["teacher"], told["packet"], told["action"]) == (TEACHER, held_back.id, "refused")
+    assert evil.reports[held_back.id]["metrics"]["reason"] == "withheld"
+    assert not agent.state.is_handled(held_back.id)
+    assert agent.store.files() == before
+
+
+def test_a_k_of_n_teacher_needs_k_of_its_pinned_keys_and_the_broker_cannot_lower_k(evil, tmp_path):
+    a, b, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    evil.key(a)
+    evil.key(b)
+    evil.threshold = 2
+    both, one = Packet(a, 1, b, version=1), Packet(a, 2, version=2)
+    twice_by_one = Packet(a, 3, a, version=3)  # the same key twice is one signer
+    with_stranger = Packet(a, 4, stranger, version=4)  # a key the student does not trust does not count
+    for packet in (both, one, twice_by_one, with_stranger):
+        evil.serve(packet)
+    agent = _student(evil, tmp_path / "student")
+    before = agent.store.files()
+    outcomes = _handle(agent)
+    assert outcomes[both.id] == PASSED
+    for packet in (one, twice_by_one, with_stranger):
+        _assert_refused(evil, outcomes, packet.id, "threshold")
+    assert agent.trust.thresholds == {TEACHER: 2}
+    # A head needs k signers too; and a broker that "lowers" the threshold changes nothing.
+    evil.threshold = 1
+    statement = base64.b64decode(json.loads(_head(a, 1, {TOPIC: both}))["payload"])
+    evil.head = factory.envelope_bytes(statement, a)
+    late = Packet(a, 5, b, version=5)
+    evil.serve(late)
+    agent = _student(evil, tmp_path / "student")
+    _assert_refused(evil, _handle(agent), late.id, "threshold")
+    evil.head = factory.envelope_bytes(statement, a, b)
+    again, lone = Packet(a, 6, b, version=6), Packet(b, 7, version=7)
+    evil.serve(again)
+    evil.serve(lone)
+    agent = _student(evil, tmp_path / "student")
+    outcomes = _handle(agent)
+    assert outcomes[again.id] == PASSED
+    _assert_refused(evil, outcomes, lone.id, "threshold")
+    assert agent.store.files() == before
+    assert TrustState.load(tmp_path / "student" / TRUST_FILE).thresholds == {TEACHER: 2}
+
+
+def test_a_student_can_require_k_signers_itself(evil, tmp_path):
+    a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    evil.key(a)
+    evil.key(b)  # the registry says threshold 1; the operator wants 2
+    one, both = Packet(a, 1, version=1), Packet(a, 2, b, version=2)
+    evil.serve(one)
+    evil.serve(both)
+    agent = _student(evil, tmp_path / "student", min_signers=2)
+    outcomes = _handle(agent)
+    _assert_refused(evil, outcomes, one.id, "threshold")
+    assert outcomes[both.id] == PASSED

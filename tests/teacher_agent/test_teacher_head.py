@@ -7,6 +7,7 @@ import factory
 import pytest
 
 from m2kt import keys
+from m2kt.errors import UnknownKey
 from m2kt.head import TopicHead, open_head
 from teacher_agent.head import latest_per_topic, make_head, put_head
 
@@ -51,3 +52,28 @@ def test_a_head_needs_a_positive_lifetime(tmp_path):
     keys.save_keypair(keys.generate(), key_path)
     with pytest.raises(ValueError, match="lifetime"):
         make_head("t", key_path, {}, timedelta(0))
+
+
+def test_a_k_of_n_teacher_cosigns_its_head(broker, tmp_path):
+    teacher = broker.teacher()
+    second = keys.generate()
+    key_path, second_path = tmp_path / "teacher.key", tmp_path / "second.key"
+    keys.save_keypair(teacher.key, key_path)
+    keys.save_keypair(second, second_path)
+    with broker.admin as admin:
+        admin.add_key(teacher.name, keys.public_to_b64(second.public_key()))
+    out_dir = tmp_path / "packets"
+    out_dir.mkdir()
+    _publish(broker, teacher, out_dir, [(1, 1, ["modarith.parity"])])  # signed before the threshold rose
+    with broker.http(broker.settings.admin_token.get_secret_value()) as http:
+        assert http.put(f"/v1/agents/{teacher.name}/threshold", json={"threshold": 2}).status_code == 200
+    with pytest.raises(UnknownKey, match="threshold is 2"):
+        put_head(out_dir, key_path, teacher.name, broker.url, teacher.token, timedelta(minutes=5))
+    stored = put_head(out_dir, key_path, teacher.name, broker.url, teacher.token, timedelta(minutes=5),
+                      cosign=[second_path])  # fmt: skip
+    assert stored["stored"] is True
+    _, student = broker.student()
+    trusted = {teacher.keyid: teacher.key.public_key(), keys.keyid(second.public_key()): second.public_key()}
+    with broker.client(student) as client:
+        head = open_head(client.get_head(teacher.name), trusted)
+    assert sorted(head.signers) == sorted(trusted)
