@@ -1,5 +1,7 @@
 """m2kt-broker: serve, migrate, sweep, agents create / rotate-token / revoke-token, keys revoke."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -8,7 +10,6 @@ from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import logs
@@ -83,14 +84,19 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
 
 
-def _admin_engine(settings: BrokerSettings) -> Engine:
-    """The engine of an admin command, once the database is known to exist and be at head.
+@contextmanager
+def _admin_sessions(settings: BrokerSettings) -> Iterator[Sessions]:
+    """The database of an admin command, once it is known to exist and be at head; disposed after.
 
     Raises:
         DatabaseNotReady: missing, unreachable or not migrated.
     """
     require_head(settings.database_url)
-    return make_engine(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        yield Sessions(engine)
+    finally:
+        engine.dispose()
 
 
 @app.command()
@@ -106,11 +112,8 @@ def sweep() -> None:
     from broker.storage import open_store
 
     settings = _settings()
-    engine = _admin_engine(settings)
-    try:
-        removed = sweep_orphans(Sessions(engine), open_store(settings), settings.orphan_grace_seconds)
-    finally:
-        engine.dispose()
+    with _admin_sessions(settings) as sessions:
+        removed = sweep_orphans(sessions, open_store(settings), settings.orphan_grace_seconds)
     err.print(f"removed {removed} unreferenced blobs and temp files")
 
 
@@ -124,11 +127,8 @@ def agents_create(
     """Register an agent directly in the database and print its token (shown once)."""
     settings = _settings()
     b64 = keys.public_to_b64(keys.load_public(public_key)) if public_key is not None else None
-    engine = _admin_engine(settings)
-    try:
-        new = agents_service.create_agent(sessions=Sessions(engine), name=name, role=role, public_key=b64)
-    finally:
-        engine.dispose()
+    with _admin_sessions(settings) as sessions:
+        new = agents_service.create_agent(sessions=sessions, name=name, role=role, public_key=b64)
     out.print(new.token, soft_wrap=True, highlight=False)
 
 
@@ -140,11 +140,8 @@ def keys_revoke(
 ) -> None:
     """Revoke a teacher's key: packets it signed stay, it signs nothing new."""
     settings = _settings()
-    engine = _admin_engine(settings)
-    try:
-        agents_service.revoke_key(sessions=Sessions(engine), name=name, keyid=keyid)
-    finally:
-        engine.dispose()
+    with _admin_sessions(settings) as sessions:
+        agents_service.revoke_key(sessions=sessions, name=name, keyid=keyid)
     err.print(f"revoked {keyid}")
 
 
@@ -156,11 +153,8 @@ def keys_threshold(
 ) -> None:
     """Require k of a teacher's unrevoked keys on each packet and head it publishes (k-of-n)."""
     settings = _settings()
-    engine = _admin_engine(settings)
-    try:
-        agents_service.set_threshold(sessions=Sessions(engine), name=name, threshold=k)
-    finally:
-        engine.dispose()
+    with _admin_sessions(settings) as sessions:
+        agents_service.set_threshold(sessions=sessions, name=name, threshold=k)
     err.print(f"{name}: {k} of its keys must sign")
 
 
@@ -169,11 +163,8 @@ def keys_threshold(
 def agents_rotate_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
     """Issue a new token for an agent and print it (shown once); the old token stops working at once."""
     settings = _settings()
-    engine = make_engine(settings.database_url)
-    try:
-        new = agents_service.rotate_token(sessions=Sessions(engine), name=name)
-    finally:
-        engine.dispose()
+    with _admin_sessions(settings) as sessions:
+        new = agents_service.rotate_token(sessions=sessions, name=name)
     out.print(new.token, soft_wrap=True, highlight=False)
 
 
@@ -182,11 +173,8 @@ def agents_rotate_token(name: Annotated[str, typer.Option(help="agent name")]) -
 def agents_revoke_token(name: Annotated[str, typer.Option(help="agent name")]) -> None:
     """Refuse an agent's token from now on (rotate-token issues a new one)."""
     settings = _settings()
-    engine = make_engine(settings.database_url)
-    try:
-        agents_service.revoke_token(sessions=Sessions(engine), name=name)
-    finally:
-        engine.dispose()
+    with _admin_sessions(settings) as sessions:
+        agents_service.revoke_token(sessions=sessions, name=name)
     err.print(f"token of {name} revoked")
 
 
@@ -198,12 +186,9 @@ def teachers_show(
 ) -> None:
     """Print a teacher's signed head and its expiry, versions per topic, keys, and students' trust reports."""
     settings = _settings()
-    engine = _admin_engine(settings)
-    try:
-        with Sessions(engine).reader() as session:
+    with _admin_sessions(settings) as sessions:
+        with sessions.reader() as session:
             t = trust_service.teacher_trust(session=session, name=name, include_quarantined=True)
-    finally:
-        engine.dispose()
     if as_json:
         out.print_json(t.model_dump_json())
         return

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 from broker.settings import BrokerSettings
 from m2kt.errors import ServiceUnavailable
+from m2kt.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +92,6 @@ class SpooledBlob:
         if not self.fh.closed:
             self.fh.close()
         self.path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_at_once(pool: ThreadPoolExecutor, calls: list[Callable[[], None]]) -> None:
@@ -226,7 +219,7 @@ class FileStore(BlobStore):
                     dirs.add(self.blobs)  # the new shard's own entry
                 os.replace(blob.path, final)
                 dirs.add(final.parent)
-            run_at_once(self._pool, [functools.partial(_fsync_dir, d) for d in sorted(dirs)])
+            run_at_once(self._pool, [functools.partial(fsync_dir, d) for d in sorted(dirs)])
 
     @contextmanager
     def open(self, sha256: str) -> Iterator[IO[bytes]]:
