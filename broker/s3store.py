@@ -8,8 +8,9 @@ Durability is S3's: a PUT that succeeded is stored, and a PUT is all or nothing,
 key ever names part of a blob. Each PUT carries the blob's SHA-256 (`ChecksumSHA256`),
 which the store checks against the bytes it received. A publish PUTs its blobs before
 its rows commit; a PUT is never skipped because the object exists, so every publish
-renews its objects' `LastModified` and the orphan sweep (by age, see
-`BlobStore.sweep`) cannot take an old unreferenced object that a publish is adopting.
+renews its objects' `LastModified` and an orphan sweep (by age, see `BlobStore.sweep`)
+that lists after the PUT leaves an old unreferenced object that a publish is adopting (the
+window left open is in docs/protocol-choices.md).
 
 Endpoint, region and credentials come from the standard AWS environment
 (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...,

@@ -165,7 +165,11 @@ class BlobStore(ABC):
         cutoff = time.time() - grace_seconds
         removed = 0
         for path in list(self.tmp.iterdir()):
-            if path.stat().st_mtime <= cutoff:
+            try:
+                old_enough = path.stat().st_mtime <= cutoff
+            except FileNotFoundError:  # an upload beside this sweep finished or discarded it
+                continue
+            if old_enough:
                 path.unlink(missing_ok=True)
                 removed += 1
         old = self.old_blobs(cutoff)
@@ -235,11 +239,19 @@ class FileStore(BlobStore):
 
     def old_blobs(self, cutoff: float) -> dict[str, str]:
         paths = [p for d in self.blobs.iterdir() if d.is_dir() for p in d.iterdir()]
-        return {p.name: str(p) for p in paths if p.stat().st_mtime <= cutoff}
+        return {p.name: str(p) for p in paths if _mtime(p) <= cutoff}
 
     def remove(self, where: list[str]) -> None:
         for path in where:
             Path(path).unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    """A file's age stamp; one removed meanwhile counts as new (there is nothing left to sweep)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def _chunks(fh: IO[bytes]) -> Iterator[bytes]:

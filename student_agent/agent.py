@@ -294,11 +294,16 @@ class StudentAgent:
                 if datetime.fromisoformat(created.replace("Z", "+00:00")) < self.revoked_after:
                     continue
             doomed[str(entry["packet_id"])] = (teacher, revoked[0])
+        # The removals are recorded before the store changes: a crash in between leaves them recorded
+        # (the next sync finds the entries again and removes them), never removed and unreported.
+        for packet_id, (teacher, keyid) in doomed.items():
+            self.trust.removed[packet_id] = {"teacher": teacher, "keyid": keyid, "reported": False}
+        if doomed:
+            self.trust.save()
         removed = self.store.remove(doomed) if doomed else []
         outcomes = []
         for packet_id in removed:
             teacher, keyid = doomed[packet_id]
-            self.trust.removed[packet_id] = {"teacher": teacher, "keyid": keyid, "reported": False}
             if packet_id in self.state.handled:
                 self.state.handled[packet_id]["verdict"] = "removed"
             detail = f"its CAL was removed: signed by key {keyid}, which was revoked"
