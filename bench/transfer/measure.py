@@ -43,6 +43,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "extractor_clustering": {"extractor": "clustering"},
     "extractor_attribution": {"extractor": "attribution"},
 }
+# The ablations every pair runs: the loss terms and the views (every word slot, observable heads).
+# The design choices (form, direction, extractor, safety term) are ablated on the first pair only.
+TERM_ABLATIONS = ("no_views", "no_geo", "no_struct", "no_reason")
 POISON_SHARE = 0.2
 
 
@@ -90,8 +93,12 @@ def run_seed(
     ablation_m: int | None,
     *,
     mixed_poison: bool = False,
+    all_ablations: bool = True,
 ) -> dict[str, Any]:
     """All measurements of one seed; accuracies are per-concept lists (balanced, on held-out).
+
+    ``all_ablations``: every entry of ABLATIONS and the safety-term ablation at ``ablation_m``;
+    otherwise only TERM_ABLATIONS.
 
     ``mixed_poison``: the auditor sees one packet poisoned with every kind at once instead of one
     packet per kind (the quick profile's saving: one CAL fit instead of three).
@@ -123,7 +130,7 @@ def run_seed(
     out["fit_seconds"] = fit_seconds
     out["kd"] = _kd_curve(setup, seed)
     if ablation_m:
-        out["ablations"] = _ablations(setup, packets, seed, ablation_m)
+        out["ablations"] = _ablations(setup, packets, seed, ablation_m, full=all_ablations)
     assert honest is not None
     out["safety"] = _safety(setup, packets, seed, safety_m, honest, mixed=mixed_poison)
     return out
@@ -185,12 +192,14 @@ def _kd_curve(setup: Setup, seed: int) -> dict[str, list[float]]:
     return curve
 
 
-def _ablations(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, list[float]]:
+def _ablations(setup: Setup, packets: _Packets, seed: int, m: int, *, full: bool) -> dict[str, list[float]]:
     s = setup
     out: dict[str, list[float]] = {}
     base = packets.knowledge(m)
     a_obs = _observe(s, base)
     for name, change in ABLATIONS.items():
+        if not full and name not in TERM_ABLATIONS:
+            continue
         change = dict(change)
         extractor = change.pop("extractor", "probing")
         if extractor not in s.extractions:
@@ -198,6 +207,8 @@ def _ablations(setup: Setup, packets: _Packets, seed: int, m: int) -> dict[str, 
         kn = packets.knowledge(m, extractor=extractor) if extractor != "probing" else base
         fitted = fit_cal(kn, a_obs, s.unlabelled, replace(FitConfig(seed=seed), **change))
         out[name] = _acc(fitted.reader(fitted.reader.input_of(s.held_obs)), s.truth)
+    if not full:
+        return out
     # the safety term: two concepts marked unsafe; how readable do they stay in the mapped space?
     unsafe = tuple(c.key for c in s.extractions["probing"].concepts[:2])
     kn = packets.knowledge(m, spec=PacketSpec(agent="bench", unsafe=frozenset(unsafe)))

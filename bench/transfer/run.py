@@ -1,10 +1,11 @@
 """`python -m bench.transfer [--quick] [--out FILE]`: the transfer benchmark of docs/method.md.
 
-The full run trains (once, cached) two heterogeneous pairs on two task families and
+The full run trains (once, cached) two heterogeneous pairs on three task families and
 measures, per seed, M2KT at every m against KD at equal data, KD with self-training on
 the same unlabelled inputs, ridge and Procrustes translation, the KD curve over n, the
-loss-term / form / direction / extractor ablations and the safety auditor on poisoned
-packets. ``--quick`` (one small pair, one family, one seed, m in {64, 256}) is for tests.
+loss-term and views ablations (every pair), the form / direction / extractor / safety-term
+ablations (first pair) and the safety auditor on poisoned packets. ``--quick`` (one small pair,
+one family, one seed, m in {64, 256}) is for tests.
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ def main(
             continue
         extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
         setup = prepare(fam, profile.families[fam], pair_, profile, workdir, extractors)
-        ablation_m = profile.ablation_m if i == 0 else None
         runs = []
         for seed, cached in enumerate(seed_files):
             if cached.exists() and not fresh:  # a long run that was interrupted resumes here
@@ -85,8 +85,8 @@ def main(
                 console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
             else:
                 console.print(f"{fam} {pair_.name} seed {seed} ...")
-                runs.append(run_seed(setup, seed, profile.anchors, profile.probes, ablation_m,
-                                     mixed_poison=profile.mixed_poison))  # fmt: skip
+                runs.append(run_seed(setup, seed, profile.anchors, profile.probes, profile.ablation_m,
+                                     mixed_poison=profile.mixed_poison, all_ablations=i == 0))  # fmt: skip
                 cached.write_text(json.dumps(runs[-1]))
         info = {
             "teacher_score": setup.teacher_score.tolist(),
