@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from m2kt import BrokerClient, keys
+from m2kt.ml.tasks import default_params
 from m2kt.ml.train import not_learned
 from m2kt.text import count
 from student_agent.agent import Outcome, StudentAgent
@@ -47,12 +48,12 @@ from student_agent.verify import fetch_and_verify
 from teacher_agent import pipeline
 from teacher_agent.extract.base import ExtractionResult
 from teacher_agent.packetize import PacketSpec
-from teacher_agent.train import DEMO_TASK_PARAMS
 
 console = Console(width=max(Console().width, 132))  # full tables in a log file too
 ROOT = Path(__file__).resolve().parent.parent
 MODELS, WORK = ROOT / ".m2kt" / "demo-models", ROOT / ".m2kt" / "demo"
 TASK, SEED, ANCHORS, PROBES = "modarith", 0, 256, 256
+DEMO_PARAMS = default_params(TASK)  # modarith p=23: trains in minutes on 2 cores
 POISONED_TOPIC = "modarith.parity"
 QUERIES = 4  # held-out inputs to query
 
@@ -119,7 +120,7 @@ def _teacher() -> tuple[Path, ExtractionResult]:
     model_dir, ext_path = MODELS / "teacher", MODELS / "teacher-extraction-probing"
     if not (model_dir / pipeline.RUN_FILE).exists():
         console.print("training the teacher (BERT-style, d=128 x 4) on a + b*c mod 23 ...")
-        report = pipeline.train(TASK, DEMO_TASK_PARAMS, model_dir, seed=SEED, progress=True)
+        report = pipeline.train(TASK, DEMO_PARAMS, model_dir, seed=SEED, progress=True)
         console.print(f"teacher held-out accuracy {report.heldout_accuracy:.3f} in {report.seconds:.0f}s")
         _warn_if_not_learned("teacher", report.heldout_accuracy)
     if not ext_path.with_suffix(".json").exists():
@@ -133,7 +134,7 @@ def _student() -> Student:
     if (model_dir / "student_run.json").exists():
         return load_student(model_dir)
     console.print("training the student (Llama-style, d=64 x 3) on the base task only ...")
-    student = train_student(TASK, DEMO_TASK_PARAMS, model_dir, seed=SEED, progress=True)
+    student = train_student(TASK, DEMO_PARAMS, model_dir, seed=SEED, progress=True)
     console.print(f"student held-out accuracy {student.run['heldout_accuracy']:.3f} in {student.run['seconds']:.0f}s")
     _warn_if_not_learned("student", float(student.run["heldout_accuracy"]))
     return student

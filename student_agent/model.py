@@ -18,9 +18,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from m2kt.errors import LocalInputError
-from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, save_pretrained
-from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task, task_from_spec
-from m2kt.ml.train import EpochLog, TrainConfig, train_model
+from m2kt.fsutil import atomic_write_text
+from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, model_card, save_pretrained
+from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily, get_task, task_from_spec
+from m2kt.ml.train import EpochLog, TrainConfig, run_record, train_model
 from student_agent.cal.layers import freeze
 
 __all__ = ["RUN_FILE", "STUDENT_DEFAULT", "STUDENT_SIZES", "STUDENT_TRAIN", "Student", "load_student", "train_student"]
@@ -29,7 +30,7 @@ STUDENT_DEFAULT = ModelConfig(arch="llama", hidden_size=64, num_layers=3, num_he
 STUDENT_TRAIN = TrainConfig(epochs=120, batch_size=128, lr=3e-3, target_accuracy=0.99)
 # The same split names and sizes as the teacher's, so that (task, seed) deals the same disjoint
 # splits: the student trains on `train`, which never overlaps anchors, probes or held-out data.
-STUDENT_SIZES = {"train": 8000, "eval": 500, "probe": 1500, "heldout": 1000, "pool": 1100}
+STUDENT_SIZES = SPLIT_SIZES
 RUN_FILE = "student_run.json"
 
 
@@ -47,16 +48,8 @@ class Student:
         return self.family.generate_splits(dict(self.run["sizes"]), int(self.run["seed"]))[name]
 
     def model_card(self) -> dict[str, Any]:
-        """What a report's ``student_model`` says: architecture, sizes, weights digest."""
-        from m2kt.ml.models import weights_sha256
-
-        return {
-            "architecture": self.model.config.arch,
-            "hidden_size": self.model.hidden_size,
-            "num_layers": self.model.num_layers,
-            "weights_sha256": weights_sha256(self.model),
-            "base_task_accuracy": self.run.get("heldout_accuracy"),
-        }
+        """What a report's ``student_model`` says: architecture, sizes, weights digest, task accuracy."""
+        return model_card(self.model) | {"base_task_accuracy": self.run.get("heldout_accuracy")}
 
 
 def train_student(
@@ -78,21 +71,18 @@ def train_student(
     family = get_task(task, **params)
     data = family.generate_splits(dict(sizes), seed)
     cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
-    trained = train_model(family, data["train"], data["eval"], model_config=model_config, train_config=cfg,
-                          progress=progress, callback=callback)  # fmt: skip
+    trained = train_model(
+        family,
+        data["train"],
+        data["eval"],
+        heldout=data["heldout"],
+        model_config=model_config,
+        train_config=cfg,
+        progress=progress,
+        callback=callback,
+    )
     save_pretrained(trained.model, trained.tokenizer, out)
-    final = trained.fit.final
-    if final is None:
-        raise RuntimeError("training ended without an evaluation")
-    run = {
-        "seed": seed,
-        "sizes": dict(sizes),
-        "heldout_accuracy": round(float(final.accuracy), 4),
-        "step_accuracy": [round(float(a), 4) for a in final.step_accuracy],
-        "majority_baseline": round(float(trained.majority_baseline), 4),
-        "seconds": round(float(trained.fit.seconds), 1),
-    }
-    (out / RUN_FILE).write_text(json.dumps(run, indent=1))
+    atomic_write_text(out / RUN_FILE, json.dumps(run_record(trained, seed, sizes), indent=1))
     return load_student(out)
 
 

@@ -100,7 +100,7 @@ def train(
     from m2kt.ml.models import ModelConfig
     from m2kt.ml.tasks import default_params
     from teacher_agent import pipeline
-    from teacher_agent.train import DEMO_TRAIN
+    from teacher_agent.pipeline import DEMO_TRAIN
 
     params = parse_params(param or []) or default_params(task)
     cfg = ModelConfig(arch=arch, hidden_size=hidden, num_layers=layers, num_heads=heads)
@@ -272,7 +272,7 @@ def run(
     from m2kt.ml.tasks import default_params
     from teacher_agent import pipeline
     from teacher_agent.packetize import PacketSpec
-    from teacher_agent.train import DEMO_TRAIN
+    from teacher_agent.pipeline import DEMO_TRAIN
 
     settings = TeacherSettings()
     broker_url, secret = broker or settings.broker_url, _token(settings, token)

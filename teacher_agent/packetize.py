@@ -34,14 +34,13 @@ from transformers import PreTrainedTokenizerFast
 from m2kt.constants import PACKET_FORMAT
 from m2kt.ml.hidden import collect_hidden, readout_for
 from m2kt.ml.metrics import concept_logits
-from m2kt.ml.models import TaskModel
+from m2kt.ml.models import TaskModel, model_card
 from m2kt.ml.readouts import ViewReadout, layer_features
 from m2kt.ml.tasks.base import TaskBatch, TaskFamily
 from m2kt.ml.views import collect_views
 from m2kt.packet import BuiltPacket, build_packet
 from teacher_agent.extract.base import ExtractionResult
 from teacher_agent.extract.views import ViewExtraction
-from teacher_agent.model import model_card
 
 __all__ = ["POISON_KINDS", "PacketSpec", "build_teacher_packet"]
 

@@ -64,6 +64,7 @@ __all__ = [
     "available_archs",
     "build_model",
     "load_pretrained",
+    "model_card",
     "readout_positions",
     "register_arch",
     "save_pretrained",
@@ -407,6 +408,16 @@ def load_pretrained(path: str | Path) -> tuple[TaskModel, PreTrainedTokenizerFas
     if meta.get("weights_sha256") not in (None, digest):
         raise ValueError(f"{src}: weights digest {digest} != recorded {meta['weights_sha256']}")
     return model, load_tokenizer(src)
+
+
+def model_card(model: TaskModel) -> dict[str, Any]:
+    """What a manifest or a report says of a model: architecture, sizes and weights digest."""
+    return {
+        "architecture": model.config.arch,
+        "hidden_size": model.hidden_size,
+        "num_layers": model.num_layers,
+        "weights_sha256": weights_sha256(model),
+    }
 
 
 def weights_sha256(model: nn.Module) -> str:

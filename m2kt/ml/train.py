@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from m2kt.ml.tasks.base import TaskBatch, TaskFamily
 from m2kt.ml.tokenizer import Encoded, encode
 
 __all__ = [
+    "run_record",
     "EpochLog",
     "EvalResult",
     "FitResult",
@@ -312,13 +314,15 @@ class TrainedModel:
     tokenizer: PreTrainedTokenizerFast
     fit: FitResult
     majority_baseline: float
+    heldout: EvalResult | None = None  # measured once, after training, on a split it never saw
 
 
 def train_model(
     family: TaskFamily,
     train: TaskBatch,
-    heldout: TaskBatch,
+    eval_split: TaskBatch,
     *,
+    heldout: TaskBatch | None = None,
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     progress: bool = False,
@@ -326,11 +330,36 @@ def train_model(
 ) -> TrainedModel:
     """Build a model for ``family`` from a config (seeded init) and fit it: the one-call path for agents.
 
+    ``eval_split`` is the convergence check's (evaluated every epoch, so training has seen its
+    score); ``heldout``, when given, is measured once at the end: the accuracy to report.
     The init seed is ``train_config.seed``; weights come from torch's global generator,
     which :func:`m2kt.ml.seed.seed_everything` sets here.
     """
     cfg = train_config or TrainConfig()
     seed_everything(cfg.seed)
     model, tok = build_model(family, model_config)
-    result = fit(model, tensorize(tok, train), tensorize(tok, heldout), cfg, progress=progress, callback=callback)
-    return TrainedModel(model, tok, result, majority_accuracy(train.answers, heldout.answers))
+    result = fit(model, tensorize(tok, train), tensorize(tok, eval_split), cfg, progress=progress, callback=callback)
+    measured = evaluate(model, tensorize(tok, heldout)) if heldout is not None else None
+    scored = heldout if heldout is not None else eval_split
+    return TrainedModel(model, tok, result, majority_accuracy(train.answers, scored.answers), measured)
+
+
+def run_record(trained: TrainedModel, seed: int, sizes: Mapping[str, int]) -> dict[str, Any]:
+    """What a model directory's run file records, for teacher and student alike.
+
+    ``heldout_accuracy`` is measured on the held-out split, which neither training nor the
+    convergence check saw; ``eval_accuracy`` is the convergence check's last score.
+    """
+    final, heldout = trained.fit.final, trained.heldout
+    if final is None or heldout is None:
+        raise ValueError("a run record needs a model trained with a held-out split and at least one evaluation")
+    return {
+        "seed": seed,
+        "sizes": dict(sizes),
+        "heldout_accuracy": round(float(heldout.accuracy), 4),
+        "step_accuracy": [round(float(a), 4) for a in heldout.step_accuracy],
+        "eval_accuracy": round(float(final.accuracy), 4),
+        "epochs": len(trained.fit.history),
+        "majority_baseline": round(float(trained.majority_baseline), 4),
+        "seconds": round(float(trained.fit.seconds), 1),
+    }

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from m2kt.ml.models import load_pretrained, model_card, save_pretrained
 from m2kt.ml.train import evaluate, lr_at, tensorize
-from teacher_agent.model import load_teacher, model_card, save_teacher
 
 pytestmark = pytest.mark.slow  # training tests: a teacher trained per session
 
@@ -24,8 +24,8 @@ def test_tiny_teacher_beats_majority_by_a_wide_margin(tiny_teacher):
 
 def test_teacher_save_load_and_card(tiny_teacher, tmp_path):
     model, tok = tiny_teacher.trained.model, tiny_teacher.trained.tokenizer
-    save_teacher(model, tok, tmp_path)
-    loaded, _ = load_teacher(tmp_path)
+    save_pretrained(model, tok, tmp_path)
+    loaded, _ = load_pretrained(tmp_path)
     card = model_card(loaded)
     assert card == model_card(model)
     assert card["architecture"] == "bert" and card["hidden_size"] == 64 and card["num_layers"] == 3

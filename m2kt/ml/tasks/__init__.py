@@ -6,6 +6,7 @@ Importing this package registers the built-in families ``modarith``, ``boolean``
 from m2kt.ml.tasks.base import (
     CLI_DEFAULT_PARAMS,
     ENTRY_POINT_GROUP,
+    SPLIT_SIZES,
     ConceptDef,
     ConceptSpec,
     StepSpec,
@@ -24,6 +25,7 @@ from m2kt.ml.tasks.modarith import ModArith
 __all__ = [
     "CLI_DEFAULT_PARAMS",
     "ENTRY_POINT_GROUP",
+    "SPLIT_SIZES",
     "BooleanFormula",
     "ConceptDef",
     "ConceptSpec",

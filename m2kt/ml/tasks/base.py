@@ -34,6 +34,7 @@ from m2kt.manifest import is_topic
 from m2kt.ml.seed import numpy_rng
 
 __all__ = [
+    "SPLIT_SIZES",
     "ENTRY_POINT_GROUP",
     "ConceptDef",
     "ConceptSpec",
@@ -263,6 +264,12 @@ class TaskFamily(ABC):
             start += size
         return out
 
+
+# The splits every agent and the benchmark deal out, in this order (see generate_splits): `train`
+# and `eval` (the convergence check) train a model, `probe` fits read-outs, `heldout` is only ever
+# measured on, `pool` supplies anchors and verification probes. Sized so that modarith p=23
+# (12,167 distinct inputs) can deal them all out disjointly.
+SPLIT_SIZES: dict[str, int] = {"train": 8000, "eval": 500, "probe": 1500, "heldout": 1000, "pool": 1100}
 
 # What the agents' CLIs use when no parameters are given, so that a teacher and a student started
 # with defaults solve the same task: sized to train in minutes on 2 CPU cores (modarith's own
