@@ -144,12 +144,20 @@ def _throughput(
                 broker_s.append(_parallel(batch, workers, lambda p, c: c.publish(*p), base, token))
                 raw_s.append(_raw_path(batch, workers, db_url, tmp / f"raw-{size}-{workers}-{rep}", put))
             broker_med, raw_med = statistics.median(broker_s), statistics.median(raw_s)
-            rows.append({"payload_bytes": size, "publishers": workers, "packets": n, "reps": reps,
-                         "broker_per_s": round(n / broker_med, 1), "raw_per_s": round(n / raw_med, 1),
-                         "broker_per_s_min": round(n / max(broker_s), 1), "raw_per_s_min": round(n / max(raw_s), 1),
-                         "ratio": round(raw_med / broker_med, 3),
-                         "ratio_worst": round(min(r / b for r, b in zip(raw_s, broker_s, strict=True)), 3),
-                         })  # fmt: skip
+            rows.append(
+                {
+                    "payload_bytes": size,
+                    "publishers": workers,
+                    "packets": n,
+                    "reps": reps,
+                    "broker_per_s": round(n / broker_med, 1),
+                    "raw_per_s": round(n / raw_med, 1),
+                    "broker_per_s_min": round(n / max(broker_s), 1),
+                    "raw_per_s_min": round(n / max(raw_s), 1),
+                    "ratio": round(raw_med / broker_med, 3),
+                    "ratio_worst": round(min(r / b for r, b in zip(raw_s, broker_s, strict=True)), 3),
+                }
+            )
             console.print(f"throughput {size // 1024} KiB x{workers}: {rows[-1]}")
     return rows
 
@@ -183,8 +191,12 @@ def _parallel(batch: list[Any], workers: int, call: Any, base: str, token: str) 
 def _put_object(client: Any, blob_url: str, blob: bytes, digest: str) -> None:
     """The raw path's blob on the object store: one PUT with its checksum, as the broker's S3 store sends."""
     bucket, prefix = blob_url.removeprefix("s3://").split("/", 1)
-    client.put_object(Bucket=bucket, Key=f"{prefix}/raw/{digest}", Body=blob,
-                      ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())  # fmt: skip
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/raw/{digest}",
+        Body=blob,
+        ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+    )
 
 
 def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root: Path, put: Put | None) -> float:
@@ -244,9 +256,11 @@ def _raw_path(batch: list[tuple[bytes, bytes]], workers: int, db_url: str, root:
         pid = hashlib.sha256(item[0]).hexdigest()
         with lock:
             seq = next(counter)
-        q = (f"INSERT INTO raw_packets VALUES ({mark},{mark},{mark},{mark})",
-             f"INSERT INTO raw_topics VALUES ({mark},{mark},{mark})",
-             f"INSERT INTO raw_log (subject, hash, body) VALUES ({mark},{mark},{mark})")  # fmt: skip
+        q = (
+            f"INSERT INTO raw_packets VALUES ({mark},{mark},{mark},{mark})",
+            f"INSERT INTO raw_topics VALUES ({mark},{mark},{mark})",
+            f"INSERT INTO raw_log (subject, hash, body) VALUES ({mark},{mark},{mark})",
+        )
         conn.execute("BEGIN")
         conn.execute(q[0], (pid, seq, item[0].decode(), datetime.now(UTC).isoformat()))
         conn.execute(q[1], (pid, "t", seq))
@@ -291,8 +305,10 @@ CREATE TABLE IF NOT EXISTS raw_log (idx BIGSERIAL PRIMARY KEY, subject TEXT, has
 def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[str, Any]:
     token, key = harness.teacher(base, admin)
     with BrokerClient(base, admin) as c:  # a token holds at most 16 streams: ten streams per student
-        students = [str(c.create_agent(f"bench-s-{uuid.uuid4().hex[:6]}", "student")["token"])
-                    for _ in range(-(-n_streams // 10))]  # fmt: skip
+        students = [
+            str(c.create_agent(f"bench-s-{uuid.uuid4().hex[:6]}", "student")["token"])
+            for _ in range(-(-n_streams // 10))
+        ]
     topic = "bench.fanout"
     received: dict[str, list[float]] = {}
     lock = threading.Lock()
@@ -301,8 +317,10 @@ def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[
 
     def listen(student: str) -> None:
         headers = {"Authorization": f"Bearer {student}"}
-        with httpx.Client(timeout=httpx.Timeout(10, read=60)) as http, \
-                http.stream("GET", f"{base}/v1/topics/{topic}/events", headers=headers) as r:  # fmt: skip
+        with (
+            httpx.Client(timeout=httpx.Timeout(10, read=60)) as http,
+            http.stream("GET", f"{base}/v1/topics/{topic}/events", headers=headers) as r,
+        ):
             for line in r.iter_lines():
                 if line == ": stream open":
                     opened.release()
@@ -332,9 +350,16 @@ def _fanout(base: str, admin: str, n_streams: int, n_packets: int = 30) -> dict[
     stop.set()
     lat = sorted(max(0.0, t - acks[seq]) * 1000 for seq, ts in received.items() if seq in acks for t in ts)
     got = len(lat)
-    res = {"streams": n_streams, "packets": n_packets, "deliveries": got, "expected": n_streams * n_packets,
-           "p50_ms": round(_pct(lat, 50), 2), "p99_ms": round(_pct(lat, 99), 2), "max_ms": round(lat[-1], 2),
-           "mean_ms": round(statistics.fmean(lat), 2)}  # fmt: skip
+    res = {
+        "streams": n_streams,
+        "packets": n_packets,
+        "deliveries": got,
+        "expected": n_streams * n_packets,
+        "p50_ms": round(_pct(lat, 50), 2),
+        "p99_ms": round(_pct(lat, 99), 2),
+        "max_ms": round(lat[-1], 2),
+        "mean_ms": round(statistics.fmean(lat), 2),
+    }
     console.print(f"fan-out: {res}")
     return res
 
@@ -364,16 +389,20 @@ def _memory(base: str, admin: str, pid: int, n_streams: int) -> dict[str, Any]:
     size = 60 * 1024 * 1024
     growth = []
     for i in range(2):
-        (env, payload), = harness.signed_packets(key, 1, size - 4096 * i, "bench.memory")  # fmt: skip
+        ((env, payload),) = harness.signed_packets(key, 1, size - 4096 * i, "bench.memory")
         hwm = _rss_kib(pid)["VmHWM"]
         with BrokerClient(base, token, retries=0) as c:
             c.publish(env, payload)
         growth.append(round(max(0, _rss_kib(pid)["VmHWM"] - hwm) / 1024, 1))
     after = _rss_kib(pid)
-    res = {"rss_idle_mib": round(before["VmRSS"] / 1024, 1), "peak_before_mib": round(before["VmHWM"] / 1024, 1),
-           "upload_mib": round(size / 2**20, 1), "peak_growth_first_upload_mib": growth[0],
-           "peak_growth_during_upload_mib": growth[1],
-           "rss_after_upload_mib": round(after["VmRSS"] / 1024, 1)}  # fmt: skip
+    res = {
+        "rss_idle_mib": round(before["VmRSS"] / 1024, 1),
+        "peak_before_mib": round(before["VmHWM"] / 1024, 1),
+        "upload_mib": round(size / 2**20, 1),
+        "peak_growth_first_upload_mib": growth[0],
+        "peak_growth_during_upload_mib": growth[1],
+        "rss_after_upload_mib": round(after["VmRSS"] / 1024, 1),
+    }
     console.print(f"memory: {res}")
     return res
 
@@ -386,18 +415,26 @@ def _many_streams(base: str, admin: str, n_streams: int, n_packets: int = 30) ->
     fan-out cell) to a topic no stream listens to, while a prober asks `/healthz` every 10 ms.
     """
     token, key = harness.teacher(base, admin)
-    batches = [harness.signed_packets(key, n_packets + 3, 4096, "bench.load", first=i * (n_packets + 3))
-               for i in range(2)]  # fmt: skip
+    batches = [
+        harness.signed_packets(key, n_packets + 3, 4096, "bench.load", first=i * (n_packets + 3)) for i in range(2)
+    ]
     baseline = _publish_and_probe(base, token, batches[0])
     with _open_streams(base, admin, n_streams):
         loaded = _publish_and_probe(base, token, batches[1])
-    res = {"streams": n_streams, "packets": n_packets, "students": -(-n_streams // PER_STUDENT),
-           "publish_p50_ms_no_streams": baseline["publish_p50_ms"], "publish_p50_ms": loaded["publish_p50_ms"],
-           "publish_ratio": round(loaded["publish_p50_ms"] / baseline["publish_p50_ms"], 2),
-           "healthz_p99_ms_no_streams": baseline["healthz_p99_ms"], "healthz_p99_ms": loaded["healthz_p99_ms"],
-           "healthz_ratio": round(loaded["healthz_p99_ms"] / baseline["healthz_p99_ms"], 2),
-           "healthz_probes_no_streams": baseline["healthz_probes"], "healthz_probes": loaded["healthz_probes"],
-           "healthz_max_ms": loaded["healthz_max_ms"]}  # fmt: skip
+    res = {
+        "streams": n_streams,
+        "packets": n_packets,
+        "students": -(-n_streams // PER_STUDENT),
+        "publish_p50_ms_no_streams": baseline["publish_p50_ms"],
+        "publish_p50_ms": loaded["publish_p50_ms"],
+        "publish_ratio": round(loaded["publish_p50_ms"] / baseline["publish_p50_ms"], 2),
+        "healthz_p99_ms_no_streams": baseline["healthz_p99_ms"],
+        "healthz_p99_ms": loaded["healthz_p99_ms"],
+        "healthz_ratio": round(loaded["healthz_p99_ms"] / baseline["healthz_p99_ms"], 2),
+        "healthz_probes_no_streams": baseline["healthz_probes"],
+        "healthz_probes": loaded["healthz_probes"],
+        "healthz_max_ms": loaded["healthz_max_ms"],
+    }
     console.print(f"many streams: {res}")
     return res
 
@@ -429,8 +466,12 @@ def _publish_and_probe(base: str, token: str, batch: list[tuple[bytes, bytes]]) 
             time.sleep(0.05)
         stop.set()
         prober.join()
-    return {"publish_p50_ms": round(_pct(publish_ms, 50), 2), "healthz_p99_ms": round(_pct(healthz_ms, 99), 2),
-            "healthz_max_ms": round(max(healthz_ms), 2), "healthz_probes": len(healthz_ms)}  # fmt: skip
+    return {
+        "publish_p50_ms": round(_pct(publish_ms, 50), 2),
+        "healthz_p99_ms": round(_pct(healthz_ms, 99), 2),
+        "healthz_max_ms": round(max(healthz_ms), 2),
+        "healthz_probes": len(healthz_ms),
+    }
 
 
 @contextmanager
@@ -441,8 +482,10 @@ def _open_streams(base: str, admin: str, n: int) -> Iterator[None]:
     threads would cost the 2 cores more than the broker's side does. Opens 50 at a time.
     """
     with BrokerClient(base, admin) as c:
-        students = [str(c.create_agent(f"bench-l-{uuid.uuid4().hex[:8]}", "student")["token"])
-                    for _ in range(-(-n // PER_STUDENT))]  # fmt: skip
+        students = [
+            str(c.create_agent(f"bench-l-{uuid.uuid4().hex[:8]}", "student")["token"])
+            for _ in range(-(-n // PER_STUDENT))
+        ]
     url = httpx.URL(base)
     host, port = url.host, url.port or 80
     loop = asyncio.new_event_loop()
@@ -460,9 +503,11 @@ def _open_streams(base: str, admin: str, n: int) -> Iterator[None]:
         async with gate:
             reader, writer = await asyncio.open_connection(host, port)
             writers.append(writer)
-            writer.write(f"GET /v1/topics/bench.s{i}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                         f"Authorization: Bearer {students[i // PER_STUDENT]}\r\n"
-                         "Accept: text/event-stream\r\n\r\n".encode())  # fmt: skip
+            writer.write(
+                f"GET /v1/topics/bench.s{i}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {students[i // PER_STUDENT]}\r\n"
+                "Accept: text/event-stream\r\n\r\n".encode()
+            )
             status = await asyncio.wait_for(reader.readline(), 60)
             if b" 200 " not in status:
                 raise SystemExit(f"stream {i}: {status!r}")
@@ -506,7 +551,7 @@ def _provenance(base: str, admin: str, reads: int = 50) -> dict[str, Any]:
     with BrokerClient(base, token, retries=0) as c:
         parents = [c.publish(env, payload).id for env, payload in batch]
         for label, names in (("one", parents[:1]), ("cap", parents)):
-            (env, payload), = harness.signed_packets(key, 1, 4096, f"bench.child.{label}", parents=names)  # fmt: skip
+            ((env, payload),) = harness.signed_packets(key, 1, 4096, f"bench.child.{label}", parents=names)
             children[label] = c.publish(env, payload).id
     times: dict[str, list[float]] = {"one": [], "cap": []}
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
@@ -540,8 +585,10 @@ def _show(result: dict[str, Any]) -> None:
     m = Table(title="Broker resident memory")
     for col in ("db", "idle MiB", "upload MiB", "peak growth during upload MiB", "after MiB"):
         m.add_column(col, justify="right")
-    s = Table(title=f"Publish and /healthz with {result.get('load_streams')} streams open on distinct topics, "
-                    "against none open")  # fmt: skip
+    s = Table(
+        title=f"Publish and /healthz with {result.get('load_streams')} streams open on distinct topics, "
+        "against none open"
+    )
     for col in ("db", "publish p50 ms: none / streams", "ratio", "/healthz p99 ms: none / streams", "ratio"):
         s.add_column(col, justify="right")
     p = Table(title=f"Provenance read, {result.get('parents')} known parents against one")
@@ -550,23 +597,36 @@ def _show(result: dict[str, Any]) -> None:
     for db, r in result["databases"].items():
         cells = [("file", row) for row in r.get("throughput", [])] + [("s3", row) for row in r.get("throughput_s3", [])]
         for store, row in cells:
-            t.add_row(db, store, f"{row['payload_bytes'] // 1024} KiB", str(row["publishers"]),
-                      f"{row['broker_per_s']} ({row.get('broker_per_s_min', '-')})",
-                      f"{row['raw_per_s']} ({row.get('raw_per_s_min', '-')})", f"{row['ratio']:.2f}",
-                      f"{row.get('ratio_worst', row['ratio']):.2f}")  # fmt: skip
+            t.add_row(
+                db,
+                store,
+                f"{row['payload_bytes'] // 1024} KiB",
+                str(row["publishers"]),
+                f"{row['broker_per_s']} ({row.get('broker_per_s_min', '-')})",
+                f"{row['raw_per_s']} ({row.get('raw_per_s_min', '-')})",
+                f"{row['ratio']:.2f}",
+                f"{row.get('ratio_worst', row['ratio']):.2f}",
+            )
         if fo := r.get("fanout"):
-            f.add_row(db, f"{fo['deliveries']}/{fo['expected']}", str(fo["p50_ms"]), str(fo["p99_ms"]),
-                      str(fo["max_ms"]))  # fmt: skip
+            f.add_row(
+                db, f"{fo['deliveries']}/{fo['expected']}", str(fo["p50_ms"]), str(fo["p99_ms"]), str(fo["max_ms"])
+            )
         if mem := r.get("memory"):
-            m.add_row(db, str(mem["rss_idle_mib"]), str(mem["upload_mib"]), str(mem["peak_growth_during_upload_mib"]),
-                      str(mem["rss_after_upload_mib"]))  # fmt: skip
+            m.add_row(
+                db,
+                str(mem["rss_idle_mib"]),
+                str(mem["upload_mib"]),
+                str(mem["peak_growth_during_upload_mib"]),
+                str(mem["rss_after_upload_mib"]),
+            )
         if ms := r.get("many_streams"):
             publish = f"{ms['publish_p50_ms_no_streams']} / {ms['publish_p50_ms']}"
             healthz = f"{ms['healthz_p99_ms_no_streams']} / {ms['healthz_p99_ms']}"
             s.add_row(db, publish, f"{ms['publish_ratio']:.2f}", healthz, f"{ms['healthz_ratio']:.2f}")
         if pr := r.get("provenance"):
-            p.add_row(db, str(pr["one_parent_p50_ms"]), str(pr["cap_p50_ms"]), str(pr["cap_p99_ms"]),
-                      f"{pr['ratio']:.2f}")  # fmt: skip
+            p.add_row(
+                db, str(pr["one_parent_p50_ms"]), str(pr["cap_p50_ms"]), str(pr["cap_p99_ms"]), f"{pr['ratio']:.2f}"
+            )
     for table in (t, f, m, s, p):
         if table.row_count:
             console.print(table)

@@ -72,10 +72,14 @@ def _fill(base: str, token: str, student: str, key: Any, *, start: int, n: int, 
     """Publish ``n`` more packets with ``workers`` concurrent publishers; report on every tenth."""
     created_at = datetime.now(UTC).isoformat(timespec="seconds")  # one for the batch: workers publish in any order
     batch = [
-        (start + i, *harness.signed_packets(key, 1, 4096, f"dash.t{(start + i) % TOPICS:02d}", first=start + i,
-                                            created_at=created_at)[0])
+        (
+            start + i,
+            *harness.signed_packets(
+                key, 1, 4096, f"dash.t{(start + i) % TOPICS:02d}", first=start + i, created_at=created_at
+            )[0],
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     ids: dict[int, str] = {}
     errors: list[BaseException] = []
 
@@ -125,9 +129,11 @@ def _time_pages(base: str, admin: str, ids: list[str]) -> dict[str, dict[str, fl
                 if i >= 2:  # two warm-up requests
                     samples.append(elapsed * 1000)
             xs = np.asarray(samples)
-            timings[name] = {"p50_ms": round(float(np.percentile(xs, 50)), 2),
-                             "p95_ms": round(float(np.percentile(xs, 95)), 2),
-                             "bytes": len(r.content)}  # fmt: skip
+            timings[name] = {
+                "p50_ms": round(float(np.percentile(xs, 50)), 2),
+                "p95_ms": round(float(np.percentile(xs, 95)), 2),
+                "bytes": len(r.content),
+            }
     return timings
 
 
@@ -139,8 +145,15 @@ def _show(result: dict[str, Any]) -> None:
     for db, res in result["databases"].items():
         for page, after in res["stages"][n].items():
             before = res["stages"][b][page]
-            table.add_row(db, page, f"{before['p50_ms']:.1f}", f"{after['p50_ms']:.1f}", f"{after['p95_ms']:.1f}",
-                          f"{res['ratio_p50'][page]:.2f}", f"{after['bytes'] / 1024:.0f}")  # fmt: skip
+            table.add_row(
+                db,
+                page,
+                f"{before['p50_ms']:.1f}",
+                f"{after['p50_ms']:.1f}",
+                f"{after['p95_ms']:.1f}",
+                f"{res['ratio_p50'][page]:.2f}",
+                f"{after['bytes'] / 1024:.0f}",
+            )
     console.print(table)
 
 

@@ -60,12 +60,22 @@ def broker_process(
     database_url: str, data: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, str, int]]:
     port, admin = free_port(), secrets.token_urlsafe(24)
-    env = {**os.environ, "M2KT_DATABASE_URL": database_url, "M2KT_DATA_DIR": str(data / "broker"),
-           "M2KT_ADMIN_TOKEN": admin, "M2KT_LOG_JSON": "false", "M2KT_SSE_KEEPALIVE_SECONDS": "5",
-           **(extra_env or {})}  # fmt: skip
+    env = {
+        **os.environ,
+        "M2KT_DATABASE_URL": database_url,
+        "M2KT_DATA_DIR": str(data / "broker"),
+        "M2KT_ADMIN_TOKEN": admin,
+        "M2KT_LOG_JSON": "false",
+        "M2KT_SSE_KEEPALIVE_SECONDS": "5",
+        **(extra_env or {}),
+    }
     with (data / "broker.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -96,12 +106,19 @@ def object_store() -> Iterator[tuple[dict[str, str], Any, str]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}  # fmt: skip
+        env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+        }
         client = boto3.session.Session().client(
-            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="bench",
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="bench",
             aws_secret_access_key="bench",
-        )  # fmt: skip
+        )
         bucket = f"m2kt-bench-{uuid.uuid4().hex[:8]}"
         client.create_bucket(Bucket=bucket)
         yield env, client, f"s3://{bucket}/bench"
@@ -154,14 +171,21 @@ def signed_packets(
         manifest = {
             "packet_format": PACKET_FORMAT,
             "created_at": created_at,
-            "teacher": {"agent": agent, "model": {"architecture": "x", "hidden_size": 1, "num_layers": 1,
-                                                    "weights_sha256": hashlib.sha256(b"w").hexdigest()}},
+            "teacher": {
+                "agent": agent,
+                "model": {
+                    "architecture": "x",
+                    "hidden_size": 1,
+                    "num_layers": 1,
+                    "weights_sha256": hashlib.sha256(b"w").hexdigest(),
+                },
+            },
             "task": {"name": "bench", "i": i},
             "topics": [topic],
             "concepts": [{"key": "c", "name": "c", "topic": topic}],
             "anchors": {"count": 0},
             "tensors": {"C": {"role": "concepts"}},
-        }  # fmt: skip
+        }
         if parents is not None:
             manifest["parents"] = parents
         built = build_packet(manifest, tensors, key)

@@ -196,12 +196,16 @@ def teachers_show(
         out.print(f"teacher {t.teacher}: no signed head", highlight=False)
     else:
         state = "EXPIRED" if t.head.expired else "current"
-        out.print(f"teacher {t.teacher}: head version {t.head.version}, expires {when(t.head.expires)} ({state})",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+        out.print(
+            f"teacher {t.teacher}: head version {t.head.version}, expires {when(t.head.expires)} ({state})",
+            highlight=False,
+            soft_wrap=True,
+        )
     topics = Table("topic", "packets", "highest version", "head names", "head packet", title="versions per topic")
     for v in t.topics:
-        topics.add_row(v.topic, str(v.packets), _or_dash(v.latest_version), _or_dash(v.head_version),
-                       (v.head_packet or "-")[:16])  # fmt: skip
+        topics.add_row(
+            v.topic, str(v.packets), _or_dash(v.latest_version), _or_dash(v.head_version), (v.head_packet or "-")[:16]
+        )
     out.print(topics)
     keys_table = Table("keyid", "status", title=f"keys ({t.threshold} must sign each packet and head)")
     for k in t.keys:

@@ -134,12 +134,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 _ALL_HEADERS = [(b"x-content-type-options", b"nosniff")]
 _DASHBOARD_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
-     b"frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
-]  # fmt: skip
+]
 
 
 def _secured(send: Send, path: str) -> Send:

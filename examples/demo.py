@@ -111,8 +111,10 @@ def _show_dashboard(url: str, token_file: Path, port: int) -> None:
             input("the broker keeps serving the dashboard; press Enter (or Ctrl-C) to stop it ")
         except (EOFError, KeyboardInterrupt):
             console.print()
-    console.print(f"to serve it again: M2KT_DATA_DIR={WORK.relative_to(ROOT)} M2KT_ADMIN_TOKEN=$(cat {rel}) "
-                  f".venv/bin/m2kt-broker serve --port {port}")  # fmt: skip
+    console.print(
+        f"to serve it again: M2KT_DATA_DIR={WORK.relative_to(ROOT)} M2KT_ADMIN_TOKEN=$(cat {rel}) "
+        f".venv/bin/m2kt-broker serve --port {port}"
+    )
 
 
 # -- models (trained once, then loaded with from_pretrained) ------------------------------------
@@ -155,8 +157,10 @@ def _transfer(
     with BrokerClient(url, admin_token) as admin:
         teacher = admin.create_agent("demo-teacher", "teacher", keys.public_to_b64(key.public_key()))
         learner = admin.create_agent("demo-student", "student")
-    console.print(f"broker on SQLite at {url}; registered [cyan]demo-teacher[/] (key {teacher['keyid'][:16]}…) "
-                  "and [cyan]demo-student[/]")  # fmt: skip
+    console.print(
+        f"broker on SQLite at {url}; registered [cyan]demo-teacher[/] (key {teacher['keyid'][:16]}…) "
+        "and [cyan]demo-student[/]"
+    )
     topics = sorted({c.topic for c in extraction.concepts})
     outcomes: dict[str, Outcome] = {}
     arrived = threading.Condition()
@@ -175,7 +179,7 @@ def _transfer(
             args=(topics, lambda: BrokerClient(url, learner["token"])),
             kwargs={"stop": stop.is_set, "on_outcome": on_outcome, "read_timeout": 10.0},
             daemon=True,
-        )  # fmt: skip
+        )
         thread.start()
         console.print(f"student subscribed to {count(len(topics), 'topic')}: {', '.join(topics)}")
         held = student.split("heldout")  # the same split the teacher held out: neither model trained on it
@@ -192,12 +196,18 @@ def _transfer(
             for topic, spec in plan:
                 if spec.poison:
                     store_before_poison = _tree_digest(state_dir / "cal")
-                packet = pipeline.build(teacher_dir, extraction, WORK / "teacher.key", spec,
-                                        anchors=ANCHORS, probes=PROBES, topics=(topic,))  # fmt: skip
+                packet = pipeline.build(
+                    teacher_dir, extraction, WORK / "teacher.key", spec, anchors=ANCHORS, probes=PROBES, topics=(topic,)
+                )
                 keys_ = tuple(c.key for c in extraction.concepts if c.topic == topic)
                 truth = concept_truth(student.family, held, keys_)
-                row = Row(topic, packet.id, keys_, _teacher_score(extraction, keys_),
-                          _student_score(student, state_dir, held.texts, keys_, truth))  # fmt: skip
+                row = Row(
+                    topic,
+                    packet.id,
+                    keys_,
+                    _teacher_score(extraction, keys_),
+                    _student_score(student, state_dir, held.texts, keys_, truth),
+                )
                 with BrokerClient(url, teacher["token"]) as pub:
                     seq = pub.publish(packet.envelope, packet.payload).seq
                 poison = f" [red](poisoned: {flipped} flipped)[/]" if spec.poison else ""
@@ -219,8 +229,10 @@ def _transfer(
             stop.set()
             thread.join(timeout=30)
         store_same = _tree_digest(state_dir / "cal") == store_before_poison
-        console.print(f"CAL store after the poisoned packet: "
-                      f"{'[green]byte-identical to before' if store_same else '[red]CHANGED'}")  # fmt: skip
+        console.print(
+            f"CAL store after the poisoned packet: "
+            f"{'[green]byte-identical to before' if store_same else '[red]CHANGED'}"
+        )
         provenance = client.provenance(rows[-1].packet_id), list(client.iter_log())
     return rows, store_same, provenance
 
@@ -267,18 +279,37 @@ def _tree_digest(path: Path) -> str:
 
 # -- output --------------------------------------------------------------------------------------
 def _show_rows(rows: list[Row]) -> None:
-    table = Table(title=f"Concept transfer per packet: mean balanced accuracy on {TASK} held-out inputs "
-                        f"(m={ANCHORS} anchors per packet)")  # fmt: skip
-    for col in ("topic", "concepts", "teacher", "student before", "student after", "KD @ m", "base task",
-                "fit s", "verdict"):  # fmt: skip
+    table = Table(
+        title=f"Concept transfer per packet: mean balanced accuracy on {TASK} held-out inputs "
+        f"(m={ANCHORS} anchors per packet)"
+    )
+    for col in (
+        "topic",
+        "concepts",
+        "teacher",
+        "student before",
+        "student after",
+        "KD @ m",
+        "base task",
+        "fit s",
+        "verdict",
+    ):
         table.add_column(col, justify="left" if col in ("topic", "verdict") else "right")
     for r in rows:
         colour = "green" if r.verdict == "accepted" else "red"
         base = "—" if r.base_before is None else f"{r.base_before:.3f}→{r.base_after:.3f}"
         topic = r.topic + (" (poisoned)" if r.verdict != "accepted" else "")
-        table.add_row(topic, str(len(r.keys)), f"{r.teacher:.3f}", f"{r.before:.3f}", f"{r.after:.3f}",
-                      f"{r.kd_equal:.3f}", base, "—" if r.fit_seconds is None else f"{r.fit_seconds:.1f}",
-                      f"[{colour}]{r.verdict}")  # fmt: skip
+        table.add_row(
+            topic,
+            str(len(r.keys)),
+            f"{r.teacher:.3f}",
+            f"{r.before:.3f}",
+            f"{r.after:.3f}",
+            f"{r.kd_equal:.3f}",
+            base,
+            "—" if r.fit_seconds is None else f"{r.fit_seconds:.1f}",
+            f"[{colour}]{r.verdict}",
+        )
     console.print(table)
 
 
@@ -298,8 +329,9 @@ def _show_queries(student: Student) -> None:
     for c in shown:
         table.add_column(c.name, justify="right")
     for i, answer in enumerate(known.predict(texts)):
-        table.add_row(answer.text, *(f"{answer.probabilities[c.key]:.2f} [{int(truth[i, j])}]"
-                                     for j, c in enumerate(shown)))  # fmt: skip
+        table.add_row(
+            answer.text, *(f"{answer.probabilities[c.key]:.2f} [{int(truth[i, j])}]" for j, c in enumerate(shown))
+        )
     console.print(table)
 
 
@@ -316,8 +348,10 @@ def _chain_ok(log: list[dict[str, Any]]) -> bool:
 
 def _show_provenance(provenance: dict[str, Any], log: list[dict[str, Any]]) -> bool:
     key = provenance["key"]
-    table = Table(title=f"Provenance of the poisoned packet: teacher {provenance['teacher']}, "
-                        f"key {key['keyid'][:16]}… ({'revoked' if key['revoked'] else 'active'})")  # fmt: skip
+    table = Table(
+        title=f"Provenance of the poisoned packet: teacher {provenance['teacher']}, "
+        f"key {key['keyid'][:16]}… ({'revoked' if key['revoked'] else 'active'})"
+    )
     for col in ("index", "kind", "at", "detail", "hash", "prev_hash"):
         table.add_column(col)
     for e in provenance["log"]:
@@ -327,8 +361,10 @@ def _show_provenance(provenance: dict[str, Any], log: list[dict[str, Any]]) -> b
         table.add_row(str(e["index"]), e["kind"], at, detail, e["hash"][:12] + "…", e["prev_hash"][:12] + "…")
     console.print(table)
     ok = _chain_ok(log)
-    console.print(f"event log hash chain: {'[green]verified' if ok else '[red]BROKEN'} "
-                  f"({count(len(log), 'entry', 'entries')}, recomputed here from the genesis hash)")  # fmt: skip
+    console.print(
+        f"event log hash chain: {'[green]verified' if ok else '[red]BROKEN'} "
+        f"({count(len(log), 'entry', 'entries')}, recomputed here from the genesis hash)"
+    )
     return ok
 
 
@@ -340,11 +376,16 @@ def _free_port() -> int:
 
 
 def _start_broker(data_dir: Path, port: int, admin_token: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "M2KT_DATA_DIR": str(data_dir), "M2KT_ADMIN_TOKEN": admin_token,
-           "M2KT_SSE_KEEPALIVE_SECONDS": "2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "M2KT_DATA_DIR": str(data_dir),
+        "M2KT_ADMIN_TOKEN": admin_token,
+        "M2KT_SSE_KEEPALIVE_SECONDS": "2",
+    }
     with (data_dir / "broker.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)],
-                                env=env, stdout=log, stderr=log)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
     with BrokerClient(f"http://127.0.0.1:{port}", retries=0) as client:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

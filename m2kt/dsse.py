@@ -131,5 +131,6 @@ def verify(env: Envelope, trusted: Mapping[str, Ed25519PublicKey]) -> VerifiedSt
             trusted[s.keyid].verify(s.sig, message)
         except InvalidSignature as exc:
             raise BadSignature(f"signature by key {s.keyid[:16]}… does not verify") from exc
-    return VerifiedStatement(keyid=known[0].keyid, statement=env.payload,
-                             keyids=tuple(dict.fromkeys(s.keyid for s in known)))  # fmt: skip
+    return VerifiedStatement(
+        keyid=known[0].keyid, statement=env.payload, keyids=tuple(dict.fromkeys(s.keyid for s in known))
+    )

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,12 @@ class Outcome:
 
 
 def reader_entry(
-    kn: Knowledge, reader: ConceptReader, metrics: dict[str, Any], signers: tuple[str, ...] = (),
+    kn: Knowledge,
+    reader: ConceptReader,
+    metrics: dict[str, Any],
+    signers: tuple[str, ...] = (),
     created_at: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The checkpoint index entry of one integrated packet (what a query needs to rebuild it).
 
     ``signers`` (the trusted keys that signed the packet, the first one as ``keyid``) and
@@ -80,14 +83,14 @@ def reader_entry(
         "topics": list(kn.topics),
         "concepts": [{"key": c.key, "name": c.name, "topic": c.topic} for c in kn.concepts],
         "excluded": list(metrics.get("not_transferred", [])),  # audited as not transferred: not served
-        "cal": asdict(reader.cal_config),
+        "cal": reader.cal_config.to_dict(),
         "shape": {
             "d_student": int(reader.student_norm.mean.shape[-1]),  # per slot for views
             "views": reader.views,
             "n_layers_t": reader.shape_t[0],
             "d_t": reader.shape_t[1],
             "k": len(kn.concepts),
-        },  # fmt: skip
+        },
         "mean_agreement": metrics.get("mean_agreement"),
     }
 
@@ -196,8 +199,11 @@ class StudentAgent:
         if digest_before != digest_after:
             decision = Decision("rolled_back", decision.metrics, decision.findings, "the student's weights changed")
         signers = verified.opened.signers or (verified.opened.keyid,)
-        self._commit(reader_entry(kn, fitted.reader, decision.metrics, signers, verified.opened.manifest.created_at),
-                     fitted.reader, decision)  # fmt: skip
+        self._commit(
+            reader_entry(kn, fitted.reader, decision.metrics, signers, verified.opened.manifest.created_at),
+            fitted.reader,
+            decision,
+        )
         return Outcome(
             packet_id, decision.verdict, decision.detail, decision.metrics, decision.findings, fitted.seconds
         )
@@ -450,8 +456,11 @@ class StudentAgent:
             self.refresh_heads()
             for topic in topics:
                 after = self.state.cursors.get(topic, 0)
-                fresh = [s for s in self.client.iter_topic_packets(topic, after=after)
-                         if not self.state.is_handled(str(s["id"]))]  # fmt: skip
+                fresh = [
+                    s
+                    for s in self.client.iter_topic_packets(topic, after=after)
+                    if not self.state.is_handled(str(s["id"]))
+                ]
                 for summary in fresh:
                     inbox.put((topic, summary))
                 if not fresh:
@@ -503,8 +512,8 @@ def load_reader(store: CheckpointStore, entry: dict[str, Any]) -> ConceptReader:
     from student_agent.cal.config import CALConfig
 
     shape = entry["shape"]
-    reader = ConceptReader(CALConfig(**entry["cal"]), shape["d_student"], shape["n_layers_t"], shape["d_t"], shape["k"],
-                           shape.get("views"))  # fmt: skip
+    cal = CALConfig.from_dict(entry["cal"])  # also the flat layout of stores written before CALSpec
+    reader = ConceptReader(cal, shape["d_student"], shape["n_layers_t"], shape["d_t"], shape["k"], shape.get("views"))
     reader.load_state_dict(store.load_reader(entry["packet_id"]))
     reader.eval()
     reader.requires_grad_(False)

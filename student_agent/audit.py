@@ -64,8 +64,9 @@ def _features(kn: Knowledge) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     v = kn.views
     if v is not None:
         probs = v.heads.probs(v.anchor_states, v.anchor_mask)  # [m, F]
-        feats = torch.stack([torch.cat([v.anchor_states[:, :, int(layer)].flatten(1), probs], 1)
-                             for layer in v.readout.layers.tolist()])  # fmt: skip
+        feats = torch.stack(
+            [torch.cat([v.anchor_states[:, :, int(layer)].flatten(1), probs], 1) for layer in v.readout.layers.tolist()]
+        )
         return feats, v.readout.weight, v.prototypes[:, 1] - v.prototypes[:, 0]
     feats = kn.anchor_states[:, kn.layers].transpose(0, 1)  # [K, m, d]
     return feats, kn.directions, kn.prototypes[:, 1] - kn.prototypes[:, 0]
@@ -92,9 +93,14 @@ def separation_null(kn: Knowledge, draws: int = 200, quantile: float = 0.99, see
 
 
 def chance_separation(
-    feats: torch.Tensor, weight: torch.Tensor, gap: torch.Tensor, *, draws: int = 200, quantile: float = 0.99,
+    feats: torch.Tensor,
+    weight: torch.Tensor,
+    gap: torch.Tensor,
+    *,
+    draws: int = 200,
+    quantile: float = 0.99,
     seed: int = 0,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """``[K]``: the ``quantile`` of d' over read-outs with the same weights in shuffled order.
 
     A shuffled read-out has the honest one's scale and sparsity but points nowhere in particular:
@@ -156,24 +162,36 @@ def audit(
         reasons = []
         floor = max(float(chance[k]), 0.0)
         if float(sep[k]) <= floor:
-            reasons.append(("contradicts-prototypes", f"its read-out separates its own prototypes by d'="
-                                                      f"{float(sep[k]):.2f}, no better than chance ("
-                                                      f"{floor:.2f}: {config.null_quantile:.0%} of shuffled "
-                                                      f"read-outs)"))  # fmt: skip
+            reasons.append(
+                (
+                    "contradicts-prototypes",
+                    f"its read-out separates its own prototypes by d'="
+                    f"{float(sep[k]):.2f}, no better than chance ("
+                    f"{floor:.2f}: {config.null_quantile:.0%} of shuffled "
+                    f"read-outs)",
+                )
+            )
         minority = min(float(prevalence[k]), 1 - float(prevalence[k]))
         if minority < config.min_prevalence and float(sep[k]) < claimed_separation(c.teacher_accuracy) / 2:
-            reasons.append(("narrow-trigger", f"fires on {float(prevalence[k]):.1%} of the anchors and separates "
-                                              f"its prototypes by d'={float(sep[k]):.2f}, under half what its "
-                                              f"claimed accuracy {c.teacher_accuracy:.2f} implies"))  # fmt: skip
+            reasons.append(
+                (
+                    "narrow-trigger",
+                    f"fires on {float(prevalence[k]):.1%} of the anchors and separates "
+                    f"its prototypes by d'={float(sep[k]):.2f}, under half what its "
+                    f"claimed accuracy {c.teacher_accuracy:.2f} implies",
+                )
+            )
         for kind, why in reasons:
             findings.append({"concept": c.key, "kind": kind, "detail": why})
     # A concept far below the packet's own level did not transfer to this student: a matter of
     # quality, not of safety. It is reported and left out of what the student serves (the packet's
     # other concepts are integrated); flagging it as a finding rolled back honest packets of a
     # weak pair (answer ranges at agreement 0.5 where the teacher's own answers were 76 % right).
-    not_transferred = [c.key for k, c in enumerate(kn.concepts)
-                       if float(agreement[k]) < median - config.agreement_drop and c.key not in
-                       {f["concept"] for f in findings}]  # fmt: skip
+    not_transferred = [
+        c.key
+        for k, c in enumerate(kn.concepts)
+        if float(agreement[k]) < median - config.agreement_drop and c.key not in {f["concept"] for f in findings}
+    ]
     reasoning = reasoning_agreement(reader, kn, held)
     base_same = torch.equal(base_before.answer, base_after.answer) and torch.equal(base_before.steps, base_after.steps)
     metrics: dict[str, Any] = {
@@ -182,12 +200,16 @@ def audit(
         "reasoning_agreement": None if reasoning != reasoning else round(reasoning, 4),
         "base_task_unchanged": base_same,
         "not_transferred": not_transferred,
-        "concepts": {c.key: {"agreement": round(float(agreement[k]), 4),
-                             "separation": round(float(sep[k]), 4),
-                             "separation_chance": round(float(chance[k]), 4),
-                             "anchor_prevalence": round(float(prevalence[k]), 4)}
-                     for k, c in enumerate(kn.concepts)},
-    }  # fmt: skip
+        "concepts": {
+            c.key: {
+                "agreement": round(float(agreement[k]), 4),
+                "separation": round(float(sep[k]), 4),
+                "separation_chance": round(float(chance[k]), 4),
+                "anchor_prevalence": round(float(prevalence[k]), 4),
+            }
+            for k, c in enumerate(kn.concepts)
+        },
+    }
     problems = []
     if findings:
         problems.append(f"{count(len({f['concept'] for f in findings}), 'concept')} flagged by the safety auditor")

@@ -108,12 +108,13 @@ def run(
 ) -> None:
     """Subscribe to topics and integrate every packet: verify, fit the CAL, audit, report."""
     from student_agent.agent import StudentAgent
+    from student_agent.cal.config import CALSpec
     from student_agent.cal.fit import FitConfig
     from student_agent.model import load_student
 
     settings = StudentSettings()
-    fit_config = FitConfig(alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma, lam=settings.lam,
-                           form=settings.cal_form, direction=settings.cal_direction)  # fmt: skip
+    cal = CALSpec(form=settings.cal_form, direction=settings.cal_direction)
+    fit_config = FitConfig(alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma, lam=settings.lam, cal=cal)
     revoked_after = settings.revoked_cutoff  # a bad value stops here, before the broker is asked anything
     if settings.min_signers < 1:
         raise InvalidOption(f"M2KT_STUDENT_MIN_SIGNERS must be at least 1, not {settings.min_signers}")

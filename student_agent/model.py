@@ -18,10 +18,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from m2kt.errors import LocalInputError
-from m2kt.fsutil import atomic_write_text
-from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, model_card, save_pretrained
-from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily, get_task, task_from_spec
-from m2kt.ml.train import EpochLog, TrainConfig, run_record, train_model
+from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, model_card
+from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily, task_from_spec
+from m2kt.ml.train import EpochLog, TrainConfig, train_and_save
 from student_agent.cal.layers import freeze
 
 __all__ = ["RUN_FILE", "STUDENT_DEFAULT", "STUDENT_SIZES", "STUDENT_TRAIN", "Student", "load_student", "train_student"]
@@ -68,21 +67,9 @@ def train_student(
 
     ``progress`` shows a rich bar on stderr; ``callback`` gets each epoch's log.
     """
-    family = get_task(task, **params)
-    data = family.generate_splits(dict(sizes), seed)
-    cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
-    trained = train_model(
-        family,
-        data["train"],
-        data["eval"],
-        heldout=data["heldout"],
-        model_config=model_config,
-        train_config=cfg,
-        progress=progress,
-        callback=callback,
+    train_and_save(
+        task, params, out, RUN_FILE, seed, model_config, train_config, sizes, progress=progress, callback=callback
     )
-    save_pretrained(trained.model, trained.tokenizer, out)
-    atomic_write_text(out / RUN_FILE, json.dumps(run_record(trained, seed, sizes), indent=1))
     return load_student(out)
 
 

@@ -90,8 +90,16 @@ class TrustState:
         if not path.exists():
             return cls(path)
         data = json.loads(path.read_text())
-        return cls(path, data["pinned"], data["revoked"], data["versions"], data["subjects"], data.get("heads", {}),
-                   data.get("removed", {}), data.get("thresholds", {}))  # fmt: skip
+        return cls(
+            path,
+            data["pinned"],
+            data["revoked"],
+            data["versions"],
+            data["subjects"],
+            data.get("heads", {}),
+            data.get("removed", {}),
+            data.get("thresholds", {}),
+        )
 
     def save(self) -> None:
         if self.path is None:

@@ -50,9 +50,12 @@ def head_of(client: BrokerClient, teacher: str) -> bytes | None:
 
 
 def fetch_and_verify(
-    client: BrokerClient, summary: dict[str, object], trust_list: Collection[str], trust: TrustState | None = None,
+    client: BrokerClient,
+    summary: dict[str, object],
+    trust_list: Collection[str],
+    trust: TrustState | None = None,
     min_signers: int = 1,
-) -> Verified:  # fmt: skip
+) -> Verified:
     """Download a packet's exact bytes and verify them; the broker's own checks are not relied on.
 
     Order: keys (pinned, revocations and the k-of-n threshold learnt), the teacher's signed head,

@@ -289,13 +289,25 @@ def _views_manifest(view: ViewExtraction) -> dict[str, Any]:
 
 
 _ROLES = {
-    "concepts.direction": "C", "concepts.bias": "C", "concepts.layer": "C", "concepts.prototypes": "C",
-    "anchors.attention": "A", "anchors.states": "R", "anchors.steps": "R", "anchors.answer": "R",
-    "anchors.concept_scores": "anchor-labels", "probes.concept_labels": "verification",
-    "views.anchor_states": "R", "views.anchor_mask": "R", "views.readout.weight": "C", "views.readout.bias": "C",
-    "views.readout.layer": "C", "views.prototypes": "C", "observables.token.weight": "R",
+    "concepts.direction": "C",
+    "concepts.bias": "C",
+    "concepts.layer": "C",
+    "concepts.prototypes": "C",
+    "anchors.attention": "A",
+    "anchors.states": "R",
+    "anchors.steps": "R",
+    "anchors.answer": "R",
+    "anchors.concept_scores": "anchor-labels",
+    "probes.concept_labels": "verification",
+    "views.anchor_states": "R",
+    "views.anchor_mask": "R",
+    "views.readout.weight": "C",
+    "views.readout.bias": "C",
+    "views.readout.layer": "C",
+    "views.prototypes": "C",
+    "observables.token.weight": "R",
     "observables.token.bias": "R",
-}  # fmt: skip
+}
 
 
 def _role(name: str) -> str:

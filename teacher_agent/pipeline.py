@@ -28,9 +28,9 @@ from m2kt.client import BrokerClient, PublishResult
 from m2kt.constants import MODEL_META_FILE
 from m2kt.errors import LocalInputError
 from m2kt.fsutil import atomic_write_text
-from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained, save_pretrained
-from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily, get_task, task_from_spec
-from m2kt.ml.train import EpochLog, TrainConfig, run_record, train_model
+from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained
+from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily, task_from_spec
+from m2kt.ml.train import EpochLog, TrainConfig, train_and_save
 from m2kt.packet import BuiltPacket, OpenedPacket, open_packet
 from teacher_agent.extract import get_extractor
 from teacher_agent.extract.base import ConceptDirection, ExtractionContext, ExtractionResult
@@ -78,22 +78,9 @@ def train(
     ``progress`` shows a rich bar on stderr; ``callback`` gets each epoch's log (the CLI's
     progress lines when stderr is not a terminal).
     """
-    family = get_task(task, **params)
-    data = splits(family, seed, sizes)
-    cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
-    trained = train_model(
-        family,
-        data["train"],
-        data["eval"],
-        heldout=data["heldout"],
-        model_config=model_config,
-        train_config=cfg,
-        progress=progress,
-        callback=callback,
+    run = train_and_save(
+        task, params, out, RUN_FILE, seed, model_config, train_config, sizes, progress=progress, callback=callback
     )
-    save_pretrained(trained.model, trained.tokenizer, out)
-    run = run_record(trained, seed, sizes)
-    atomic_write_text(out / RUN_FILE, json.dumps(run, indent=1))
     return TrainReport(out, run["heldout_accuracy"], run["majority_baseline"], run["seconds"])
 
 

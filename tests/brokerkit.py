@@ -31,9 +31,13 @@ def pg_admin() -> psycopg.Connection:
 
     url = make_url(PG_URL)
     return psycopg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        dbname=url.database, autocommit=True,
-    )  # fmt: skip
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        autocommit=True,
+    )
 
 
 def pg_url(name: str) -> str:
@@ -55,9 +59,13 @@ class ServerThread:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_config=None, lifespan="on",
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="on",
             timeout_graceful_shutdown=1,
-        )  # fmt: skip
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

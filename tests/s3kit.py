@@ -45,9 +45,13 @@ class S3Server:
 
     def client(self):
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="testing",
-            aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}),
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 1}),
+        )
 
 
 @dataclass

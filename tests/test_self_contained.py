@@ -38,8 +38,7 @@ def _tracked() -> list[Path]:
         out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout
         files = [ROOT / name for name in out.decode().split("\0") if name]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (a source archive): walk it
-        skip = {".git", ".venv", ".m2kt", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache",
-                ".pytest_cache"}  # fmt: skip
+        skip = {".git", ".venv", ".m2kt", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
         files = [p for p in ROOT.rglob("*") if not skip & set(p.relative_to(ROOT).parts)]
     return sorted(p for p in files if p.is_file())
 

@@ -24,6 +24,7 @@ from m2kt.ml.metrics import concept_logits
 from m2kt.packet import open_packet
 from student_agent.audit import AuditConfig, audit
 from student_agent.baselines import fit_readout, fit_translation
+from student_agent.cal.config import CALSpec
 from student_agent.cal.fit import FitConfig, FittedCAL, fit_cal, slot_mask
 from student_agent.evaluate import kd_equal_data, kd_features, scores
 from student_agent.features import Observation, observe
@@ -38,8 +39,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_geo": {"alpha": 0.0},
     "no_struct": {"beta": 0.0},
     "no_reason": {"gamma": 0.0},
-    "low_rank": {"form": "lowrank"},
-    "teacher_to_student": {"direction": "teacher_to_student"},
+    "low_rank": {"cal": CALSpec(form="lowrank")},
+    "teacher_to_student": {"cal": CALSpec(direction="teacher_to_student")},
     "extractor_clustering": {"extractor": "clustering"},
     "extractor_attribution": {"extractor": "attribution"},
 }
@@ -79,9 +80,16 @@ class _Packets:
 
     def knowledge(self, m: int, *, extractor: str = "probing", spec: PacketSpec | None = None) -> Knowledge:
         s = self.setup
-        built = build_teacher_packet(s.teacher, s.tokenizer, s.family, s.extractions[extractor],
-                                     s.pool.subset(self.order[:m]), self.probes, spec or PacketSpec(agent="bench"),
-                                     self.key)  # fmt: skip
+        built = build_teacher_packet(
+            s.teacher,
+            s.tokenizer,
+            s.family,
+            s.extractions[extractor],
+            s.pool.subset(self.order[:m]),
+            self.probes,
+            spec or PacketSpec(agent="bench"),
+            self.key,
+        )
         return Knowledge.from_packet(open_packet(built.envelope, built.payload, self.trusted), built.payload)
 
 

@@ -20,10 +20,22 @@ def plot_all(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         for ax, (pair, r) in zip(axes[0], pairs.items(), strict=True):
             ms = [int(m) for m in r["m2kt"]]
             ns = [int(n) for n in r["kd"]]
-            ax.errorbar(ms, list(r["m2kt"].values()), yerr=list(r["std"]["m2kt"].values()), marker="o",
-                        label="M2KT (m anchors)", capsize=3)  # fmt: skip
-            ax.errorbar(ns, list(r["kd"].values()), yerr=list(r["std"]["kd"].values()), marker="s",
-                        label="KD (n teacher labels)", capsize=3)  # fmt: skip
+            ax.errorbar(
+                ms,
+                list(r["m2kt"].values()),
+                yerr=list(r["std"]["m2kt"].values()),
+                marker="o",
+                label="M2KT (m anchors)",
+                capsize=3,
+            )
+            ax.errorbar(
+                ns,
+                list(r["kd"].values()),
+                yerr=list(r["std"]["kd"].values()),
+                marker="s",
+                label="KD (n teacher labels)",
+                capsize=3,
+            )
             ax.plot(ms, list(r["procrustes"].values()), ":", marker="^", label="Procrustes (m anchors)")
             ax.plot(ms, list(r["ridge"].values()), ":", marker="v", label="ridge (m anchors)")
             ax.axhline(r["teacher"], color="k", linestyle="--", linewidth=1, label="teacher")
@@ -45,8 +57,12 @@ def plot_all(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * len(pc["keys"])), 4.5))
         xs = range(len(pc["keys"]))
         width = 0.22
-        bars = (("teacher", "teacher"), ("oracle", "student oracle"), ("m2kt", f"M2KT m={pc['m']}"),
-                ("kd_equal", f"KD m={pc['m']}"))  # fmt: skip
+        bars = (
+            ("teacher", "teacher"),
+            ("oracle", "student oracle"),
+            ("m2kt", f"M2KT m={pc['m']}"),
+            ("kd_equal", f"KD m={pc['m']}"),
+        )
         for i, (name, label) in enumerate(bars):
             ax.bar([x + (i - 1.5) * width for x in xs], pc[name], width, label=label)
         ax.set_xticks(list(xs), [k.split(".", 1)[-1] for k in pc["keys"]], rotation=70, fontsize=7)

@@ -80,14 +80,21 @@ def _groups(setup_info: dict[str, Any], runs: list[dict[str, Any]], ms: list[str
         def part(xs: Sequence[float], idx: list[int] = idx) -> list[float]:
             return [xs[k] for k in idx]
 
-        g: dict[str, Any] = {"concepts": len(idx), "teacher": _mean(part(setup_info["teacher_score"])),
-                             "oracle": _mean(part(setup_info["oracle_score"]))}  # fmt: skip
+        g: dict[str, Any] = {
+            "concepts": len(idx),
+            "teacher": _mean(part(setup_info["teacher_score"])),
+            "oracle": _mean(part(setup_info["oracle_score"])),
+        }
         for method in ("m2kt", "kd_equal"):
-            g[method] = {m: _mean(_seedwise(runs, lambda r, m=m, method=method: part(r["per_m"][m][method])))
-                         for m in ms}  # fmt: skip
+            g[method] = {
+                m: _mean(_seedwise(runs, lambda r, m=m, method=method: part(r["per_m"][m][method]))) for m in ms
+            }
         if "ablations" in runs[0]:
-            g["ablations"] = {n: _mean(_seedwise(runs, lambda r, n=n: part(r["ablations"][n])))
-                              for n in runs[0]["ablations"] if not n.startswith("unsafe_")}  # fmt: skip
+            g["ablations"] = {
+                n: _mean(_seedwise(runs, lambda r, n=n: part(r["ablations"][n])))
+                for n in runs[0]["ablations"]
+                if not n.startswith("unsafe_")
+            }
         out[group] = g
     return out
 
@@ -106,8 +113,10 @@ def summary_tables(result: dict[str, Any]) -> list[Table]:
     for family, pairs in result["pairs"].items():
         for pair, r in pairs.items():
             k = len(r["per_concept"]["keys"])
-            t = Table(title=f"{family}, {pair}: mean balanced accuracy over {k} concepts (teacher "
-                            f"{r['teacher']:.3f}, student oracle {r['oracle']:.3f}, seeds {r['seeds']})")  # fmt: skip
+            t = Table(
+                title=f"{family}, {pair}: mean balanced accuracy over {k} concepts (teacher "
+                f"{r['teacher']:.3f}, student oracle {r['oracle']:.3f}, seeds {r['seeds']})"
+            )
             t.add_column("m")
             for method in METHODS:
                 t.add_column(method, justify="right")
@@ -132,8 +141,10 @@ def summary_tables(result: dict[str, Any]) -> list[Table]:
                     g.add_row(name, str(v["concepts"]), f"{v['teacher']:.3f}", f"{v['oracle']:.3f}", *cells)
                 tables.append(g)
             if "ablations" in r:
-                a = Table(title=f"{family}, {pair}: ablations at m={r['ablation_m']} (M2KT default "
-                                f"{r['m2kt'][str(r['ablation_m'])]:.3f})")  # fmt: skip
+                a = Table(
+                    title=f"{family}, {pair}: ablations at m={r['ablation_m']} (M2KT default "
+                    f"{r['m2kt'][str(r['ablation_m'])]:.3f})"
+                )
                 a.add_column("variant")
                 a.add_column("mean balanced accuracy", justify="right")
                 groups = {n: g["ablations"] for n, g in r.get("groups", {}).items() if "ablations" in g}
@@ -147,17 +158,25 @@ def summary_tables(result: dict[str, Any]) -> list[Table]:
     st = Table(title="Safety: poisoned concepts caught by the student's auditor")
     for col in ("poisoned", "detected", "honest", "false positives", "detection rate", "false-positive rate"):
         st.add_column(col, justify="right")
-    st.add_row(str(s["poisoned"]), str(s["detected_count"]), str(s["honest"]), str(s["false_positive_count"]),
-               f"{s['detected']:.3f}", f"{s['false_positive']:.3f}")  # fmt: skip
+    st.add_row(
+        str(s["poisoned"]),
+        str(s["detected_count"]),
+        str(s["honest"]),
+        str(s["false_positive_count"]),
+        f"{s['detected']:.3f}",
+        f"{s['false_positive']:.3f}",
+    )
     tables.append(st)
     return tables
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The README's headline table, generated from a result file."""
-    lines = ["| family | pair | m | teacher | oracle | M2KT | KD @ m | KD+self @ m | ridge | Procrustes | "
-             "M2KT/teacher | KD n to match |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| family | pair | m | teacher | oracle | M2KT | KD @ m | KD+self @ m | ridge | Procrustes | "
+        "M2KT/teacher | KD n to match |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for family, pairs in result["pairs"].items():
         for pair, r in pairs.items():
             for m in r["m2kt"]:

@@ -25,6 +25,8 @@ from rich.console import Console
 from bench.transfer.measure import run_seed
 from bench.transfer.report import aggregate, markdown_table, summary_tables
 from bench.transfer.setups import FULL, PAIRS, QUICK, prepare
+from m2kt.fsutil import atomic_write_text
+from m2kt.ml.models import weights_sha256
 
 app = typer.Typer(add_completion=False)
 console = Console(width=max(Console().width, 150))
@@ -44,7 +46,10 @@ def main(
     workdir: Annotated[Path, typer.Option(help="cache of trained models")] = ROOT / ".m2kt" / "bench",
     plots: Annotated[bool, typer.Option(help="write PNG plots beside the JSON (default: full runs only)")] = False,
     readme: Annotated[bool, typer.Option(help="regenerate the README's results table from this run")] = False,
-    fresh: Annotated[bool, typer.Option(help="ignore seed results cached in the work directory")] = False,
+    fresh: Annotated[bool, typer.Option(help="ignore seed results already in the seed directory")] = False,
+    seed_dir: Annotated[
+        Path | None, typer.Option(help="one JSON per finished seed, to resume from (default: beside --out)")
+    ] = None,
     cached_only: Annotated[
         bool, typer.Option(help="report only family x pair runs whose seeds are all cached")
     ] = False,
@@ -64,13 +69,21 @@ def main(
     started = time.monotonic()
     _check_names("family", family, list(profile.families))
     _check_names("pair", pair, [p.name for p in profile.pairs])
-    selected = [(f, i, p) for f in profile.families for i, p in enumerate(profile.pairs)
-                if (not family or f in family) and (not pair or p.name in pair)]  # fmt: skip
+    selected = [
+        (f, i, p)
+        for f in profile.families
+        for i, p in enumerate(profile.pairs)
+        if (not family or f in family) and (not pair or p.name in pair)
+    ]
     # A partial run (--family / --pair) keeps every other family x pair already in the output file.
     result = _kept(target, profile.name, {(f, p.name) for f, _, p in selected}) if family or pair else {}
     result = {"profile": profile.name, "families": {}, "pairs": {}, "raw": {}} | result
+    # Finished seeds are kept beside the results (and committed with them), so a run that stops
+    # resumes on any machine: a seed counts only where its models are byte-identical to this run's.
+    seeds_root = seed_dir or target.parent / f"{target.stem}-seeds"
     for fam, i, pair_ in selected:
-        cache = workdir / profile.name / f"{fam}-{pair_.name}"
+        cache = seeds_root / f"{fam}-{pair_.name}"
+        cache.mkdir(parents=True, exist_ok=True)
         seed_files = [cache / f"seed-{s}.json" for s in range(n_seeds)]
         if cached_only and not all(f.exists() for f in seed_files):
             console.print(f"{fam} {pair_.name}: not all seeds cached; left out (--cached-only)")
@@ -78,16 +91,30 @@ def main(
             continue
         extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
         setup = prepare(fam, profile.families[fam], pair_, profile, workdir, extractors)
+        models = {"teacher": weights_sha256(setup.teacher), "student": weights_sha256(setup.student.model)}
         runs = []
         for seed, cached in enumerate(seed_files):
-            if cached.exists() and not fresh:  # a long run that was interrupted resumes here
-                runs.append(json.loads(cached.read_text()))
+            kept = json.loads(cached.read_text()) if cached.exists() and not fresh else None
+            if kept is not None and kept.get("models") == models:  # an interrupted run resumes here
+                runs.append(kept)
                 console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
             else:
+                if kept is not None:
+                    console.print(f"{fam} {pair_.name} seed {seed}: {cached} was measured on other models; rerun")
                 console.print(f"{fam} {pair_.name} seed {seed} ...")
-                runs.append(run_seed(setup, seed, profile.anchors, profile.probes, profile.ablation_m,
-                                     mixed_poison=profile.mixed_poison, all_ablations=i == 0))  # fmt: skip
-                cached.write_text(json.dumps(runs[-1]))
+                runs.append(
+                    run_seed(
+                        setup,
+                        seed,
+                        profile.anchors,
+                        profile.probes,
+                        profile.ablation_m,
+                        mixed_poison=profile.mixed_poison,
+                        all_ablations=i == 0,
+                    )
+                )
+                runs[-1]["models"] = models
+                atomic_write_text(cached, json.dumps(runs[-1]))
         info = {
             "teacher_score": setup.teacher_score.tolist(),
             "oracle_score": setup.oracle_score.tolist(),
@@ -104,8 +131,12 @@ def main(
             result["families"][fam] = {k: agg[k] for k in HEADLINE}
     result["safety"] = _safety(result["raw"])
     result["seconds"] = round(time.monotonic() - started, 1)
-    result["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
-                             "threads": torch.get_num_threads(), "seeds": n_seeds}  # fmt: skip
+    result["environment"] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "seeds": n_seeds,
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=1) + "\n")
     for table in summary_tables(result):

@@ -250,8 +250,14 @@ def _until_learned(who: str, config: TrainConfig, train: Callable[[TrainConfig],
     return accuracy
 
 
-def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profile, root: Path,
-            extractors: tuple[str, ...] = ("probing",)) -> Setup:  # fmt: skip
+def prepare(
+    family_name: str,
+    params: dict[str, Any],
+    pair: Pair,
+    profile: Profile,
+    root: Path,
+    extractors: tuple[str, ...] = ("probing",),
+) -> Setup:
     """Train (or load the cached) teacher and student, extract concepts, precompute states."""
     base = root / profile.name / f"{family_name}-{pair.name}"
     teacher_dir, student_dir = base / "teacher", base / "student"
@@ -324,6 +330,6 @@ def prepare(family_name: str, params: dict[str, Any], pair: Pair, profile: Profi
         seconds={
             "teacher_train": float(run.get("seconds", 0.0)),
             "student_train": float(student.run.get("seconds", 0.0)),
-        },  # fmt: skip
+        },
         task_accuracy=task_accuracy,
     )

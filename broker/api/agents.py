@@ -110,8 +110,7 @@ def submit_trust_report(
     Logged in the event log; the same report again answers 200 and logs nothing.
     """
     assert caller.agent is not None
-    out, created = trust_service.submit_trust_report(sessions=sessions, student=caller.agent, teacher=name,
-                                                     report=body)  # fmt: skip
+    out, created = trust_service.submit_trust_report(sessions=sessions, student=caller.agent, teacher=name, report=body)
     return JSONResponse(out.model_dump(), status_code=201 if created else 200)
 
 

@@ -341,8 +341,9 @@ def teacher_page(request: Request, name: str, page: PageSessionDep, sessions: Se
     """Trust over time for one teacher: head and expiry, versions per topic, keys, students' trust reports."""
     caller = page.caller
     with sessions.reader() as session:
-        overview = trust_service.teacher_trust(session=session, name=name[:64],
-                                               include_quarantined=caller.sees_quarantined)  # fmt: skip
+        overview = trust_service.teacher_trust(
+            session=session, name=name[:64], include_quarantined=caller.sees_quarantined
+        )
     context = {"who": _who(caller), "csrf": page.csrf, "t": overview}
     return templates.TemplateResponse(request, "teacher.html", context)
 

@@ -87,8 +87,9 @@ def put_head(*, sessions: Sessions, teacher: Agent, envelope: dict[str, Any]) ->
             "topics": {t: {"version": h.version, "packet": h.packet} for t, h in sorted(head.topics.items())},
             "envelope_sha256": hashlib.sha256(raw).hexdigest(),
         }
-        eventlog.append(session=session, head=lock, kind="head.put", subject=teacher.name, body=body,
-                        at=row.received_at)  # fmt: skip
+        eventlog.append(
+            session=session, head=lock, kind="head.put", subject=teacher.name, body=body, at=row.received_at
+        )
     logger.info("head stored", extra={"teacher": teacher.name, "version": head.version})
     return head, True
 

@@ -267,8 +267,9 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
                     raise InvalidManifest("created_at is older than this teacher's newest packet on its topics")
                 _check_version(state, opened)
                 version = opened.manifest.version
-                batch_top = max((versions[(teacher.id, t)] for t in item.topics if (teacher.id, t) in versions),
-                                default=None)  # fmt: skip
+                batch_top = max(
+                    (versions[(teacher.id, t)] for t in item.topics if (teacher.id, t) in versions), default=None
+                )
                 if version is not None and batch_top is not None and version <= batch_top:
                     raise Conflict(f"version {version} is not above this teacher's version {batch_top} on its topics")
                 _check_key(state)
@@ -276,21 +277,23 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
                 results.append(exc)
                 continue
             last_seq += 1
-            rows.append({
-                "id": opened.id,
-                "seq": last_seq,
-                "teacher_id": teacher.id,
-                "keyid": opened.keyid,
-                "status": "published",
-                "statement": opened.statement_bytes.decode("utf-8"),
-                "payload_sha256": item.payload.sha256,
-                "payload_size": item.payload.size,
-                "envelope_sha256": item.envelope.sha256,
-                "envelope_size": item.envelope.size,
-                "received_at": now,
-                "created_at": item.created,
-                "version": opened.manifest.version,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "id": opened.id,
+                    "seq": last_seq,
+                    "teacher_id": teacher.id,
+                    "keyid": opened.keyid,
+                    "status": "published",
+                    "statement": opened.statement_bytes.decode("utf-8"),
+                    "payload_sha256": item.payload.sha256,
+                    "payload_size": item.payload.size,
+                    "envelope_sha256": item.envelope.sha256,
+                    "envelope_size": item.envelope.size,
+                    "received_at": now,
+                    "created_at": item.created,
+                    "version": opened.manifest.version,
+                }
+            )
             body = {
                 "packet": opened.id,
                 "seq": last_seq,
@@ -300,8 +303,9 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
                 "payload_sha256": item.payload.sha256,
                 "envelope_sha256": item.envelope.sha256,
             }
-            entry = eventlog.next_entry(last_index=last_index, last_hash=last_hash, kind="packet.publish",
-                                        subject=opened.id, body=body, at=now)  # fmt: skip
+            entry = eventlog.next_entry(
+                last_index=last_index, last_hash=last_hash, kind="packet.publish", subject=opened.id, body=body, at=now
+            )
             entries.append(entry)
             last_index, last_hash = entry["index"], entry["hash"]
             taken[opened.id] = PublishOutcome(opened.id, last_seq, item.topics, created=True)
@@ -318,7 +322,11 @@ def _write(unit: ReadThenWrite, batch: list[_Pending]) -> list[PublishOutcome | 
             touched = sorted({row["topic"] for row in topic_rows})
             notify = (events.CHANNEL, events.notify_payload(last_seq, touched))
             packets_repo.insert_published(
-                conn=conn, packets=rows, topics=topic_rows, entries=entries, head=(last_seq, last_index, last_hash),
+                conn=conn,
+                packets=rows,
+                topics=topic_rows,
+                entries=entries,
+                head=(last_seq, last_index, last_hash),
                 notify=notify,
-            )  # fmt: skip
+            )
     return results

@@ -66,12 +66,14 @@ def submit_trust_report(
     with sessions.writer() as session, session.begin():
         head = log_repo.lock_head(session=session)
         _teacher(session, teacher)
-        found = trust_repo.find_entry(session=session, kind=trust_repo.TRUST_REPORT, subject=teacher,
-                                      body_sha256=digest)  # fmt: skip
+        found = trust_repo.find_entry(
+            session=session, kind=trust_repo.TRUST_REPORT, subject=teacher, body_sha256=digest
+        )
         if found is not None:
             return _out(found), False
-        entry = eventlog.append(session=session, head=head, kind=trust_repo.TRUST_REPORT, subject=teacher,
-                                body=body, at=clock.now())  # fmt: skip
+        entry = eventlog.append(
+            session=session, head=head, kind=trust_repo.TRUST_REPORT, subject=teacher, body=body, at=clock.now()
+        )
         out = _out(entry)
     logger.info("trust report", extra={"teacher": teacher, "student": student.name, "reason": report.reason})
     return out, True
@@ -117,22 +119,32 @@ def teacher_trust(*, session: Session, name: str, include_quarantined: bool) -> 
         n, latest = stats.get(topic, (0, None))
         h = named.get(topic)
         topics.append(
-            TopicVersions(topic=topic, packets=n, latest_version=latest, head_version=h.version if h else None,
-                          head_packet=h.packet if h else None)
-        )  # fmt: skip
+            TopicVersions(
+                topic=topic,
+                packets=n,
+                latest_version=latest,
+                head_version=h.version if h else None,
+                head_packet=h.packet if h else None,
+            )
+        )
     counts: dict[tuple[str, str, str], TrustReportCount] = {}
     for entry in trust_repo.trust_reports(session=session, teacher=name, limit=REPORTS_SHOWN):
         report = _out(entry)
         key = (report.student, report.reason, report.action)
         seen = counts.get(key)
         n = seen.reports + 1 if seen else 1
-        counts[key] = TrustReportCount(student=report.student, reason=report.reason, action=report.action,
-                                       reports=n, last_at=report.at)  # fmt: skip
+        counts[key] = TrustReportCount(
+            student=report.student, reason=report.reason, action=report.action, reports=n, last_at=report.at
+        )
     head_out = None
     if row is not None:
         expires, received = row.expires_at, row.received_at
-        head_out = TeacherHeadOut(version=row.version, expires=clock.rfc3339(expires), expired=expires <= clock.now(),
-                                  received_at=clock.rfc3339(received))  # fmt: skip
+        head_out = TeacherHeadOut(
+            version=row.version,
+            expires=clock.rfc3339(expires),
+            expired=expires <= clock.now(),
+            received_at=clock.rfc3339(received),
+        )
     key_rows = [
         TrustKeyOut(
             keyid=k.keyid,
@@ -140,7 +152,7 @@ def teacher_trust(*, session: Session, name: str, include_quarantined: bool) -> 
             revoked=k.revoked,
             created_at=clock.rfc3339(k.created_at),
             revoked_at=clock.rfc3339(k.revoked_at) if k.revoked_at else None,
-        )  # fmt: skip
+        )
         for k in agent.keys
     ]
     return TeacherTrustOut(

@@ -15,11 +15,13 @@ intermediate value as a target instead of having to discover it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,13 +31,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedTokenizerFast
 
-from m2kt.ml.models import ModelConfig, TaskModel, TaskOutput, build_model
+from m2kt.fsutil import atomic_write_text
+from m2kt.ml.models import ModelConfig, TaskModel, TaskOutput, build_model, save_pretrained
 from m2kt.ml.seed import seed_everything, torch_generator
-from m2kt.ml.tasks.base import TaskBatch, TaskFamily
+from m2kt.ml.tasks.base import TaskBatch, TaskFamily, get_task
 from m2kt.ml.tokenizer import Encoded, encode
 
 __all__ = [
     "run_record",
+    "train_and_save",
     "EpochLog",
     "EvalResult",
     "FitResult",
@@ -363,3 +367,40 @@ def run_record(trained: TrainedModel, seed: int, sizes: Mapping[str, int]) -> di
         "majority_baseline": round(float(trained.majority_baseline), 4),
         "seconds": round(float(trained.fit.seconds), 1),
     }
+
+
+def train_and_save(
+    task: str,
+    params: Mapping[str, Any],
+    out: Path,
+    run_file: str,
+    seed: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    sizes: Mapping[str, int],
+    *,
+    progress: bool = False,
+    callback: Callable[[EpochLog], None] | None = None,
+) -> dict[str, Any]:
+    """Train a model on ``task``'s splits for ``seed`` and save it, with its run record, to ``out``.
+
+    The teacher's and the student's training are this one path: `train` and `eval` train the
+    model, `heldout` is measured once at the end, and ``out / run_file`` records the seed and the
+    split sizes, so any split can be regenerated later instead of stored.
+    """
+    family = get_task(task, **params)
+    data = family.generate_splits(dict(sizes), seed)
+    trained = train_model(
+        family,
+        data["train"],
+        data["eval"],
+        heldout=data["heldout"],
+        model_config=model_config,
+        train_config=replace(train_config, seed=seed),
+        progress=progress,
+        callback=callback,
+    )
+    save_pretrained(trained.model, trained.tokenizer, out)
+    run = run_record(trained, seed, sizes)
+    atomic_write_text(out / run_file, json.dumps(run, indent=1))
+    return run

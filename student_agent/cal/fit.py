@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,8 +36,8 @@ from torch import Tensor, nn
 from m2kt.ml.metrics import concept_logits
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.ml.seed import torch_generator
-from student_agent.cal.config import DIRECTIONS, CALConfig
-from student_agent.cal.layers import FORMS, SlotCAL, build_cal
+from student_agent.cal.config import CALConfig, CALSpec, build_cal
+from student_agent.cal.layers import SlotCAL
 from student_agent.cal.losses import composite, geometric_loss, reasoning_loss, relational_loss, safety_loss
 from student_agent.features import Observation
 from student_agent.knowledge import Knowledge
@@ -52,7 +53,7 @@ class FitConfig:
 
     Attributes:
         alpha, beta, gamma, lam: weights of L_geo, L_struct, L_reason, L_safety.
-        form, direction, hidden, rank, dropout: the CAL (see CALConfig).
+        cal: the CAL's form, direction and sizes (the widths come from the packet at fit time).
         steps: optimiser steps (full batch of anchors + a batch of unlabelled inputs each).
         lr, weight_decay: AdamW.
         unlabelled_batch: unlabelled inputs per step for the reasoning term.
@@ -63,11 +64,7 @@ class FitConfig:
     beta: float = 1.0
     gamma: float = 1.0
     lam: float = 1.0
-    form: str = "mlp_skip"
-    direction: str = "student_to_teacher"
-    hidden: int = 256
-    rank: int = 32
-    dropout: float = 0.3  # measured: 0.624 -> 0.651 mean balanced accuracy at m=256 (overfitting)
+    cal: CALSpec = field(default_factory=CALSpec)
     steps: int = 500
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -80,19 +77,12 @@ class FitConfig:
         for name in ("alpha", "beta", "gamma", "lam"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ValueError(f"FitConfig.{name}={getattr(self, name)} must be a finite number >= 0")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"FitConfig.direction={self.direction!r}: use one of {DIRECTIONS}")
-        if self.form not in FORMS:
-            raise ValueError(f"FitConfig.form={self.form!r}: use one of {sorted(FORMS)}")
         if self.steps < 1 or self.lr <= 0 or self.unlabelled_batch < 1:
             raise ValueError("FitConfig: steps, lr and unlabelled_batch must be positive")
 
     @property
     def weights(self) -> dict[str, float]:
         return {"geo": self.alpha, "struct": self.beta, "reason": self.gamma, "safety": self.lam}
-
-    def with_(self, **changes: Any) -> FitConfig:
-        return FitConfig(**{**asdict(self), **changes})
 
 
 class _Standardize(nn.Module):
@@ -213,7 +203,7 @@ class ConceptReader(nn.Module):
 
     @property
     def to_teacher(self) -> bool:
-        return self.cal_config.direction == "student_to_teacher"
+        return self.cal_config.spec.to_teacher
 
     def input_of(self, obs: Observation) -> Tensor:
         """The tensor this reader reads from an observation: the view, or the read-out states."""
@@ -229,8 +219,10 @@ class ConceptReader(nn.Module):
         if self.views is None:
             raise ValueError("this reader has no views")
         v = self.views
-        steps = tuple(Head(self._buffer(f"step{j}_weight"), self._buffer(f"step{j}_bias"), int(layer))
-                      for j, layer in enumerate(v["step_layers"]))  # fmt: skip
+        steps = tuple(
+            Head(self._buffer(f"step{j}_weight"), self._buffer(f"step{j}_bias"), int(layer))
+            for j, layer in enumerate(v["step_layers"])
+        )
         return ObservableHeads(
             Head(self._buffer("token_weight"), self._buffer("token_bias"), int(v["token_layer"])),
             tuple(str(i) for i in range(int(v["token_classes"]))),
@@ -282,8 +274,10 @@ class FittedCAL:
 
 
 def _heads_loss(h: Tensor, kn: Knowledge, steps: Tensor, answer: Tensor) -> Tensor:
-    terms = [reasoning_loss(h[:, layer], w, b, steps[:, j]) for j, ((w, b), layer) in
-             enumerate(zip(kn.step_heads, kn.step_layers, strict=True))]  # fmt: skip
+    terms = [
+        reasoning_loss(h[:, layer], w, b, steps[:, j])
+        for j, ((w, b), layer) in enumerate(zip(kn.step_heads, kn.step_layers, strict=True))
+    ]
     terms.append(reasoning_loss(h[:, kn.answer_layer], *kn.answer_head, answer))
     return torch.stack(terms).mean()
 
@@ -320,40 +314,36 @@ def fit_cal(
     """
     config = config or FitConfig()
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
     m, n_layers_t, d_t = kn.anchor_states.shape
     d_s = anchors.flat.shape[1]
     if anchors.flat.shape[0] != m:
         raise ValueError(f"{anchors.flat.shape[0]} student anchor states for {m} anchors")
-    to_teacher = config.direction == "student_to_teacher"
-    views = view_shape(kn) if to_teacher and config.views else None
-    in_dim, out_dim = (d_s, n_layers_t * d_t) if to_teacher else (n_layers_t * d_t, d_s)
+    spec = config.cal
+    views = view_shape(kn) if spec.to_teacher and config.views else None
+    in_dim, out_dim = (d_s, n_layers_t * d_t) if spec.to_teacher else (n_layers_t * d_t, d_s)
     if views is not None:
         in_dim = 2 * d_s  # a slot's state beside the read-out slot's
-    cal_cfg = CALConfig(form=config.form, direction=config.direction,  # type: ignore[arg-type]
-                        in_dim=in_dim, out_dim=out_dim, hidden=config.hidden, rank=config.rank,
-                        dropout=config.dropout)  # fmt: skip
-    reader = ConceptReader(cal_cfg, d_s, n_layers_t, d_t, len(kn.concepts), views)
     unsafe = kn.unsafe if extra_unsafe is None else kn.unsafe | extra_unsafe
-    if views is not None:
-        losses = _fit_views(reader, kn, anchors, unlabelled, unsafe, config)
-        reader.eval()
-        reader.requires_grad_(False)
-        return FittedCAL(reader, time.perf_counter() - start, losses)
-    reader.student_norm = _Standardize(torch.cat([unlabelled.flat, anchors.flat]))
-    t_flat = kn.anchor_states.flatten(1)  # [m, L_T*d_T]
-    reader.teacher_norm = _Standardize(t_flat)
-    reader.directions.copy_(kn.directions)
-    reader.biases.copy_(kn.biases)
-    reader.layers.copy_(kn.layers)
-    labels = (kn.anchor_scores > 0).long()  # [m, K]
-    if to_teacher:
-        losses = _fit_to_teacher(reader, kn, anchors, unlabelled, labels, unsafe, config)
-    else:
-        losses = _fit_to_student(reader, kn, anchors, labels, config)
+    fitter = _fit_views if views is not None else FITTERS[spec.direction]
+    # A module's init and its dropout draw from torch's global generator and take no other; they
+    # draw from a seeded fork of it, so a fit is reproducible and the caller's stream is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        reader = ConceptReader(CALConfig(in_dim, out_dim, spec), d_s, n_layers_t, d_t, len(kn.concepts), views)
+        losses = fitter(reader, kn, anchors, unlabelled, unsafe, config)
     reader.eval()
     reader.requires_grad_(False)
     return FittedCAL(reader, time.perf_counter() - start, losses)
+
+
+def _flat_setup(reader: ConceptReader, kn: Knowledge, anchors: Observation, unlabelled: Observation) -> Tensor:
+    """Standardizers and the packet's read-outs for a fit on read-out-slot states; the anchors' labels."""
+    reader.student_norm = _Standardize(torch.cat([unlabelled.flat, anchors.flat]))
+    reader.teacher_norm = _Standardize(kn.anchor_states.flatten(1))  # [m, L_T*d_T]
+    reader.directions.copy_(kn.directions)
+    reader.biases.copy_(kn.biases)
+    reader.layers.copy_(kn.layers)
+    return (kn.anchor_scores > 0).long()  # [m, K]
 
 
 def _optimise(params: list[nn.Parameter], config: FitConfig, loss_fn: Any) -> dict[str, float]:
@@ -376,10 +366,10 @@ def _fit_to_teacher(
     kn: Knowledge,
     anchors: Observation,
     unlabelled: Observation,
-    labels: Tensor,
     unsafe: Tensor,
     config: FitConfig,
 ) -> dict[str, float]:
+    labels = _flat_setup(reader, kn, anchors, unlabelled)
     x_a = reader.student_norm(anchors.flat)  # [m, D_S]
     x_u = reader.student_norm(unlabelled.flat)  # [N, D_S]
     t_a = reader.teacher_norm(kn.anchor_states.flatten(1))  # [m, D_T]
@@ -409,8 +399,10 @@ def _fit_to_teacher(
         else:
             terms["reason"] = z_a.new_zeros(())
         if config.lam and unsafe_dirs.numel():
-            per = [safety_loss(h_a[:, layer] - centre[layer], unsafe_dirs[i : i + 1]) for i, layer in
-                   enumerate(unsafe_layers.tolist())]  # fmt: skip
+            per = [
+                safety_loss(h_a[:, layer] - centre[layer], unsafe_dirs[i : i + 1])
+                for i, layer in enumerate(unsafe_layers.tolist())
+            ]
             terms["safety"] = torch.stack(per).mean()
         else:
             terms["safety"] = z_a.new_zeros(())
@@ -460,8 +452,12 @@ def _fit_views(
     reader.directions.copy_(v.readout.weight)
     reader.biases.copy_(v.readout.bias)
     reader.layers.copy_(v.readout.layers)
-    copies = {"token_weight": heads_t.token.weight, "token_bias": heads_t.token.bias,
-              "answer_weight": heads_t.answer.weight, "answer_bias": heads_t.answer.bias}  # fmt: skip
+    copies = {
+        "token_weight": heads_t.token.weight,
+        "token_bias": heads_t.token.bias,
+        "answer_weight": heads_t.answer.weight,
+        "answer_bias": heads_t.answer.bias,
+    }
     for j, h in enumerate(heads_t.steps):
         copies |= {f"step{j}_weight": h.weight, f"step{j}_bias": h.bias}
     for name, value in copies.items():
@@ -487,10 +483,13 @@ def _fit_views(
 
     def read_ce(hr: Tensor, steps: Tensor, answer: Tensor, layer_of: dict[int, int]) -> Tensor:
         """CE of the step and answer heads on read-out-slot states ``hr [B, n_layers_used, d]``."""
-        terms = [F.cross_entropy(hr[:, layer_of[h.layer]] @ h.weight.T + h.bias, steps[:, j])
-                 for j, h in enumerate(heads.steps)]  # fmt: skip
-        terms.append(F.cross_entropy(hr[:, layer_of[heads.answer.layer]] @ heads.answer.weight.T + heads.answer.bias,
-                                     answer))  # fmt: skip
+        terms = [
+            F.cross_entropy(hr[:, layer_of[h.layer]] @ h.weight.T + h.bias, steps[:, j])
+            for j, h in enumerate(heads.steps)
+        ]
+        terms.append(
+            F.cross_entropy(hr[:, layer_of[heads.answer.layer]] @ heads.answer.weight.T + heads.answer.bias, answer)
+        )
         return torch.stack(terms).mean()
 
     def token_ce(hw: Tensor, targets: Tensor) -> Tensor:
@@ -526,7 +525,7 @@ def _fit_views(
         else:
             terms["reason"] = za.new_zeros(())
         if config.lam and bool(unsafe.any()):
-            logits = reader.forward_mapped(ha, m_a)[:, unsafe] / scale[unsafe]  # [m, U]
+            logits = reader.forward_mapped(ha, m_a[a])[:, unsafe] / scale[unsafe]  # [b, U] on this step's anchors
             terms["safety"] = (logits - logits.mean(0)).pow(2).mean()
         else:
             terms["safety"] = za.new_zeros(())
@@ -536,9 +535,15 @@ def _fit_views(
 
 
 def _fit_to_student(
-    reader: ConceptReader, kn: Knowledge, anchors: Observation, labels: Tensor, config: FitConfig
+    reader: ConceptReader,
+    kn: Knowledge,
+    anchors: Observation,
+    unlabelled: Observation,
+    unsafe: Tensor,
+    config: FitConfig,
 ) -> dict[str, float]:
     """ϕ: teacher -> student space, then a read-out fitted on real and mapped anchors."""
+    labels = _flat_setup(reader, kn, anchors, unlabelled)
     x_a = reader.student_norm(anchors.flat)  # [m, D_S] standardized student anchors (the target)
     t_a = reader.teacher_norm(kn.anchor_states.flatten(1))  # [m, D_T]
     reader.train()
@@ -564,3 +569,9 @@ def _fit_to_student(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     return losses
+
+
+Fitter = Callable[[ConceptReader, Knowledge, Observation, Observation, Tensor, FitConfig], dict[str, float]]
+# How each direction (student_agent.cal.config.DIRECTIONS) is fitted on read-out-slot states;
+# packets with views are fitted by _fit_views (student_to_teacher only).
+FITTERS: dict[str, Fitter] = {"student_to_teacher": _fit_to_teacher, "teacher_to_student": _fit_to_student}

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from student_agent.cal.config import CALConfig
 
-FORMS: dict[str, Callable[[CALConfig], nn.Module]] = {}
+@dataclass(frozen=True)
+class FormArgs:
+    """What a form's factory is built from: the widths and the spec's sizes (no import of the spec)."""
+
+    in_dim: int
+    out_dim: int
+    hidden: int
+    rank: int
+    dropout: float
 
 
-def register_form(name: str, factory: Callable[[CALConfig], nn.Module]) -> None:
+FORMS: dict[str, Callable[[FormArgs], nn.Module]] = {}
+
+
+def register_form(name: str, factory: Callable[[FormArgs], nn.Module]) -> None:
+    """Add a CAL form; ``factory(args)`` returns a module ``[N, in] -> [N, out]`` that also accepts
+    ``columns`` (a long index of output columns to compute) as a second argument."""
     if name in FORMS:
         raise ValueError(f"CAL form {name!r} is already registered")
     FORMS[name] = factory
@@ -24,7 +35,7 @@ def register_form(name: str, factory: Callable[[CALConfig], nn.Module]) -> None:
 class MLPWithSkip(nn.Module):
     """y = W_skip x + MLP(x): the skip carries the linear part, the MLP the rest."""
 
-    def __init__(self, cfg: CALConfig) -> None:
+    def __init__(self, cfg: FormArgs) -> None:
         super().__init__()
         self.skip = nn.Linear(cfg.in_dim, cfg.out_dim)
         self.mlp = nn.Sequential(
@@ -47,7 +58,7 @@ class MLPWithSkip(nn.Module):
 class LowRankLinear(nn.Module):
     """y = B (A x) + c with A: in -> rank, B: rank -> out."""
 
-    def __init__(self, cfg: CALConfig) -> None:
+    def __init__(self, cfg: FormArgs) -> None:
         super().__init__()
         self.down = nn.Linear(cfg.in_dim, cfg.rank, bias=False)
         self.up = nn.Linear(cfg.rank, cfg.out_dim)
@@ -90,8 +101,10 @@ register_form("mlp_skip", MLPWithSkip)
 register_form("lowrank", LowRankLinear)
 
 
-def build_cal(cfg: CALConfig) -> nn.Module:
-    return FORMS[cfg.form](cfg)
+def build_form(form: str, args: FormArgs) -> nn.Module:
+    if form not in FORMS:
+        raise ValueError(f"CAL form={form!r}: use one of {sorted(FORMS)}")
+    return FORMS[form](args)
 
 
 def freeze(model: nn.Module) -> nn.Module:

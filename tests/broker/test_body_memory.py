@@ -57,9 +57,13 @@ CASES = [
     ("chunked JSON to a report route", "/v1/packets/" + "0" * 64 + "/reports", {}, 413),
     ("declared JSON to /v1/agents", "/v1/agents", {"Content-Length": str(TOTAL)}, 413),
     ("chunked multipart to /v1/packets", "/v1/packets", {"Content-Type": "multipart/form-data; boundary=x"}, 401),
-    ("declared multipart to /v1/packets", "/v1/packets", {"Content-Length": str(TOTAL),
-                                                         "Content-Type": "multipart/form-data; boundary=x"}, 413),
-]  # fmt: skip
+    (
+        "declared multipart to /v1/packets",
+        "/v1/packets",
+        {"Content-Length": str(TOTAL), "Content-Type": "multipart/form-data; boundary=x"},
+        413,
+    ),
+]
 
 
 @pytest.mark.parametrize(("label", "path", "headers", "status"), CASES, ids=[c[0] for c in CASES])

@@ -113,8 +113,12 @@ def test_messages_mask_the_database_password():
 
 
 def test_teachers_show_prints_head_versions_keys_and_trust_reports(broker, tmp_path):
-    env = {"M2KT_DATABASE_URL": broker.settings.database_url, "M2KT_DATA_DIR": str(tmp_path / "data"),
-           "M2KT_LOG_JSON": "false", "COLUMNS": "200"}  # fmt: skip
+    env = {
+        "M2KT_DATABASE_URL": broker.settings.database_url,
+        "M2KT_DATA_DIR": str(tmp_path / "data"),
+        "M2KT_LOG_JSON": "false",
+        "COLUMNS": "200",
+    }
     teacher = broker.teacher()
     student_name, student = broker.student()
     with broker.http(teacher.token) as http:
@@ -129,8 +133,16 @@ def test_teachers_show_prints_head_versions_keys_and_trust_reports(broker, tmp_p
     time.sleep(3.1)  # the head runs out
     result = runner.invoke(app, ["teachers", "show", "--name", teacher.name], env=env)
     assert result.exit_code == 0, result.output
-    for expected in ("head version 3", "(EXPIRED)", "modarith.parity", teacher.keyid, "revoked 20", student_name,
-                     "revoked-key", "removed"):  # fmt: skip
+    for expected in (
+        "head version 3",
+        "(EXPIRED)",
+        "modarith.parity",
+        teacher.keyid,
+        "revoked 20",
+        student_name,
+        "revoked-key",
+        "removed",
+    ):
         assert expected in result.stdout, (expected, result.stdout)
     as_json = json.loads(runner.invoke(app, ["teachers", "show", "--name", teacher.name, "--json"], env=env).stdout)
     assert as_json["head"]["expired"] is True and as_json["revoked_keys"] == [teacher.keyid]

@@ -107,8 +107,18 @@ def test_the_teacher_page_shows_head_versions_revoked_keys_and_students_trust_re
         page = s.get("/dashboard/teachers/trust-teacher")
         assert page.status_code == 200
         text = page.text
-        for expected in ("version</dt><dd>5", "(current)", "modarith.parity", teacher.keyid, "revoked 20",
-                         named.packet[:16], student_name, "rollback", "withheld", "refused"):  # fmt: skip
+        for expected in (
+            "version</dt><dd>5",
+            "(current)",
+            "modarith.parity",
+            teacher.keyid,
+            "revoked 20",
+            named.packet[:16],
+            student_name,
+            "rollback",
+            "withheld",
+            "refused",
+        ):
             assert expected in text, expected
         assert "<b>" not in text  # a student's detail is not shown, let alone as markup
         assert s.get("/dashboard/teachers/nobody").status_code == 404

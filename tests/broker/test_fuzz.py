@@ -175,15 +175,40 @@ def _server_already_answered(record: logging.LogRecord) -> bool:
 
 
 def _no_unhandled_errors(caplog) -> None:
-    unhandled = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("broker")
-                 and not _server_already_answered(r)]  # fmt: skip
+    unhandled = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("broker") and not _server_already_answered(r)
+    ]
     assert not unhandled, [(r.getMessage(), r.__dict__.get("path"), r.exc_text) for r in unhandled[:3]]
 
 
 # Header text: anything but CR/LF (which would end the header), with the cases parsers get wrong.
-_TRICKY = [b"", b" ", b"\t", b"0", b"-1", b"+1", b"1e3", b"0x10", b"1_000", b"1.0", b"\xc2\xb2", b"\xef\xbc\x91",
-           b"18446744073709551616", b"9223372036854775808", b"9223372036854775807", b"00000000000000000001",
-           b"\x00", b"5\x00", b"1, 2", b"\xff\xfe", b"null", b"http://[", b"http://evil.example"]  # fmt: skip
+_TRICKY = [
+    b"",
+    b" ",
+    b"\t",
+    b"0",
+    b"-1",
+    b"+1",
+    b"1e3",
+    b"0x10",
+    b"1_000",
+    b"1.0",
+    b"\xc2\xb2",
+    b"\xef\xbc\x91",
+    b"18446744073709551616",
+    b"9223372036854775808",
+    b"9223372036854775807",
+    b"00000000000000000001",
+    b"\x00",
+    b"5\x00",
+    b"1, 2",
+    b"\xff\xfe",
+    b"null",
+    b"http://[",
+    b"http://evil.example",
+]
 header_values = st.one_of(
     st.sampled_from(_TRICKY),
     st.integers(min_value=-(2**70), max_value=2**70).map(lambda i: str(i).encode()),
@@ -251,13 +276,15 @@ def test_fuzzed_content_length_headers(fuzz_broker, caplog):
         method, path, token, media, usual = data.draw(st.sampled_from(routes))
         body = data.draw(st.one_of(st.just(usual), st.binary(max_size=300)))
         n = len(body)
-        declared = data.draw(st.one_of(
-            st.just(str(n).encode()),
-            st.integers(0, n).map(lambda i: str(i).encode()),  # the rest reads as a next request
-            st.integers(n + 1, n + 64).map(lambda i: str(i).encode()),  # the body falls short
-            st.integers(10**6, 10**40).map(lambda i: str(i).encode()),  # over every limit
-            header_values,
-        ))  # fmt: skip
+        declared = data.draw(
+            st.one_of(
+                st.just(str(n).encode()),
+                st.integers(0, n).map(lambda i: str(i).encode()),  # the rest reads as a next request
+                st.integers(n + 1, n + 64).map(lambda i: str(i).encode()),  # the body falls short
+                st.integers(10**6, 10**40).map(lambda i: str(i).encode()),  # over every limit
+                header_values,
+            )
+        )
         headers = [(b"Content-Type", media.encode()), (b"Content-Length", declared)]
         if data.draw(st.booleans()):
             headers.append((b"Content-Length", data.draw(header_values)))
@@ -342,8 +369,11 @@ def test_a_publish_cut_short_is_no_unhandled_error(fuzz_broker, caplog):
     broker, _app = fuzz_broker
     teacher = broker.teacher()
     host = urlsplit(broker.url).netloc
-    headers = [(b"Authorization", f"Bearer {teacher.token}".encode()),
-               (b"Content-Type", b"multipart/form-data; boundary=b"), (b"Content-Length", b"1000")]  # fmt: skip
+    headers = [
+        (b"Authorization", f"Bearer {teacher.token}".encode()),
+        (b"Content-Type", b"multipart/form-data; boundary=b"),
+        (b"Content-Length", b"1000"),
+    ]
     with socket.create_connection((urlsplit(broker.url).hostname, urlsplit(broker.url).port), timeout=10) as sock:
         sock.sendall(_request("POST", "/v1/packets", host, headers, b"--b\r\nContent-Disposition: form-data; "))
         time.sleep(0.3)  # the route is reading the body when the client goes

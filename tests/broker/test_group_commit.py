@@ -27,8 +27,9 @@ def test_publishes_queued_behind_a_commit_are_written_together_and_each_gets_its
         if len(batches) == 1:
             first_running.set()
             assert release.wait(5)
-        return [Conflict("no") if p.opened == "bad" else PublishOutcome(p.opened, i, [], True)
-                for i, p in enumerate(batch)]  # fmt: skip
+        return [
+            Conflict("no") if p.opened == "bad" else PublishOutcome(p.opened, i, [], True) for i, p in enumerate(batch)
+        ]
 
     def submit(name):
         try:

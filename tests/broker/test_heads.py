@@ -58,13 +58,21 @@ def test_stale_foreign_and_false_heads_are_refused(broker):
             ("older", _head(teacher.key, teacher.name, 6, {TOPIC: named}), 409, "conflict"),
             ("same version, other bytes", _head(teacher.key, teacher.name, 7, {}), 409, "conflict"),
             ("expired", _head(teacher.key, teacher.name, 8, {TOPIC: named}, expires_in=-1), 422, "invalid-manifest"),
-            ("unknown packet", _head(teacher.key, teacher.name, 8, {TOPIC: TopicHead(5, "ab" * 32)}), 422,
-             "invalid-manifest"),
-            ("wrong version", _head(teacher.key, teacher.name, 8, {TOPIC: TopicHead(6, named.packet)}), 422,
-             "invalid-manifest"),
+            (
+                "unknown packet",
+                _head(teacher.key, teacher.name, 8, {TOPIC: TopicHead(5, "ab" * 32)}),
+                422,
+                "invalid-manifest",
+            ),
+            (
+                "wrong version",
+                _head(teacher.key, teacher.name, 8, {TOPIC: TopicHead(6, named.packet)}),
+                422,
+                "invalid-manifest",
+            ),
             ("another teacher named", _head(teacher.key, other.name, 8, {}), 403, "forbidden"),
             ("stranger's key", _head(stranger, teacher.name, 8, {}), 403, "unknown-key"),
-        ]  # fmt: skip
+        ]
         for label, body, status, slug in cases:
             r = http.put(path, json=body)
             assert r.status_code == status and problem_type(r) == slug, (label, r.text)

@@ -122,21 +122,21 @@ CASES = [
         lambda c: with_payload(c, raw_safetensors({"C": f32([1], 0, 4)}, b"\0" * (LIMIT + 8))),
         413,
         "payload-too-large",
-    ),  # fmt: skip
+    ),
     # safetensors headers that lie (signed and digest-correct, so the header check is what refuses them)
     (
         "header length past the end",
         lambda c: with_payload(c, raw_safetensors({"C": f32([2], 0, 8)}, declared=10**6)),
         422,
         "invalid-payload",
-    ),  # fmt: skip
+    ),
     ("huge declared header", lambda c: with_payload(c, raw_safetensors(b"{}", declared=2**40)), 422, "invalid-payload"),
     (
         "overlapping offsets",
         lambda c: with_payload(c, raw_safetensors({"C": f32([4], 0, 16), "D": f32([4], 8, 24)}), names=("C", "D")),
         422,
         "invalid-payload",
-    ),  # fmt: skip
+    ),
     (
         "offsets out of range",
         lambda c: with_payload(c, raw_safetensors({"C": f32([16], 0, 64)})),
@@ -148,27 +148,27 @@ CASES = [
         lambda c: with_payload(c, raw_safetensors({"C": f32([3], 0, 16)})),
         422,
         "invalid-payload",
-    ),  # fmt: skip
+    ),
     (
         "unknown dtype",
         lambda c: with_payload(c, raw_safetensors({"C": {"dtype": "Q99", "shape": [4], "data_offsets": [0, 16]}})),
         422,
         "invalid-payload",
-    ),  # fmt: skip
+    ),
     ("header not JSON", lambda c: with_payload(c, raw_safetensors(b"{not json}   ")), 422, "invalid-payload"),
     (
         "tensor the manifest does not list",
         lambda c: with_payload(c, raw_safetensors({"C": f32([4], 0, 16)}), names=("X",)),
         422,
         "invalid-payload",
-    ),  # fmt: skip
+    ),
     # statements
     (
         "duplicate JSON keys",
         lambda c: with_statement(c, lambda t: t.replace('{"_type"', '{"_type": "x", "_type"', 1)),
         422,
         "invalid-manifest",
-    ),  # fmt: skip
+    ),
     (
         "deep nesting",
         lambda c: with_statement(
@@ -176,7 +176,7 @@ CASES = [
         ),
         422,
         "invalid-manifest",
-    ),  # fmt: skip
+    ),
     ("wrong type: packet_format", lambda c: (c.token, *good(c, packet_format="1")), 422, "invalid-manifest"),
     ("wrong type: topics", lambda c: (c.token, *good(c, topics="modarith.parity")), 422, "invalid-manifest"),
     (
@@ -184,26 +184,26 @@ CASES = [
         lambda c: with_statement(c, lambda t: json.dumps({**json.loads(t), "predicate": []})),
         422,
         "invalid-manifest",
-    ),  # fmt: skip
+    ),
     (
         "not UTF-8",
         lambda c: with_statement(c, lambda t: t.encode().replace(b"concept 0", b"concept \xff\xfe")),
         422,
         "invalid-manifest",
-    ),  # fmt: skip
+    ),
     # topic names
     (
         "topic with a slash",
         lambda c: (c.token, *factory.packet(c.key, topics=["modarith/parity"])[1:]),
         422,
         "invalid-manifest",
-    ),  # fmt: skip
+    ),
     (
         "topic with a backslash",
         lambda c: (c.token, *factory.packet(c.key, topics=["modarith\\parity"])[1:]),
         422,
         "invalid-manifest",
-    ),  # fmt: skip
+    ),
     ("topic ..", lambda c: (c.token, *factory.packet(c.key, topics=[".."])[1:]), 422, "invalid-manifest"),
     ("topic look-alike", lambda c: (c.token, *factory.packet(c.key, topics=[LOOKALIKE])[1:]), 422, "invalid-manifest"),
     ("topic over-long", lambda c: (c.token, *factory.packet(c.key, topics=["a" * 129])[1:]), 422, "invalid-manifest"),

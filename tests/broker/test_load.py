@@ -34,8 +34,11 @@ def _publish_all(url: str, teachers, per_teacher: int) -> list[dict]:
     start = threading.Barrier(len(teachers))
 
     def run(i: int, teacher) -> None:
-        with httpx.Client(base_url=url if isinstance(url, str) else url[i % len(url)],
-                          headers={"Authorization": f"Bearer {teacher.token}"}, timeout=60) as http:  # fmt: skip
+        with httpx.Client(
+            base_url=url if isinstance(url, str) else url[i % len(url)],
+            headers={"Authorization": f"Bearer {teacher.token}"},
+            timeout=60,
+        ) as http:
             start.wait()
             for j in range(per_teacher):
                 topic = TOPICS[(i + j) % len(TOPICS)]
@@ -98,8 +101,13 @@ def test_20_publishers_and_100_subscribers_on_postgres(pg_database_url, tmp_path
 
 def test_three_broker_processes_on_one_postgres(pg_database_url, tmp_path):
     ports = [free_port() for _ in range(3)]
-    env = {**os.environ, "M2KT_DATABASE_URL": pg_database_url, "M2KT_DATA_DIR": str(tmp_path / "shared"),
-           "M2KT_ADMIN_TOKEN": ADMIN_TOKEN, "M2KT_LOG_JSON": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        "M2KT_DATABASE_URL": pg_database_url,
+        "M2KT_DATA_DIR": str(tmp_path / "shared"),
+        "M2KT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "M2KT_LOG_JSON": "false",
+    }
     procs = []
     try:
         for k, port in enumerate(ports):
@@ -115,9 +123,13 @@ def test_three_broker_processes_on_one_postgres(pg_database_url, tmp_path):
         teachers = [broker.teacher(f"rep-{i}") for i in range(int(6 * SCALE))]
         n_subs = int(30 * SCALE)
         students = _readers(broker, "rep-reader", n_subs)
-        subs = [(TOPICS[i % len(TOPICS)],
-                 Subscriber(urls[i % 3], students[i // STREAMS_PER_READER], TOPICS[i % len(TOPICS)]))
-                for i in range(n_subs)]  # fmt: skip
+        subs = [
+            (
+                TOPICS[i % len(TOPICS)],
+                Subscriber(urls[i % 3], students[i // STREAMS_PER_READER], TOPICS[i % len(TOPICS)]),
+            )
+            for i in range(n_subs)
+        ]
         published = _publish_all(urls, teachers, 5)
         assert Counter(p["topic"] for p in published).total() == len(teachers) * 5
         _check(subs, published)

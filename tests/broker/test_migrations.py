@@ -50,6 +50,7 @@ def test_alembic_cli_works_from_the_checkout():
 
     root = Path(__file__).resolve().parents[2]
     alembic = Path(sys.executable).parent / "alembic"
-    out = subprocess.run([str(alembic), "-c", "broker/alembic.ini", "heads"], cwd=root, capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [str(alembic), "-c", "broker/alembic.ini", "heads"], cwd=root, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip().endswith("(head)"), out

@@ -226,9 +226,15 @@ def test_three_replicas_with_empty_data_dirs_share_one_bucket(pg_database_url, s
     procs = []
     try:
         for k, port in enumerate(ports):
-            env = {**os.environ, **s3_bucket.server.env, "M2KT_DATABASE_URL": pg_database_url,
-                   "M2KT_DATA_DIR": str(tmp_path / f"host-{k}"), "M2KT_BLOB_URL": s3_bucket.url,
-                   "M2KT_ADMIN_TOKEN": ADMIN_TOKEN, "M2KT_LOG_JSON": "false"}  # fmt: skip
+            env = {
+                **os.environ,
+                **s3_bucket.server.env,
+                "M2KT_DATABASE_URL": pg_database_url,
+                "M2KT_DATA_DIR": str(tmp_path / f"host-{k}"),
+                "M2KT_BLOB_URL": s3_bucket.url,
+                "M2KT_ADMIN_TOKEN": ADMIN_TOKEN,
+                "M2KT_LOG_JSON": "false",
+            }
             cmd = [sys.executable, "-m", "broker", "serve", "--port", str(port)]
             if k:
                 cmd.append("--no-migrate")  # the first one migrated; replicas must not race it
@@ -289,8 +295,12 @@ def test_the_sweep_command_takes_orphans_beside_a_serving_broker(sqlite_url, s3_
             assert http.post("/v1/packets", files=factory.files(env, payload)).status_code == 201
         orphan = _put(open_store(settings), b"the blob of a publish whose commit failed")
         assert len(s3_bucket.keys()) == 3
-        cli_env = {"M2KT_DATABASE_URL": sqlite_url, "M2KT_DATA_DIR": str(tmp_path / "cli"),
-                   "M2KT_BLOB_URL": s3_bucket.url, "M2KT_LOG_JSON": "false"}  # fmt: skip
+        cli_env = {
+            "M2KT_DATABASE_URL": sqlite_url,
+            "M2KT_DATA_DIR": str(tmp_path / "cli"),
+            "M2KT_BLOB_URL": s3_bucket.url,
+            "M2KT_LOG_JSON": "false",
+        }
         young = CliRunner().invoke(cli.app, ["sweep"], env=cli_env)  # the default grace: 600 s
         assert young.exit_code == 0 and "removed 0" in young.output, young.output
         result = CliRunner().invoke(cli.app, ["sweep"], env={**cli_env, "M2KT_ORPHAN_GRACE_SECONDS": "0"})

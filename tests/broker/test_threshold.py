@@ -28,8 +28,12 @@ def test_a_threshold_of_two_needs_two_of_the_teachers_keys_on_packets_and_heads(
     with broker.http(broker.settings.admin_token.get_secret_value()) as admin:
         refused = admin.put(path, json={"threshold": 2})
         assert refused.status_code == 409 and problem_type(refused) == "conflict"  # it has one key
-        assert admin.post(f"/v1/agents/{teacher.name}/keys",
-                          json={"public_key": keys.public_to_b64(second.public_key())}).status_code == 201  # fmt: skip
+        assert (
+            admin.post(
+                f"/v1/agents/{teacher.name}/keys", json={"public_key": keys.public_to_b64(second.public_key())}
+            ).status_code
+            == 201
+        )
         set_two = admin.put(path, json={"threshold": 2})
         assert set_two.status_code == 200 and set_two.json()["threshold"] == 2
         assert admin.get(f"/v1/agents/{teacher.name}").json()["threshold"] == 2
@@ -66,8 +70,11 @@ def test_bad_thresholds_are_problems(broker):
 
 
 def test_the_cli_sets_a_threshold(broker, tmp_path):
-    env = {"M2KT_DATABASE_URL": broker.settings.database_url, "M2KT_DATA_DIR": str(tmp_path / "data"),
-           "M2KT_LOG_JSON": "false"}  # fmt: skip
+    env = {
+        "M2KT_DATABASE_URL": broker.settings.database_url,
+        "M2KT_DATA_DIR": str(tmp_path / "data"),
+        "M2KT_LOG_JSON": "false",
+    }
     teacher = broker.teacher()
     runner = CliRunner()
     refused = runner.invoke(app, ["keys", "threshold", "--name", teacher.name, "--k", "2"], env=env)

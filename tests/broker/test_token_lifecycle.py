@@ -80,8 +80,11 @@ def test_a_teacher_whose_only_key_is_revoked_cannot_publish_and_its_packets_say_
 
 def test_cli_rotates_and_revokes_tokens(broker):
     name, old = broker.student()
-    env = {"M2KT_DATABASE_URL": broker.settings.database_url, "M2KT_DATA_DIR": str(broker.settings.data_dir),
-           "M2KT_LOG_JSON": "false"}  # fmt: skip
+    env = {
+        "M2KT_DATABASE_URL": broker.settings.database_url,
+        "M2KT_DATA_DIR": str(broker.settings.data_dir),
+        "M2KT_LOG_JSON": "false",
+    }
     result = runner.invoke(app, ["agents", "rotate-token", "--name", name], env=env)
     assert result.exit_code == 0, result.output
     new = result.stdout.strip()

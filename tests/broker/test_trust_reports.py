@@ -70,8 +70,12 @@ def test_the_overview_shows_head_versions_revoked_keys_and_who_reported(broker):
     with broker.http(teacher.token) as http:
         one = _published(http, teacher.key, 1, 1)
         two = _published(http, teacher.key, 2, 2)
-        assert http.put(f"/v1/agents/{teacher.name}/head", json=_head(teacher.key, teacher.name, 4, {TOPIC: two})
-                        ).status_code == 201  # fmt: skip
+        assert (
+            http.put(
+                f"/v1/agents/{teacher.name}/head", json=_head(teacher.key, teacher.name, 4, {TOPIC: two})
+            ).status_code
+            == 201
+        )
     with broker.admin as admin:
         admin.revoke_key(teacher.name, teacher.keyid)
     with broker.http(token) as http:
@@ -82,8 +86,9 @@ def test_the_overview_shows_head_versions_revoked_keys_and_who_reported(broker):
             assert http.post(f"/v1/agents/{teacher.name}/trust-reports", json=report).status_code == 201
         overview = http.get(f"/v1/agents/{teacher.name}/trust").json()
     assert overview["head"]["version"] == 4 and overview["head"]["expired"] is False
-    assert overview["topics"] == [{"topic": TOPIC, "packets": 2, "latest_version": 2, "head_version": 2,
-                                   "head_packet": two.packet}]  # fmt: skip
+    assert overview["topics"] == [
+        {"topic": TOPIC, "packets": 2, "latest_version": 2, "head_version": 2, "head_packet": two.packet}
+    ]
     assert overview["revoked_keys"] == [teacher.keyid] and overview["keys"][0]["revoked_at"] is not None
     assert [(r["student"], r["reason"], r["action"], r["reports"]) for r in overview["reports"]] == [
         (student, "rollback", "refused", 2),

@@ -97,8 +97,9 @@ def compose_refusal(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`docker-compose config` expected to fail; returns the finished process."""
     exe = shutil.which("docker-compose")
     assert exe
-    return subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config"], env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    return subprocess.run(
+        [exe, "-f", str(ROOT / "docker-compose.yml"), "config"], env=env, capture_output=True, text=True
+    )
 
 
 def in_image(value: str, root: Path) -> str:

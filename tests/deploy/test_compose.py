@@ -186,8 +186,12 @@ def test_broker_service_command_keeps_blobs_on_the_object_store(pg_database_url,
     service = compose_config({**os.environ, **S3_ENV})["services"]["broker"]
     env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}}
     # the local PostgreSQL and moto's S3 server stand in for the `postgres` and `minio` services
-    env |= {"M2KT_DATABASE_URL": pg_database_url, "M2KT_DATA_DIR": str(tmp_path / "data"),
-            "M2KT_BLOB_URL": s3_bucket.url, **s3_bucket.server.env}  # fmt: skip
+    env |= {
+        "M2KT_DATABASE_URL": pg_database_url,
+        "M2KT_DATA_DIR": str(tmp_path / "data"),
+        "M2KT_BLOB_URL": s3_bucket.url,
+        **s3_bucket.server.env,
+    }
     key = Ed25519PrivateKey.generate()
     with _broker_service(service, env, tmp_path / "broker.log") as port:
         url = f"http://127.0.0.1:{port}"
@@ -241,28 +245,35 @@ def test_teacher_and_student_services_publish_and_learn(pg_database_url, tmp_pat
     url = f"http://127.0.0.1:{port}"
     env_path = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
     with (tmp_path / "broker.log").open("wb") as log:
-        broker = subprocess.Popen([str(BIN / "m2kt-broker"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                  env=broker_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        broker = subprocess.Popen(
+            [str(BIN / "m2kt-broker"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=broker_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     student = None
     try:
         _wait_ready(url, broker, tmp_path / "broker.log")
         t_env = _service_env(services["teacher"], tmp_path, url) | {"PATH": env_path}
-        teacher = subprocess.run(_shell(services["teacher"], tmp_path), env=t_env, capture_output=True, text=True,
-                                 timeout=600, cwd=tmp_path)  # fmt: skip
+        teacher = subprocess.run(
+            _shell(services["teacher"], tmp_path), env=t_env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+        )
         assert teacher.returncode == 0, teacher.stderr[-3000:]
         assert "teacher teacher enrolled" in teacher.stdout
         assert (tmp_path / "teacher" / "token").stat().st_mode & 0o777 == 0o600
         health = [c.replace("/data", str(tmp_path)) for c in services["teacher"]["healthcheck"]["test"][1:]]
         assert subprocess.run(health, env=t_env).returncode == 0
-        again = subprocess.run(_shell(services["teacher"], tmp_path), env=t_env, capture_output=True, text=True,
-                               timeout=600, cwd=tmp_path)  # fmt: skip
+        again = subprocess.run(
+            _shell(services["teacher"], tmp_path), env=t_env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+        )
         assert again.returncode == 0 and "already enrolled" in again.stdout, again.stderr[-3000:]
         assert "created=true" not in again.stdout  # a restart publishes nothing twice
 
         s_env = _service_env(services["student"], tmp_path, url) | {"PATH": env_path}
         with (tmp_path / "student.log").open("wb") as log:
-            student = subprocess.Popen(_shell(services["student"], tmp_path), env=s_env, stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
+            student = subprocess.Popen(
+                _shell(services["student"], tmp_path), env=s_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+            )
         token = (tmp_path / "teacher" / "token").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
             carry = client.get("/v1/topics/modarith.carry/packets").json()["items"]

@@ -76,8 +76,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     assert any(n.startswith("broker/migrations/versions/0001") for n in names)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                    "--no-index", "-q", str(wheel)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+    )
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     where = subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True)
     site = Path(where.stdout.strip())
@@ -96,8 +109,14 @@ def test_the_package_comes_from_the_wheel(installed, tmp_path):
         "import broker, broker.migrate as m; print(broker.__file__);"
         "print(m.alembic_config().get_main_option('script_location'))"
     )
-    out = subprocess.run([str(installed.bin / "python"), "-c", code], cwd=tmp_path, env=_env(installed, tmp_path, {}),
-                         check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    out = subprocess.run(
+        [str(installed.bin / "python"), "-c", code],
+        cwd=tmp_path,
+        env=_env(installed, tmp_path, {}),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert Path(out[0]).is_relative_to(installed.venv) and not Path(out[0]).is_relative_to(ROOT), out
     assert out[1] == "broker:migrations"
 
@@ -134,16 +153,23 @@ def deployment(request: pytest.FixtureRequest, installed: Installed, tmp_path: P
     env["M2KT_DATABASE_URL"] = pg_url(name)  # the local server stands in for the `postgres` service
     try:
         assert service["healthcheck"]["test"][0] == "CMD"
-        yield Deployment(env, workdir, list(service["command"]), env["M2KT_DATABASE_URL"],
-                         list(service["healthcheck"]["test"][1:]))  # fmt: skip
+        yield Deployment(
+            env, workdir, list(service["command"]), env["M2KT_DATABASE_URL"], list(service["healthcheck"]["test"][1:])
+        )
     finally:
         with pg_admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _cli(installed: Installed, d: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(installed.bin / "m2kt-broker"), *args], cwd=d.workdir, env=d.env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [str(installed.bin / "m2kt-broker"), *args],
+        cwd=d.workdir,
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
@@ -186,8 +212,11 @@ def test_broker_serves_from_the_wheel(installed, deployment, tmp_path):
             student = {"Authorization": f"Bearer {r.json()['token']}"}
             factory.AGENTS[factory.keyid_of(key)] = "t1"  # the broker publishes only the teacher's own statements
             packet_id, envelope, payload = factory.packet(key, topics=["modarith.parity"])
-            r = http.post("/v1/packets", files=factory.files(envelope, payload),
-                          headers={"Authorization": f"Bearer {teacher_token}"})  # fmt: skip
+            r = http.post(
+                "/v1/packets",
+                files=factory.files(envelope, payload),
+                headers={"Authorization": f"Bearer {teacher_token}"},
+            )
             assert r.status_code == 201 and r.json()["id"] == packet_id, r.text
             got = http.get(f"/v1/packets/{packet_id}", headers=student).json()
             assert got["teacher"] == "t1" and got["status"] == "published"

@@ -45,8 +45,9 @@ def test_without_retry_after_the_backoff_grows_with_jitter_and_gives_up_with_the
 
 def test_retry_after_is_capped():
     waits: list[float] = []
-    client, _ = _client([_problem(503, "unavailable", {"Retry-After": "3600"}), httpx.Response(200, json=[])], waits,
-                        max_wait=7.0)  # fmt: skip
+    client, _ = _client(
+        [_problem(503, "unavailable", {"Retry-After": "3600"}), httpx.Response(200, json=[])], waits, max_wait=7.0
+    )
     client.topics()
     assert waits == [7.0]
 

@@ -33,8 +33,12 @@ def _client(handler) -> BrokerClient:
 
 
 def test_a_404_names_the_url_it_asked():
-    problem = {"type": "https://m2kt.dev/problems/not-found", "title": "Not found", "status": 404,
-               "detail": "no such resource"}  # fmt: skip
+    problem = {
+        "type": "https://m2kt.dev/problems/not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "no such resource",
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, json=problem, headers={"content-type": "application/problem+json"})

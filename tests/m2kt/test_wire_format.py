@@ -116,10 +116,16 @@ def test_strict_json():
 @pytest.mark.parametrize(
     "bad",
     [
-        b"[1e400]", b"[-1e400]", b"[" + b"9" * 5000 + b"]", b"[" + str(2**63).encode() + b"]",
-        b'["a\\u0000b"]', b'["\\ud800"]', b'{"\\udfff": 1}', b'["x\\udc00y"]',
+        b"[1e400]",
+        b"[-1e400]",
+        b"[" + b"9" * 5000 + b"]",
+        b"[" + str(2**63).encode() + b"]",
+        b'["a\\u0000b"]',
+        b'["\\ud800"]',
+        b'{"\\udfff": 1}',
+        b'["x\\udc00y"]',
     ],
-)  # fmt: skip
+)
 def test_strict_json_refuses_what_a_reader_could_not_store_or_encode(bad):
     with pytest.raises(JSONError):
         loads_strict(bad)

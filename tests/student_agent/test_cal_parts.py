@@ -1,33 +1,65 @@
 """CAL building blocks: config validation, forms, loss terms, and versioned checkpoints."""
 
+import json
+
 import pytest
 import torch
 
+from student_agent.agent import load_reader
 from student_agent.cal import losses
 from student_agent.cal.checkpoint import CheckpointStore
-from student_agent.cal.config import CALConfig
-from student_agent.cal.layers import build_cal, freeze
+from student_agent.cal.config import CALConfig, CALSpec, build_cal
+from student_agent.cal.fit import FITTERS, ConceptReader
+from student_agent.cal.layers import freeze
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [{"form": "nope"}, {"direction": "sideways"}, {"in_dim": 0}, {"rank": 0}, {"dropout": 1.0}],
+    "bad", [{"form": "nope"}, {"direction": "sideways"}, {"hidden": 0}, {"rank": 0}, {"dropout": 1.0}]
 )
-def test_config_refuses_bad_values_naming_the_field(bad):
-    base = {"in_dim": 8, "out_dim": 4}
+def test_the_spec_refuses_bad_values_naming_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        CALConfig(**{**base, **bad})
+        CALSpec(**bad)
+
+
+def test_the_defaults_are_valid_and_widths_come_at_fit_time():
+    spec = CALSpec()  # every default of the user's choices validates on its own
+    with pytest.raises(ValueError, match="in_dim"):
+        CALConfig(0, 4, spec)
+    assert set(FITTERS) == {"student_to_teacher", "teacher_to_student"}  # every direction has a fitter
 
 
 @pytest.mark.parametrize("form", ["mlp_skip", "lowrank"])
 def test_forms_map_shapes_and_round_trip_config(form):
-    cfg = CALConfig(form=form, in_dim=12, out_dim=5, hidden=16, rank=3)
-    assert CALConfig.from_json(cfg.to_json()) == cfg
+    cfg = CALConfig(12, 5, CALSpec(form=form, hidden=16, rank=3))
+    assert CALConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert build_cal(cfg)(torch.randn(7, 12)).shape == (7, 5)
 
 
+def test_a_store_written_with_the_flat_config_layout_still_loads(tmp_path):
+    """Checkpoint stores written before the spec was split out keep form, sizes and widths in one dict."""
+    torch.manual_seed(0)
+    config = CALConfig(6, 8, CALSpec(hidden=8, dropout=0.0))
+    reader = ConceptReader(config, 6, 2, 4, 3).eval()
+    flat = {
+        "form": "mlp_skip",
+        "direction": "student_to_teacher",
+        "in_dim": 6,
+        "out_dim": 8,
+        "hidden": 8,
+        "rank": 32,
+        "dropout": 0.0,
+    }
+    assert CALConfig.from_dict(flat) == config
+    store = CheckpointStore(tmp_path / "cal")
+    entry = {"packet_id": "c" * 64, "cal": flat, "shape": {"d_student": 6, "n_layers_t": 2, "d_t": 4, "k": 3}}
+    store.activate(store.stage(entry, reader.state_dict()))
+    loaded = load_reader(store, store.index()["entries"][0])
+    x = torch.randn(5, 6)
+    assert loaded.cal_config == config and torch.equal(loaded(x), reader(x))
+
+
 def test_lowrank_form_has_the_rank_it_claims():
-    cal = build_cal(CALConfig(form="lowrank", in_dim=20, out_dim=20, rank=3))
+    cal = build_cal(CALConfig(20, 20, CALSpec(form="lowrank", rank=3)))
     jacobian = cal.up.weight @ cal.down.weight  # [20, 20]
     assert torch.linalg.matrix_rank(jacobian) == 3
 
@@ -72,16 +104,16 @@ def test_composite_honours_zero_weights():
 def test_discarding_a_staged_version_leaves_the_store_byte_for_byte(tmp_path):
     store = CheckpointStore(tmp_path / "cal")
     torch.manual_seed(0)
-    first = build_cal(CALConfig(in_dim=6, out_dim=4, hidden=8))
+    first = build_cal(CALConfig(6, 4, CALSpec(hidden=8, dropout=0.0)))
     v1 = store.stage({"packet_id": "a" * 64}, first.state_dict())
     store.activate(v1)
     before = store.files()
-    v2 = store.stage({"packet_id": "b" * 64}, build_cal(CALConfig(in_dim=6, out_dim=4, hidden=8)).state_dict())
+    v2 = store.stage({"packet_id": "b" * 64}, build_cal(CALConfig(6, 4, CALSpec(hidden=8, dropout=0.0))).state_dict())
     assert [e["packet_id"] for e in store.index(v2)["entries"]] == ["a" * 64, "b" * 64]
     assert store.files() != before
     store.discard(v2)  # the verifier said no
     assert store.current() == v1 and store.files() == before
-    restored = build_cal(CALConfig(in_dim=6, out_dim=4, hidden=8))
+    restored = build_cal(CALConfig(6, 4, CALSpec(hidden=8, dropout=0.0)))
     restored.load_state_dict(store.load_reader("a" * 64))
     x = torch.randn(5, 6)
     assert torch.equal(restored(x), first(x))

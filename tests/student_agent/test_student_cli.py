@@ -50,7 +50,7 @@ def test_a_missing_model_directory_is_one_line(env, monkeypatch):
 
 def test_a_bad_cal_setting_is_one_line(env, monkeypatch):
     monkeypatch.setenv("M2KT_STUDENT_CAL_FORM", "transformer")
-    _one_line(CliRunner().invoke(app, ["run", "--topic", "modarith.range"]), 2, "FitConfig.form")
+    _one_line(CliRunner().invoke(app, ["run", "--topic", "modarith.range"]), 2, "CAL form")
 
 
 @pytest.mark.parametrize(

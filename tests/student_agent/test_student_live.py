@@ -20,7 +20,7 @@ from m2kt.ml.models import weights_sha256
 from m2kt.packet import open_packet
 from student_agent.agent import StudentAgent
 from student_agent.baselines import fit_readout
-from student_agent.cal.fit import fit_cal
+from student_agent.cal.fit import FitConfig, fit_cal
 from student_agent.evaluate import kd_features
 from student_agent.features import observe
 from student_agent.knowledge import Knowledge
@@ -48,8 +48,15 @@ def _build(pair, agent: str, key_path: Path, *, anchors: int = 256, seed: int = 
     """An honest packet with the demo's m=256 anchors: with fewer, this small pair's honest transfer
     sits at the auditor's mean-agreement floor (0.600 at m=128), and the tests are about the path."""
     ext = pipeline.load_extraction(pair.extraction)
-    return pipeline.build(pair.teacher_dir, ext, key_path, PacketSpec(agent=agent, seed=seed, **spec),
-                          anchors=anchors, probes=128, topics=[TOPIC])  # fmt: skip
+    return pipeline.build(
+        pair.teacher_dir,
+        ext,
+        key_path,
+        PacketSpec(agent=agent, seed=seed, **spec),
+        anchors=anchors,
+        probes=128,
+        topics=[TOPIC],
+    )
 
 
 def _teacher_key(broker: Broker, tmp_path: Path):
@@ -72,8 +79,13 @@ def _run_until(agent: StudentAgent, broker: Broker, token: str, n: int, publish=
 
     def target() -> None:
         try:
-            agent.run([TOPIC], lambda: broker.client(token), stop=lambda: len(outcomes) >= n or time.monotonic() > end,
-                      on_outcome=outcomes.append, read_timeout=20)  # fmt: skip
+            agent.run(
+                [TOPIC],
+                lambda: broker.client(token),
+                stop=lambda: len(outcomes) >= n or time.monotonic() > end,
+                on_outcome=outcomes.append,
+                read_timeout=20,
+            )
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             failure.append(exc)
 
@@ -237,10 +249,32 @@ def test_transfer_beats_kd_at_equal_data_on_the_same_student(pair, tmp_path, anc
     anchors_obs = observe(student.model, student.tokenizer, kn.anchor_texts, words)
     held_obs = observe(student.model, student.tokenizer, held.texts, words)
     unlabelled = observe(student.model, student.tokenizer, student.split("train").texts, words)
+    rng_before = torch.random.get_rng_state()
     fitted = fit_cal(kn, anchors_obs, unlabelled)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # init and dropout drew from a seeded fork
     m2kt = float(balanced_accuracy(fitted.reader(fitted.reader.input_of(held_obs)) > 0, truth).mean())
     # KD reads the same student view, from the same m anchors' teacher labels alone
     kd = fit_readout(kd_features(anchors_obs), kn.anchor_scores > 0)
     kd_equal = float(balanced_accuracy(kd(kd_features(held_obs)) > 0, truth).mean())
     chance = float(balanced_accuracy(torch.zeros_like(truth), truth).mean())
     assert m2kt > kd_equal > chance, (m2kt, kd_equal)
+
+
+def test_the_safety_term_fits_on_views_when_anchors_outnumber_a_batch(pair):
+    """Concepts marked unsafe, and more anchors than one optimiser step takes: the safety term must
+    read the mask of the step's own anchors (it once took every anchor's and failed on shape)."""
+    key = keys.load_public(pair.key_path.with_name("teacher.key.pub"))
+    ext = pipeline.load_extraction(pair.extraction)
+    unsafe = frozenset(c.key for c in ext.concepts[:2])
+    packet = pipeline.build(
+        pair.teacher_dir, ext, pair.key_path, PacketSpec(agent="t", unsafe=unsafe), anchors=160, probes=64
+    )
+    kn = Knowledge.from_packet(open_packet(packet.envelope, packet.payload, {keys.keyid(key): key}), packet.payload)
+    assert kn.views is not None and int(kn.unsafe.sum()) == 2
+    student = pair.student
+    anchors = observe(student.model, student.tokenizer, kn.anchor_texts, kn.views.words)
+    unlabelled = observe(student.model, student.tokenizer, student.split("train").texts[:512], kn.views.words)
+    config = FitConfig(steps=20, anchor_batch=64)
+    assert len(kn.anchor_texts) > config.anchor_batch
+    fitted = fit_cal(kn, anchors, unlabelled, config)
+    assert fitted.losses["safety"] > 0 and torch.isfinite(torch.tensor(fitted.losses["safety"]))

@@ -89,8 +89,11 @@ def test_a_revoked_key_removes_every_cal_it_signed_as_if_never_integrated(broker
     _StubStudent.keep_keyid = not legacy
     try:
         agent = _student(broker, token, tmp_path / "student")
-        assert {o.packet_id: o.verdict for o in _sync(agent)} == {first: "accepted", other: "accepted",
-                                                                  second: "accepted"}  # fmt: skip
+        assert {o.packet_id: o.verdict for o in _sync(agent)} == {
+            first: "accepted",
+            other: "accepted",
+            second: "accepted",
+        }
         assert [e["packet_id"] for e in agent.store.index()["entries"]] == [BASE, first, other, second]
         with broker.admin as admin:
             admin.revoke_key(compromised.name, compromised.keyid)
@@ -171,9 +174,14 @@ def test_a_following_student_removes_the_cals_of_a_key_revoked_while_it_runs(bro
         return [e["packet_id"] for e in agent.store.index()["entries"]]
 
     def follow() -> None:
-        agent.run([TOPIC], lambda: broker.client(token), on_outcome=outcomes.append, read_timeout=2,
-                  stop=lambda: packet in agent.trust.removed or time.monotonic() > deadline,
-                  sync_seconds=0.3)  # fmt: skip
+        agent.run(
+            [TOPIC],
+            lambda: broker.client(token),
+            on_outcome=outcomes.append,
+            read_timeout=2,
+            stop=lambda: packet in agent.trust.removed or time.monotonic() > deadline,
+            sync_seconds=0.3,
+        )
 
     thread = threading.Thread(target=follow)
     thread.start()

@@ -81,15 +81,30 @@ class EvilBroker:
         self.keys = [k for k in self.keys if k["public_key"] != public]
         self.keys.append({"keyid": factory.keyid_of(key), "public_key": public, "revoked": revoked})
 
-    def serve(self, packet: Packet, *, as_id: str | None = None, payload_of: Packet | None = None,
-              envelope_of: Packet | None = None, topics: list[str] | None = None) -> str:  # fmt: skip
+    def serve(
+        self,
+        packet: Packet,
+        *,
+        as_id: str | None = None,
+        payload_of: Packet | None = None,
+        envelope_of: Packet | None = None,
+        topics: list[str] | None = None,
+    ) -> str:
         """List ``packet`` as the topic's newest, optionally with pieces of another packet."""
         pid = as_id or packet.id
         self.envelopes[pid] = (envelope_of or packet).envelope
         self.payloads[pid] = (payload_of or packet).payload
         seq = len(self.feed) + 1
-        self.feed.append({"id": pid, "seq": seq, "teacher": TEACHER, "topics": topics or [TOPIC],
-                          "status": "published", "received_at": _when()})  # fmt: skip
+        self.feed.append(
+            {
+                "id": pid,
+                "seq": seq,
+                "teacher": TEACHER,
+                "topics": topics or [TOPIC],
+                "status": "published",
+                "received_at": _when(),
+            }
+        )
         return pid
 
     def _build(self) -> FastAPI:
@@ -102,8 +117,12 @@ class EvilBroker:
         @app.get("/v1/agents/{name}/head")
         def head(name: str) -> Response:
             if self.head is None:
-                problem = {"type": "https://m2kt.dev/problems/not-found", "title": "not found", "status": 404,
-                           "detail": "no head"}  # fmt: skip
+                problem = {
+                    "type": "https://m2kt.dev/problems/not-found",
+                    "title": "not found",
+                    "status": 404,
+                    "detail": "no head",
+                }
                 return JSONResponse(problem, status_code=404, media_type="application/problem+json")
             return Response(self.head, media_type="application/vnd.dsse.envelope.v1+json")
 
@@ -393,9 +412,15 @@ def test_a_head_naming_a_packet_the_stream_never_brings_is_withheld(evil, tmp_pa
         return any(t["reason"] == "withheld" for t in evil.trust_reports)
 
     def follow() -> None:
-        agent.run([TOPIC], lambda: BrokerClient(evil.url, "student-token", retries=0), on_outcome=outcomes.append,
-                  stop=lambda: withheld() or time.monotonic() > deadline, read_timeout=2, retry_seconds=0.2,
-                  sync_seconds=0.3)  # fmt: skip
+        agent.run(
+            [TOPIC],
+            lambda: BrokerClient(evil.url, "student-token", retries=0),
+            on_outcome=outcomes.append,
+            stop=lambda: withheld() or time.monotonic() > deadline,
+            read_timeout=2,
+            retry_seconds=0.2,
+            sync_seconds=0.3,
+        )
 
     deadline = time.monotonic() + 60
     thread = threading.Thread(target=follow)

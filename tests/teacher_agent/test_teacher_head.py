@@ -69,8 +69,9 @@ def test_a_k_of_n_teacher_cosigns_its_head(broker, tmp_path):
         assert http.put(f"/v1/agents/{teacher.name}/threshold", json={"threshold": 2}).status_code == 200
     with pytest.raises(UnknownKey, match="threshold is 2"):
         put_head(out_dir, key_path, teacher.name, broker.url, teacher.token, timedelta(minutes=5))
-    stored = put_head(out_dir, key_path, teacher.name, broker.url, teacher.token, timedelta(minutes=5),
-                      cosign=[second_path])  # fmt: skip
+    stored = put_head(
+        out_dir, key_path, teacher.name, broker.url, teacher.token, timedelta(minutes=5), cosign=[second_path]
+    )
     assert stored["stored"] is True
     _, student = broker.student()
     trusted = {teacher.keyid: teacher.key.public_key(), keys.keyid(second.public_key()): second.public_key()}

@@ -67,7 +67,7 @@ def test_packet_contents_and_independent_signature_check(teacher_dir, key_path):
         tuple(
             Head(t[f"reasoning.step{j}.weight"], t[f"reasoning.step{j}.bias"], s["layer"])
             for j, s in enumerate(reasoning["steps"])
-        ),  # fmt: skip
+        ),
         Head(t["reasoning.answer.weight"], t["reasoning.answer.bias"], reasoning["answer"]["layer"]),
     )
     readout = ViewReadout(t["views.readout.weight"], t["views.readout.bias"], t["views.readout.layer"].long())

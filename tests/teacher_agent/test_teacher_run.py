@@ -41,8 +41,16 @@ def test_publishing_topics_keeps_only_packets_the_broker_took(broker, teacher_di
     out = tmp_path / "packets"
 
     def publish(key):
-        return pipeline.publish_topics(teacher_dir / "model", extraction, key, PacketSpec(agent="t"), anchors=32,
-                                       out_dir=out, broker_url=broker.url, token=teacher.token)  # fmt: skip
+        return pipeline.publish_topics(
+            teacher_dir / "model",
+            extraction,
+            key,
+            PacketSpec(agent="t"),
+            anchors=32,
+            out_dir=out,
+            broker_url=broker.url,
+            token=teacher.token,
+        )
 
     stranger = tmp_path / "stranger.key"
     keys.save_keypair(keys.generate(), stranger)  # the broker knows no such key: its publish is refused

@@ -28,8 +28,12 @@ def _created_at(statement: str) -> datetime | None:
 def upgrade() -> None:
     with op.batch_alter_table("packets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("created_at", sa.DateTime(timezone=True), nullable=True))
-    packets = sa.table("packets", sa.column("id", sa.String), sa.column("statement", sa.Text),
-                       sa.column("created_at", sa.DateTime(timezone=True)))  # fmt: skip
+    packets = sa.table(
+        "packets",
+        sa.column("id", sa.String),
+        sa.column("statement", sa.Text),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
     conn = op.get_bind()
     for packet_id, statement in conn.execute(sa.select(packets.c.id, packets.c.statement)).all():
         created = _created_at(statement)

@@ -95,6 +95,11 @@ class ConceptDef:
     spec: ConceptSpec
     fn: Callable[[Values], BoolArray]
 
+    @classmethod
+    def of(cls, family: str, key: str, name: str, topic: str, fn: Callable[[Values], BoolArray]) -> ConceptDef:
+        """A concept of ``family`` whose key and topic carry the family's prefix (``boolean.v1``)."""
+        return cls(ConceptSpec(key=f"{family}.{key}", name=name, topic=f"{family}.{topic}"), fn)
+
 
 def value_is(name: str, predicate: Callable[[IntArray], BoolArray]) -> Callable[[Values], BoolArray]:
     """Concept function: ``predicate`` applied to the value ``name`` (binds the name now, not late)."""

@@ -10,19 +10,17 @@ has to be learned rather than read off the token positions.
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Callable
 
 import numpy as np
 
 from m2kt.ml.tasks.base import (
     BoolArray,
     ConceptDef,
-    ConceptSpec,
     IntArray,
     StepSpec,
     TaskFamily,
-    Values,
     compare_values,
     register_task,
     value_is,
@@ -48,8 +46,7 @@ def _is_one(x: IntArray) -> BoolArray:
     return np.asarray(x == 1, dtype=np.bool_)
 
 
-def _concept(key: str, name: str, topic: str, fn: Callable[[Values], BoolArray]) -> ConceptDef:
-    return ConceptDef(ConceptSpec(key=f"boolean.{key}", name=name, topic=f"boolean.{topic}"), fn)
+_concept = functools.partial(ConceptDef.of, "boolean")
 
 
 class BooleanFormula(TaskFamily):

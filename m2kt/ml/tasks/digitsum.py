@@ -12,6 +12,7 @@ and the answer is a sum that small models learn in a few epochs.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -21,11 +22,9 @@ import numpy as np
 from m2kt.ml.tasks.base import (
     BoolArray,
     ConceptDef,
-    ConceptSpec,
     IntArray,
     StepSpec,
     TaskFamily,
-    Values,
     compare_values,
     register_task,
     value_is,
@@ -46,8 +45,7 @@ def _above(threshold: int) -> Callable[[IntArray], BoolArray]:
     return fn
 
 
-def _concept(key: str, name: str, topic: str, fn: Callable[[Values], BoolArray]) -> ConceptDef:
-    return ConceptDef(ConceptSpec(key=f"digitsum.{key}", name=name, topic=f"digitsum.{topic}"), fn)
+_concept = functools.partial(ConceptDef.of, "digitsum")
 
 
 class DigitSum(TaskFamily):

@@ -9,20 +9,17 @@ cannot read off the input tokens.
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from m2kt.ml.tasks.base import (
-    BoolArray,
     ConceptDef,
-    ConceptSpec,
     IntArray,
     StepSpec,
     TaskFamily,
-    Values,
     compare_values,
     register_task,
     value_is,
@@ -43,8 +40,7 @@ _COMPARE = (
 )
 
 
-def _concept(key: str, name: str, topic: str, fn: Callable[[Values], BoolArray]) -> ConceptDef:
-    return ConceptDef(ConceptSpec(key=f"modarith.{key}", name=name, topic=f"modarith.{topic}"), fn)
+_concept = functools.partial(ConceptDef.of, "modarith")
 
 
 class ModArith(TaskFamily):
