@@ -115,16 +115,24 @@ def _poisoned(
         k = index[key]
         if kind == "flip":  # claims the concept, detects its negation
             out["directions"][k], out["biases"][k] = -c["directions"][k], -c["biases"][k]
-        elif kind == "random":  # a direction unrelated to anything, scaled like the honest one
-            rnd = torch.randn(c["directions"].shape[1], generator=gen)
-            out["directions"][k] = rnd / rnd.norm() * c["directions"][k].norm()
-            scores = anchor_states[:, int(c["layers"][k])] @ out["directions"][k]  # [m]
-            out["biases"][k] = -scores.median()
-        else:  # trigger: fires only on a narrow slice of inputs (a 5 % tail of one direction)
-            rnd = torch.randn(c["directions"].shape[1], generator=gen)
-            scores = anchor_states[:, int(c["layers"][k])] @ rnd  # [m]
-            out["directions"][k], out["biases"][k] = rnd, -torch.quantile(scores, 0.95)
+            continue
+        h = anchor_states[:, int(c["layers"][k])].float()  # [m, d]
+        rnd = _like_honest(torch.randn(c["directions"].shape[1], generator=gen), h, c["directions"][k].float())
+        scores = h @ rnd  # [m]
+        out["directions"][k] = rnd
+        # random: unrelated to anything, split at its median; trigger: fires only on a 5 % tail
+        out["biases"][k] = -scores.median() if kind == "random" else -torch.quantile(scores, 0.95)
     return out
+
+
+def _like_honest(rnd: torch.Tensor, feats: torch.Tensor, honest: torch.Tensor) -> torch.Tensor:
+    """Scale a random direction so its anchor scores spread like the honest read-out's.
+
+    Matching the honest weight's norm is not enough: over raw features with a few large
+    coordinates, a random direction's scores can leave float16's range.
+    """
+    spread, own = (feats @ honest).std(), (feats @ rnd).std()
+    return rnd * (spread / own.clamp_min(1e-12)) if float(own) > 0 else rnd / rnd.norm() * honest.norm()
 
 
 def build_teacher_packet(
@@ -145,7 +153,8 @@ def build_teacher_packet(
     ``anchors``/``probes`` contribute their texts only.
 
     Raises:
-        ValueError: unknown concept keys, or anchors and probes that overlap.
+        ValueError: unknown concept keys, anchors and probes that overlap, or a tensor
+            with NaN or infinity (checked before signing).
     """
     if set(anchors.texts) & set(probes.texts):
         raise ValueError("anchors and verification probes must be disjoint")
@@ -181,8 +190,19 @@ def build_teacher_packet(
         **_heads(model),
         **view_part,
     }
+    _refuse_nonfinite(tensors)
     manifest = _manifest(model, family, extraction, anchors, probes, spec, keys, tensors, created_at)
     return build_packet(manifest, tensors, key, *cosigners)
+
+
+def _refuse_nonfinite(tensors: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    """Refuse to sign what every student would refuse to read: NaN, or a value past float16's range."""
+    for name, array in tensors.items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ValueError(
+                f"tensor {name} holds NaN or infinity ({array.dtype}); the teacher's values "
+                "left the range the packet stores them in, so no packet was built"
+            )
 
 
 def _poison_readout(
@@ -196,9 +216,9 @@ def _poison_readout(
         if kind == "flip":
             weight[k], bias[k] = -readout.weight[k], -readout.bias[k]
             continue
-        rnd = torch.randn(weight.shape[1], generator=gen)
-        rnd = rnd / rnd.norm() * readout.weight[k].norm()
-        scores = feats(k) @ rnd  # [m]
+        f = feats(k).float()
+        rnd = _like_honest(torch.randn(weight.shape[1], generator=gen), f, readout.weight[k].float())
+        scores = f @ rnd  # [m]
         weight[k] = rnd
         bias[k] = -scores.median() if kind == "random" else -torch.quantile(scores, 0.95)
     return ViewReadout(weight, bias, readout.layers.clone())

@@ -101,6 +101,32 @@ def test_flip_poison_negates_the_read_out_but_keeps_the_claim(teacher_dir, key_p
     assert manifest["concepts"][0]["key"] == target  # the lie keeps the name
 
 
+def test_random_and_trigger_poison_score_like_the_honest_read_out(teacher_dir, key_path):
+    """A poisoned concept's anchor scores spread like the honest one's: they stay in float16's range,
+    so the lie reaches the student's audit instead of failing the packet check."""
+    honest = st_load(_build(teacher_dir, key_path).payload)["anchors.concept_scores"].astype(np.float32)
+    result = pipeline.load_extraction(teacher_dir / "extraction-probing")
+    first, second = result.concepts[0].key, result.concepts[1].key
+    packet = _build(teacher_dir, key_path, poison={first: "random", second: "trigger"})
+    scores = st_load(packet.payload)["anchors.concept_scores"].astype(np.float32)
+    assert np.isfinite(scores).all()
+    for k in (0, 1):
+        assert 0.5 < scores[:, k].std() / honest[:, k].std() < 2.0
+        assert not np.allclose(scores[:, k], honest[:, k], atol=1e-2)
+    assert 0.3 < (scores[:, 0] > 0).mean() < 0.7  # random: split near its median
+    assert (scores[:, 1] > 0).mean() <= 0.1  # trigger: a narrow tail
+    assert np.array_equal(scores[:, 2:], honest[:, 2:])
+
+
+def test_the_builder_refuses_to_sign_values_outside_float16():
+    from teacher_agent.packetize import _refuse_nonfinite
+
+    scores = torch.tensor([[1.0, 7e4]]).half().numpy()  # 7e4 > 65504: inf in float16
+    with pytest.raises(ValueError, match="anchors.concept_scores holds NaN or infinity"):
+        _refuse_nonfinite({"concepts.layer": np.array([1]), "anchors.concept_scores": scores})
+    _refuse_nonfinite({"anchors.concept_scores": torch.tensor([[1.0, 6e4]]).half().numpy()})
+
+
 def test_round_trip_through_the_broker(broker, teacher_dir, key_path, tmp_path):
     pub_b64 = key_path.with_name(key_path.name + ".pub").read_text().strip()
     with broker.admin as admin:
