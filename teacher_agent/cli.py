@@ -262,7 +262,7 @@ def run(
     token: Annotated[str | None, typer.Option(help="teacher token")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
-    """Check the broker and token, train (unless a model exists), extract, build and publish one packet per topic.
+    """Check the broker and token, train and extract (unless done before), build and publish one packet per topic.
 
     A packet whose publish fails is deleted, not left among the published ones; the next run
     builds it again.
@@ -291,7 +291,7 @@ def run(
     if not settings.key.exists():
         keys.save_keypair(keys.generate(), settings.key)
     err.print(f"extracting concepts ({method}) from {model_dir}", soft_wrap=True, highlight=False)
-    result = pipeline.extract(model_dir, method)
+    result = pipeline.saved_extraction(model_dir, method)  # a restart reuses it
     out.print(_extraction_table([result]))
     done = pipeline.publish_topics(
         model_dir,

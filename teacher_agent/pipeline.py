@@ -27,7 +27,7 @@ from m2kt import keys
 from m2kt.client import BrokerClient, PublishResult
 from m2kt.constants import MODEL_META_FILE
 from m2kt.errors import LocalInputError
-from m2kt.fsutil import atomic_write_text
+from m2kt.fsutil import atomic_path, atomic_write_text
 from m2kt.ml.models import ModelConfig, TaskModel, load_pretrained
 from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily, task_from_spec
 from m2kt.ml.train import EpochLog, TrainConfig, train_and_save
@@ -133,12 +133,17 @@ def probe_data(family: TaskFamily, data: Mapping[str, TaskBatch]) -> TaskBatch:
 
 
 def save_extraction(result: ExtractionResult, path: Path) -> Path:
-    """``path``.safetensors holds the stacked tensors, ``path``.json the concepts' descriptions."""
+    """``path``.safetensors holds the stacked tensors, ``path``.json the concepts' descriptions.
+
+    Each file is replaced atomically and the JSON is written last, so a JSON beside the tensors
+    means a whole extraction (what `saved_extraction` relies on after a crash).
+    """
     tensors = {k: v.contiguous() for k, v in result.stacked().items()}
     tensors["layer_scores"] = result.layer_scores.contiguous()
     if result.view is not None:
         tensors |= view_tensors(result.view)
-    save_file(tensors, str(path.with_suffix(".safetensors")))
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp))
     meta: dict[str, Any] = {
         "method": result.method,
         "concepts": [
@@ -148,8 +153,23 @@ def save_extraction(result: ExtractionResult, path: Path) -> Path:
     }
     if result.view is not None:
         meta["view"] = view_meta(result.view)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return path.with_suffix(".safetensors")
+
+
+def saved_extraction(model_dir: Path, method: str) -> ExtractionResult:
+    """The ``method`` extraction of the model in ``model_dir``, computed once and kept beside the model.
+
+    Extraction reads thousands of states and fits every read-out (minutes on a CPU); a restarted
+    `m2kt-teacher run` (a container that restarts, a publish that failed) reuses it. It is a pure
+    function of the saved model and its run file, so the cached copy is the same result.
+    """
+    path = model_dir / f"extraction-{method}"
+    if path.with_suffix(".json").exists():
+        return load_extraction(path)
+    result = extract(model_dir, method)
+    save_extraction(result, path)
+    return result
 
 
 def load_extraction(path: Path) -> ExtractionResult:
@@ -317,6 +337,7 @@ __all__ = [
     "publish",
     "save_extraction",
     "save_packet",
+    "saved_extraction",
     "splits",
     "train",
     "train_report",

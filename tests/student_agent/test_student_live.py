@@ -30,6 +30,12 @@ from teacher_agent.packetize import PacketSpec
 
 pytestmark = pytest.mark.slow  # trains CALs against a live broker, and runs the agent as a process
 
+# The tests that fit CALs run on one database each, split between the two: what they check is the
+# student's side (verify, fit, audit, roll back, resume), which is the same against either; the
+# broker's own tests run every endpoint on both. A fit costs tens of seconds, so this halves them.
+ON_SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
 TOPIC = "modarith.range"
 
 
@@ -114,6 +120,7 @@ def _wait_for_event_stream(broker: Broker, thread: threading.Thread, end: float)
     raise AssertionError("the agent opened no event stream")
 
 
+@ON_POSTGRESQL
 def test_a_packet_published_after_subscribing_is_verified_trained_on_and_reported(broker: Broker, pair, tmp_path):
     teacher, key_path = _teacher_key(broker, tmp_path)
     agent, client, token = _agent(broker, pair, tmp_path / "student")
@@ -171,6 +178,7 @@ def _payload_blob(broker: Broker, payload: bytes) -> Path:
     return path
 
 
+@ON_SQLITE
 def test_a_poisoned_concept_is_caught_and_the_cal_rolled_back_byte_for_byte(broker: Broker, pair, tmp_path):
     teacher, key_path = _teacher_key(broker, tmp_path)
     honest = _build(pair, teacher.name, key_path)
@@ -193,6 +201,7 @@ def test_a_poisoned_concept_is_caught_and_the_cal_rolled_back_byte_for_byte(brok
     assert report["verdict"] == "rolled_back" and report["safety_findings"][0]["concept"] == target
 
 
+@ON_POSTGRESQL
 def test_kill_mid_stream_and_restart_handles_every_packet_exactly_once(broker: Broker, pair, tmp_path):
     teacher, key_path = _teacher_key(broker, tmp_path)
     packets = [_build(pair, teacher.name, key_path, anchors=64 + 16 * i) for i in range(4)]

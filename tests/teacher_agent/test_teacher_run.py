@@ -1,6 +1,7 @@
 """`m2kt-teacher run` and `train` from the command line: the broker check first, progress in logs, cleanup."""
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from m2kt import keys
@@ -80,3 +81,27 @@ def test_train_prints_epoch_lines_and_accuracy_when_not_a_terminal(tmp_path):
     accuracy = float(saved.split("held-out accuracy ")[1].split()[0])
     # two epochs of a d=16 model do not learn the task, and the CLI says so rather than staying quiet
     assert (accuracy < 0.95) == any(line.startswith("warning: the teacher has not learned") for line in lines)
+
+
+def test_a_restarted_run_reuses_the_saved_extraction_and_recomputes_a_torn_one(teacher_dir, tmp_path, monkeypatch):
+    """`run` extracts once per model: a restart loads it; tensors without their JSON were cut short."""
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(teacher_dir / "model", model_dir)
+    first = pipeline.saved_extraction(model_dir, "probing")
+    assert (model_dir / "extraction-probing.json").exists()
+
+    def no_extract(*_args, **_kwargs):
+        raise AssertionError("extracted again although a whole extraction was saved")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "extract", no_extract)
+        again = pipeline.saved_extraction(model_dir, "probing")
+    assert [c.key for c in again.concepts] == [c.key for c in first.concepts]
+    assert all(torch.equal(a.direction, b.direction) for a, b in zip(again.concepts, first.concepts, strict=True))
+
+    (model_dir / "extraction-probing.json").unlink()  # a crash between the two files
+    redone = pipeline.saved_extraction(model_dir, "probing")
+    assert (model_dir / "extraction-probing.json").exists()
+    assert [c.balanced_accuracy for c in redone.concepts] == [c.balanced_accuracy for c in first.concepts]
