@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow  # trains CALs against a live broker, and runs the
 ON_SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
-TOPIC = "modarith.range"
+TOPIC = "digitsum.range"
 
 
 _OPEN: list[BrokerClient] = []
