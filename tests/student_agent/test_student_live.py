@@ -79,8 +79,11 @@ def _agent(broker: Broker, pair, state_dir: Path, **kwargs) -> tuple[StudentAgen
     return StudentAgent(pair.student, client, state_dir, unlabelled=2000, **kwargs), client, token
 
 
-def _run_until(agent: StudentAgent, broker: Broker, token: str, n: int, publish=None, timeout: float = 120.0):
-    """Run the subscription in a thread until n outcomes; publish() runs once the agent is following."""
+def _run_until(agent: StudentAgent, broker: Broker, token: str, n: int, publish=None, timeout: float = 600.0):
+    """Run the subscription in a thread until n outcomes; publish() runs once the agent is following.
+
+    ``timeout`` is a deadline for a hang, not a speed check: on a loaded 2-core machine one CAL fit
+    takes several times its quiet time."""
     outcomes, failure = [], []
 
     def target() -> None:
@@ -204,7 +207,7 @@ def test_a_poisoned_concept_is_caught_and_the_cal_rolled_back_byte_for_byte(brok
 @ON_POSTGRESQL
 def test_kill_mid_stream_and_restart_handles_every_packet_exactly_once(broker: Broker, pair, tmp_path):
     teacher, key_path = _teacher_key(broker, tmp_path)
-    packets = [_build(pair, teacher.name, key_path, anchors=64 + 16 * i) for i in range(4)]
+    packets = [_build(pair, teacher.name, key_path, anchors=64 + 16 * i) for i in range(3)]  # 1 done, 2 in flight
     _, token = broker.student()
     env = {
         **os.environ,
@@ -227,7 +230,7 @@ def test_kill_mid_stream_and_restart_handles_every_packet_exactly_once(broker: B
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         first.stdout.close()
-    second = subprocess.run([*cmd, "--idle-exit", "15"], env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([*cmd, "--idle-exit", "15"], env=env, capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stderr[-2000:]
     from student_agent.cal.checkpoint import CheckpointStore
     from student_agent.state import StudentState
