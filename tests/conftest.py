@@ -86,3 +86,23 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     return new_bucket(s3_server)
+
+
+@pytest.fixture(scope="session")
+def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick benchmark's model cache, with its one pair trained (digitsum, BERT64 -> Llama48).
+
+    Trained once per session by the benchmark's own code (torch is imported only here): the
+    student tests take their teacher and student from it, and the quick benchmark run in
+    tests/bench finds the pair there instead of training it a second time.
+    """
+    import torch
+
+    from bench.transfer.setups import QUICK, trained_models
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("bench-models")
+    ((family, params),) = QUICK.families.items()
+    (pair,) = QUICK.pairs
+    trained_models(family, params, pair, QUICK, root)
+    return root

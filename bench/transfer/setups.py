@@ -34,7 +34,7 @@ from teacher_agent import pipeline
 from teacher_agent.extract.base import ExtractionResult
 from teacher_agent.pipeline import DEMO_TRAIN
 
-__all__ = ["FAMILIES", "PAIRS", "QUICK", "Pair", "Profile", "Setup", "prepare"]
+__all__ = ["FAMILIES", "PAIRS", "QUICK", "Pair", "Profile", "Setup", "prepare", "trained_models"]
 
 logger = logging.getLogger(__name__)
 RETRY_RATES = (1.0, 0.4, 2.5)  # the configured rate, then lower, then higher (see _until_learned)
@@ -250,15 +250,20 @@ def _until_learned(who: str, config: TrainConfig, train: Callable[[TrainConfig],
     return accuracy
 
 
-def prepare(
+def trained_models(
     family_name: str,
     params: dict[str, Any],
     pair: Pair,
     profile: Profile,
     root: Path,
     extractors: tuple[str, ...] = ("probing",),
-) -> Setup:
-    """Train (or load the cached) teacher and student, extract concepts, precompute states."""
+) -> Path:
+    """The cache folder of one family x pair: ``teacher/``, ``student/`` and ``extraction-<method>``,
+    trained and extracted here unless already there.
+
+    The test suite trains the quick pair through this function once per session, so that the
+    student tests and the quick benchmark share one pair.
+    """
     base = root / profile.name / f"{family_name}-{pair.name}"
     teacher_dir, student_dir = base / "teacher", base / "student"
 
@@ -279,12 +284,25 @@ def prepare(
     if not (student_dir / "student_run.json").exists():
         student_config = pair.student_train or profile.student_train
         _until_learned(f"student {pair.student.arch} on {family_name}", student_config, train_student_)
-    extractions = {}
     for method in extractors:
         path = base / f"extraction-{method}"
         if not path.with_suffix(".json").exists():
             pipeline.save_extraction(pipeline.extract(teacher_dir, method), path)
-        extractions[method] = pipeline.load_extraction(path)
+    return base
+
+
+def prepare(
+    family_name: str,
+    params: dict[str, Any],
+    pair: Pair,
+    profile: Profile,
+    root: Path,
+    extractors: tuple[str, ...] = ("probing",),
+) -> Setup:
+    """Train (or load the cached) teacher and student, extract concepts, precompute states."""
+    base = trained_models(family_name, params, pair, profile, root, extractors)
+    teacher_dir, student_dir = base / "teacher", base / "student"
+    extractions = {method: pipeline.load_extraction(base / f"extraction-{method}") for method in extractors}
     teacher, tokenizer, family, run = pipeline.load(teacher_dir)
     student = load_student(student_dir)
     task_accuracy = {"teacher": float(run["heldout_accuracy"]), "student": float(student.run["heldout_accuracy"])}

@@ -1,6 +1,8 @@
-"""`python -m bench.transfer --quick --out FILE`: runs from scratch and writes the JSON other tools read.
+"""`python -m bench.transfer --quick --out FILE`: runs and writes the JSON other tools read.
 
-One run (small pair trained here, one seed, m in {64, 256}); the assertions compare its
+One run (one seed, m in {64, 256}) on the quick pair, which the session's `quick_models` fixture
+trained with the benchmark's own code into the cache the run is pointed at (`--workdir`), so
+the pair is trained once for the benchmark and the student tests together; the assertions compare its
 numbers with each other (KD's curve, the interpolated n_match, the auditor's rates), never
 with constants that happened to pass once.
 """
@@ -19,10 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bench")
-    out = tmp / "quick.json"
-    cmd = [sys.executable, "-m", "bench.transfer", "--quick", "--out", str(out), "--workdir", str(tmp / "models")]
+def quick(tmp_path_factory, quick_models):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    cmd = [sys.executable, "-m", "bench.transfer", "--quick", "--out", str(out), "--workdir", str(quick_models)]
     # a deadline for a hung run, not a speed check
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
