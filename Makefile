@@ -18,8 +18,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# parallel workers (pytest-xdist): one per core, at most 4; `.venv/bin/python -m pytest` alone runs serially
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -207,10 +207,12 @@ def teachers_show(
             v.topic, str(v.packets), _or_dash(v.latest_version), _or_dash(v.head_version), (v.head_packet or "-")[:16]
         )
     out.print(topics)
-    keys_table = Table("keyid", "status", title=f"keys ({t.threshold} must sign each packet and head)")
+    # Lines, not a table: a key id is copied into other commands, so it stays whole on any width
+    # (rich takes 80 columns when the output is piped, and a table would cut or wrap it).
+    out.print(f"keys ({t.threshold} must sign each packet and head):", highlight=False)
     for k in t.keys:
-        keys_table.add_row(k.keyid, f"revoked {when(k.revoked_at)}" if k.revoked else "active")
-    out.print(keys_table)
+        status = f"revoked {when(k.revoked_at)}" if k.revoked else "active"
+        out.print(f"  {k.keyid}  {status}", highlight=False, soft_wrap=True)
     reports = Table("student", "reason", "action", "reports", "last", title="students' trust reports")
     for r in t.reports:
         reports.add_row(r.student, r.reason, r.action, str(r.reports), when(r.last_at))

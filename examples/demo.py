@@ -37,6 +37,7 @@ from rich.table import Table
 
 from m2kt import BrokerClient, keys
 from m2kt.ml.tasks import default_params
+from m2kt.ml.threads import use_default_threads
 from m2kt.ml.train import not_learned
 from m2kt.text import count
 from student_agent.agent import Outcome, StudentAgent
@@ -75,7 +76,7 @@ class Row:
 
 
 def main() -> None:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    use_default_threads()
     started = time.monotonic()
     console.rule("[bold]M2KT end-to-end demo")
     teacher_dir, extraction = _teacher()

@@ -27,6 +27,7 @@ from bench.transfer.report import aggregate, markdown_table, summary_tables
 from bench.transfer.setups import FULL, PAIRS, QUICK, prepare
 from m2kt.fsutil import atomic_write_text
 from m2kt.ml.models import weights_sha256
+from m2kt.ml.threads import use_default_threads
 
 app = typer.Typer(add_completion=False)
 console = Console(width=max(Console().width, 150))
@@ -62,7 +63,7 @@ def main(
 ) -> None:
     """Run the benchmark, print its tables, write its JSON (and plots)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(2)
+    use_default_threads()
     profile = QUICK if quick else FULL
     n_seeds = seeds or (1 if quick else 3)
     target = out or ROOT / "bench" / "results" / f"transfer-{profile.name}.json"

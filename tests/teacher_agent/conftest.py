@@ -3,11 +3,11 @@
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from m2kt.ml.models import ModelConfig, TaskModel, build_model
 from m2kt.ml.seed import seed_everything
 from m2kt.ml.tasks import TaskBatch, TaskFamily, get_task
+from m2kt.ml.threads import use_default_threads
 from m2kt.ml.train import TrainConfig, TrainedModel, train_model
 
 TINY = ModelConfig(arch="bert", hidden_size=64, num_layers=3, num_heads=4, step_layer=2)
@@ -23,7 +23,7 @@ class TinyTeacher:
 
 @pytest.fixture(scope="session")
 def tiny_teacher() -> TinyTeacher:
-    torch.set_num_threads(2)
+    use_default_threads()
     family = get_task("modarith", p=13)
     splits = family.generate_splits({"train": 1200, "eval": 200, "probe": 500, "heldout": 290}, seed=0)
     trained = train_model(
@@ -47,7 +47,7 @@ def teacher_dir(tmp_path_factory):
     """A small teacher trained through `teacher_agent.pipeline` (the CLI's path), with a saved extraction."""
     from teacher_agent import pipeline
 
-    torch.set_num_threads(2)
+    use_default_threads()
     root = tmp_path_factory.mktemp("teacher")
     cfg = ModelConfig(arch="bert", hidden_size=48, num_layers=2, num_heads=2)
     train_cfg = TrainConfig(epochs=30, batch_size=64, lr=3e-3, seed=0)  # epochs bound it, not the clock
