@@ -13,6 +13,7 @@ and verification probes. All are disjoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -132,8 +133,9 @@ def probe_data(family: TaskFamily, data: Mapping[str, TaskBatch]) -> TaskBatch:
     return family.build(np.concatenate([extra, data["probe"].inputs]))
 
 
-def save_extraction(result: ExtractionResult, path: Path) -> Path:
-    """``path``.safetensors holds the stacked tensors, ``path``.json the concepts' descriptions.
+def save_extraction(result: ExtractionResult, path: Path, *, model_sha256: str | None = None) -> Path:
+    """``path``.safetensors holds the stacked tensors, ``path``.json the concepts' descriptions
+    (and ``model_sha256``, the digest of the model they were read from, where given).
 
     Each file is replaced atomically and the JSON is written last, so a JSON beside the tensors
     means a whole extraction (what `saved_extraction` relies on after a crash).
@@ -153,6 +155,8 @@ def save_extraction(result: ExtractionResult, path: Path) -> Path:
     }
     if result.view is not None:
         meta["view"] = view_meta(result.view)
+    if model_sha256 is not None:
+        meta["model_sha256"] = model_sha256
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return path.with_suffix(".safetensors")
 
@@ -162,14 +166,28 @@ def saved_extraction(model_dir: Path, method: str) -> ExtractionResult:
 
     Extraction reads thousands of states and fits every read-out (minutes on a CPU); a restarted
     `m2kt-teacher run` (a container that restarts, a publish that failed) reuses it. It is a pure
-    function of the saved model and its run file, so the cached copy is the same result.
+    function of the saved model and its run file, so the cached copy is the same result, as long
+    as the model is the one it was read from: a model retrained into the same folder has another
+    digest and is extracted again.
     """
     path = model_dir / f"extraction-{method}"
-    if path.with_suffix(".json").exists():
+    digest = model_sha256(model_dir)
+    meta = path.with_suffix(".json")
+    if meta.exists() and json.loads(meta.read_text()).get("model_sha256") == digest:
         return load_extraction(path)
     result = extract(model_dir, method)
-    save_extraction(result, path)
+    save_extraction(result, path, model_sha256=digest)
     return result
+
+
+def model_sha256(model_dir: Path) -> str:
+    """sha256 over the names and bytes of every file of the saved model (weights, configs, tokenizer,
+    run file), leaving out the extractions kept beside it."""
+    digest = hashlib.sha256()
+    for file in sorted(model_dir.iterdir()):
+        if file.is_file() and not file.name.startswith("extraction-"):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def load_extraction(path: Path) -> ExtractionResult:

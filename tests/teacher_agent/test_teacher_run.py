@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from m2kt import keys
 from m2kt.errors import UnknownKey
+from m2kt.ml.models import load_pretrained, save_pretrained
 from teacher_agent import pipeline
 from teacher_agent.cli import app
 from teacher_agent.packetize import PacketSpec
@@ -105,3 +106,19 @@ def test_a_restarted_run_reuses_the_saved_extraction_and_recomputes_a_torn_one(t
     redone = pipeline.saved_extraction(model_dir, "probing")
     assert (model_dir / "extraction-probing.json").exists()
     assert [c.balanced_accuracy for c in redone.concepts] == [c.balanced_accuracy for c in first.concepts]
+
+    # a model retrained into the same folder (here: its weights moved a little, saved the usual way) is read again
+    model, tokenizer = load_pretrained(model_dir)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    save_pretrained(model, tokenizer, model_dir)
+    calls = []
+    real_extract = pipeline.extract
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "extract", lambda *a, **k: calls.append(a) or real_extract(*a, **k))
+        retrained = pipeline.saved_extraction(model_dir, "probing")
+    assert len(calls) == 1
+    assert not all(
+        torch.equal(a.direction, b.direction) for a, b in zip(retrained.concepts, first.concepts, strict=True)
+    )
