@@ -24,7 +24,7 @@ from rich.console import Console
 
 from bench.transfer.measure import run_seed
 from bench.transfer.report import aggregate, markdown_table, summary_tables
-from bench.transfer.setups import FULL, PAIRS, QUICK, prepare
+from bench.transfer.setups import FULL, PAIRS, QUICK, Pair, Profile, prepare
 from m2kt.fsutil import atomic_write_text
 from m2kt.ml.models import weights_sha256
 from m2kt.ml.threads import use_default_threads
@@ -34,6 +34,7 @@ console = Console(width=max(Console().width, 150))
 ROOT = Path(__file__).resolve().parents[2]
 HEADLINE = ("teacher", "oracle", "m2kt", "kd_equal", "procrustes", "kd", "n_match")
 PAIRS_FIRST = next(iter(PAIRS))  # `families` holds each family's first pair (the ablated one)
+SETUP_FILE = "setup.json"  # beside a family x pair's seed files: its models' digests and what prepare() measured
 README_MARKERS = ("<!-- transfer-table:start -->", "<!-- transfer-table:end -->")
 
 
@@ -90,41 +91,12 @@ def main(
             console.print(f"{fam} {pair_.name}: not all seeds cached; left out (--cached-only)")
             result.setdefault("left_out", []).append(f"{fam}/{pair_.name}")
             continue
-        extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
-        setup = prepare(fam, profile.families[fam], pair_, profile, workdir, extractors)
-        models = {"teacher": weights_sha256(setup.teacher), "student": weights_sha256(setup.student.model)}
-        runs = []
-        for seed, cached in enumerate(seed_files):
-            kept = json.loads(cached.read_text()) if cached.exists() and not fresh else None
-            if kept is not None and kept.get("models") == models:  # an interrupted run resumes here
-                runs.append(kept)
-                console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
-            else:
-                if kept is not None:
-                    console.print(f"{fam} {pair_.name} seed {seed}: {cached} was measured on other models; rerun")
-                console.print(f"{fam} {pair_.name} seed {seed} ...")
-                runs.append(
-                    run_seed(
-                        setup,
-                        seed,
-                        profile.anchors,
-                        profile.probes,
-                        profile.ablation_m,
-                        mixed_poison=profile.mixed_poison,
-                        all_ablations=i == 0,
-                    )
-                )
-                runs[-1]["models"] = models
-                atomic_write_text(cached, json.dumps(runs[-1]))
-        info = {
-            "teacher_score": setup.teacher_score.tolist(),
-            "oracle_score": setup.oracle_score.tolist(),
-            "keys": [c.key for c in setup.extractions["probing"].concepts],
-            "groups": setup.groups,
-            "seconds": setup.seconds,
-            "task_accuracy": setup.task_accuracy,
-            "ablation_m": profile.ablation_m,
-        }
+        recorded = _recorded(cache, seed_files) if not fresh else None
+        if recorded is not None:  # every seed was measured on the models the setup file names
+            info, runs = recorded
+            console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file ({cache}); not retrained")
+        else:
+            info, runs = _measure(fam, i, pair_, profile, workdir, cache, seed_files, fresh=fresh)
         agg = aggregate(info, runs)
         result["pairs"].setdefault(fam, {})[pair_.name] = agg
         result["raw"].setdefault(fam, {})[pair_.name] = runs
@@ -150,6 +122,69 @@ def main(
             console.print(f"wrote {path}")
     if readme:
         _update_readme(result, target)
+
+
+def _measure(
+    fam: str,
+    i: int,
+    pair_: Pair,
+    profile: Profile,
+    workdir: Path,
+    cache: Path,
+    seed_files: list[Path],
+    *,
+    fresh: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train (or load) one family x pair, run the seeds not yet on file; its setup and runs."""
+    extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
+    setup = prepare(fam, profile.families[fam], pair_, profile, workdir, extractors)
+    models = {"teacher": weights_sha256(setup.teacher), "student": weights_sha256(setup.student.model)}
+    info = {
+        "teacher_score": setup.teacher_score.tolist(),
+        "oracle_score": setup.oracle_score.tolist(),
+        "keys": [c.key for c in setup.extractions["probing"].concepts],
+        "groups": setup.groups,
+        "seconds": setup.seconds,
+        "task_accuracy": setup.task_accuracy,
+        "ablation_m": profile.ablation_m,
+    }
+    atomic_write_text(cache / SETUP_FILE, json.dumps({"models": models, "info": info}))
+    runs = []
+    for seed, cached in enumerate(seed_files):
+        kept = json.loads(cached.read_text()) if cached.exists() and not fresh else None
+        if kept is not None and kept.get("models") == models:  # an interrupted run resumes here
+            runs.append(kept)
+            console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
+            continue
+        if kept is not None:
+            console.print(f"{fam} {pair_.name} seed {seed}: {cached} was measured on other models; rerun")
+        console.print(f"{fam} {pair_.name} seed {seed} ...")
+        run = run_seed(
+            setup,
+            seed,
+            profile.anchors,
+            profile.probes,
+            profile.ablation_m,
+            mixed_poison=profile.mixed_poison,
+            all_ablations=i == 0,
+        )
+        run["models"] = models
+        atomic_write_text(cached, json.dumps(run))
+        runs.append(run)
+    return info, runs
+
+
+def _recorded(cache: Path, seed_files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The setup and every seed of a family x pair from its seed folder, where all were measured on
+    the models its setup file names (so a committed run reports again without training)."""
+    setup_file = cache / SETUP_FILE
+    if not setup_file.exists() or not all(f.exists() for f in seed_files):
+        return None
+    setup = json.loads(setup_file.read_text())
+    runs = [json.loads(f.read_text()) for f in seed_files]
+    if any(run.get("models") != setup["models"] for run in runs):
+        return None
+    return setup["info"], runs
 
 
 def _check_names(kind: str, given: list[str] | None, known: list[str]) -> None:

@@ -27,12 +27,12 @@ def quick(tmp_path_factory, quick_models):
     # a deadline for a hung run, not a speed check
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout, out
 
 
 @pytest.mark.slow  # runs the quick transfer benchmark (trains)
 def test_quick_json_has_the_published_shape(quick):
-    result, stdout = quick
+    result, stdout, _ = quick
     assert set(result) >= {"families", "safety", "seconds"}
     (family, r), *_ = result["families"].items()
     assert family == "digitsum"
@@ -51,7 +51,7 @@ def test_quick_json_has_the_published_shape(quick):
 
 @pytest.mark.slow
 def test_quick_numbers_are_consistent_with_each_other(quick):
-    result, _ = quick
+    result, _, _ = quick
     r = result["families"]["digitsum"]
     chance = 0.5
     kd = {int(n): v for n, v in r["kd"].items()}
@@ -69,6 +69,22 @@ def test_quick_numbers_are_consistent_with_each_other(quick):
         assert r["m2kt"][m] > r["kd_equal"][m]
     # the KD curve reaches 50x the largest m (the family has the inputs), so n_match can say "never"
     assert max(int(n) for n in r["kd"]) >= max(int(m) for m in r["m2kt"]) / 0.02
+
+
+@pytest.mark.slow
+def test_a_recorded_run_reports_again_without_training(quick, tmp_path):
+    """Seed files and the setup file beside them are enough to report a run again: a committed
+    full run is re-reported (tables, README, plots) on a machine that never trained its models."""
+    result, _, out = quick
+    seeds = out.parent / f"{out.stem}-seeds"
+    again = tmp_path / "again.json"
+    cmd = [sys.executable, "-m", "bench.transfer", "--quick", "--out", str(again), "--seed-dir", str(seeds)]
+    cmd += ["--workdir", str(tmp_path / "no-models")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not retrained" in proc.stdout and not (tmp_path / "no-models").exists()
+    reported = json.loads(again.read_text())
+    assert reported["pairs"] == result["pairs"] and reported["safety"] == result["safety"]
 
 
 def test_n_match_interpolates_on_the_log_scale():
