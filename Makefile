@@ -18,9 +18,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# parallel workers (pytest-xdist): one per core, at most 4; `.venv/bin/python -m pytest` alone runs serially
+# parallel workers (pytest-xdist): one per core, at most 4, a test file to a worker (its module
+# fixtures are built once); `.venv/bin/python -m pytest` alone runs serially
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from brokerkit import ADMIN_TOKEN, Broker, ServerThread, broker_settings, free_port, pg_admin, pg_url  # noqa: F401
-from filelock import FileLock
+from runkit import run_wide_folder
 from s3kit import Bucket, S3Server, new_bucket
 
 from broker.db import make_engine
@@ -21,25 +21,12 @@ from broker.migrate import upgrade
 
 BACKENDS = ["sqlite", "postgresql"]
 
-# `make test` runs the suite on parallel workers (pytest-xdist, --dist loadgroup). A test that
-# takes one of these module- or session-scoped fixtures runs on the same worker as the others
-# that take it, so that the fixture is built once; the quick pair is shared through a lock instead.
-SHARED_FIXTURES = {"tiny_teacher": "teacher", "teacher_dir": "teacher", "quick": "bench-quick", "installed": "wheel"}
-
 
 def pytest_configure(config: pytest.Config) -> None:
     """Each parallel worker gets its share of the cores for torch, here and in the processes it starts."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        groups = {SHARED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SHARED_FIXTURES}
-        assert len(groups) <= 1, f"{item.nodeid} takes fixtures of several worker groups: {groups}"
-        if groups:
-            item.add_marker(pytest.mark.xdist_group(groups.pop()))
 
 
 @pytest.fixture(scope="session")
@@ -122,10 +109,8 @@ def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from m2kt.ml.threads import use_default_threads
 
     use_default_threads()
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "bench-models"  # one for all workers
     ((family, params),) = QUICK.families.items()
     (pair,) = QUICK.pairs
-    with FileLock(f"{root}.lock"):  # the first worker trains, the others wait and find it trained
+    with run_wide_folder(tmp_path_factory, "bench-models") as root:  # trains only what is not there yet
         trained_models(family, params, pair, QUICK, root)
     return root

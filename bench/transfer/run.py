@@ -94,7 +94,7 @@ def main(
         recorded = _recorded(cache, seed_files) if not fresh else None
         if recorded is not None:  # every seed was measured on the models the setup file names
             info, runs = recorded
-            console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file ({cache}); not retrained")
+            console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file; not retrained", soft_wrap=True)
         else:
             info, runs = _measure(fam, i, pair_, profile, workdir, cache, seed_files, fresh=fresh)
         agg = aggregate(info, runs)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import pytest
+from runkit import run_wide_folder
 
 from m2kt.ml.models import ModelConfig, TaskModel, build_model
 from m2kt.ml.seed import seed_everything
@@ -48,9 +49,11 @@ def teacher_dir(tmp_path_factory):
     from teacher_agent import pipeline
 
     use_default_threads()
-    root = tmp_path_factory.mktemp("teacher")
-    cfg = ModelConfig(arch="bert", hidden_size=48, num_layers=2, num_heads=2)
-    train_cfg = TrainConfig(epochs=30, batch_size=64, lr=3e-3, seed=0)  # epochs bound it, not the clock
-    pipeline.train("modarith", {"p": 17}, root / "model", model_config=cfg, train_config=train_cfg, sizes=SMALL_SIZES)
-    pipeline.save_extraction(pipeline.extract(root / "model", "probing"), root / "extraction-probing")
+    with run_wide_folder(tmp_path_factory, "teacher") as root:  # one for every worker of the run
+        if not (root / "extraction-probing.json").exists():
+            cfg = ModelConfig(arch="bert", hidden_size=48, num_layers=2, num_heads=2)
+            train_cfg = TrainConfig(epochs=30, batch_size=64, lr=3e-3, seed=0)  # epochs bound it, not the clock
+            model = root / "model"
+            pipeline.train("modarith", {"p": 17}, model, model_config=cfg, train_config=train_cfg, sizes=SMALL_SIZES)
+            pipeline.save_extraction(pipeline.extract(model, "probing"), root / "extraction-probing")
     return root
