@@ -25,6 +25,8 @@ from rich.console import Console
 from bench.transfer.measure import run_seed
 from bench.transfer.report import aggregate, markdown_table, summary_tables
 from bench.transfer.setups import FULL, PAIRS, QUICK, Pair, Profile, prepare
+from m2kt.cliutil import fail
+from m2kt.errors import InvalidOption
 from m2kt.fsutil import atomic_write_text
 from m2kt.ml.models import weights_sha256
 from m2kt.ml.threads import use_default_threads
@@ -67,18 +69,22 @@ def main(
     use_default_threads()
     profile = QUICK if quick else FULL
     n_seeds = seeds or (1 if quick else 3)
-    target = out or ROOT / "bench" / "results" / f"transfer-{profile.name}.json"
+    target = (out or ROOT / "bench" / "results" / f"transfer-{profile.name}.json").resolve()
+    try:  # bad options are refused on one line, before any training
+        _check_names("family", family, list(profile.families))
+        _check_names("pair", pair, [p.name for p in profile.pairs])
+        cited = readme_source(target) if readme else ""
+        selected = [
+            (f, i, p)
+            for f in profile.families
+            for i, p in enumerate(profile.pairs)
+            if (not family or f in family) and (not pair or p.name in pair)
+        ]
+        # A partial run (--family / --pair) keeps every other family x pair already in the output file.
+        result = _kept(target, profile.name, {(f, p.name) for f, _, p in selected}) if family or pair else {}
+    except InvalidOption as exc:
+        raise fail(exc.detail, exc.exit_code) from exc
     started = time.monotonic()
-    _check_names("family", family, list(profile.families))
-    _check_names("pair", pair, [p.name for p in profile.pairs])
-    selected = [
-        (f, i, p)
-        for f in profile.families
-        for i, p in enumerate(profile.pairs)
-        if (not family or f in family) and (not pair or p.name in pair)
-    ]
-    # A partial run (--family / --pair) keeps every other family x pair already in the output file.
-    result = _kept(target, profile.name, {(f, p.name) for f, _, p in selected}) if family or pair else {}
     result = {"profile": profile.name, "families": {}, "pairs": {}, "raw": {}} | result
     # Finished seeds are kept beside the results (and committed with them), so a run that stops
     # resumes on any machine: a seed counts only where its models are byte-identical to this run's.
@@ -121,7 +127,7 @@ def main(
         for path in plot_all(result, target.parent, target.stem):
             console.print(f"wrote {path}")
     if readme:
-        _update_readme(result, target)
+        _update_readme(result, cited)
 
 
 def _measure(
@@ -190,7 +196,7 @@ def _recorded(cache: Path, seed_files: list[Path]) -> tuple[dict[str, Any], list
 def _check_names(kind: str, given: list[str] | None, known: list[str]) -> None:
     unknown = sorted(set(given or ()) - set(known))
     if unknown:
-        raise typer.BadParameter(f"unknown {kind} {', '.join(unknown)}; this profile has {', '.join(known)}")
+        raise InvalidOption(f"unknown {kind} {', '.join(unknown)}; this profile has {', '.join(known)}")
 
 
 def _kept(target: Path, profile: str, rerun: set[tuple[str, str]]) -> dict[str, Any]:
@@ -199,7 +205,7 @@ def _kept(target: Path, profile: str, rerun: set[tuple[str, str]]) -> dict[str, 
         return {}
     old = json.loads(target.read_text())
     if old.get("profile") != profile:
-        raise typer.BadParameter(f"{target} holds a {old.get('profile')!r} run, not {profile!r}")
+        raise InvalidOption(f"{target} holds a {old.get('profile')!r} run, not {profile!r}")
     kept: dict[str, Any] = {"families": {}, "pairs": {}, "raw": {}}
     for fam, pairs in old.get("pairs", {}).items():
         for name, agg in pairs.items():
@@ -234,13 +240,29 @@ def _safety(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     }
 
 
-def _update_readme(result: dict[str, Any], source: Path) -> None:
+def readme_source(target: Path) -> str:
+    """How the README cites a result file: its path in the repository (it must be committed there).
+
+    Checked before the run, with the README's table markers, so a run is not lost to a bad option.
+    """
+    try:
+        cited = target.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        raise InvalidOption(
+            f"--readme cites the result file, so --out must be inside the repository ({ROOT}), not {target}"
+        ) from None
+    start, end = README_MARKERS
+    text = (ROOT / "README.md").read_text()
+    if start not in text or end not in text:
+        raise InvalidOption(f"--readme: README.md has no {start} ... {end} block to regenerate")
+    return cited
+
+
+def _update_readme(result: dict[str, Any], source: str) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = README_MARKERS
-    if start not in text or end not in text:
-        raise typer.BadParameter(f"README.md has no {start} ... {end} block")
-    body = f"{start}\n<!-- generated by `python -m bench.transfer --readme` from {source.relative_to(ROOT)} -->\n"
+    body = f"{start}\n<!-- generated by `python -m bench.transfer --readme` from {source} -->\n"
     body += markdown_table(result) + f"\n{end}"
     readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: body, text, flags=re.S))
     console.print("README.md results table regenerated")
