@@ -10,6 +10,7 @@ one family, one seed, m in {64, 256}) is for tests.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -25,10 +26,11 @@ from rich.console import Console
 from bench.transfer.measure import run_seed
 from bench.transfer.report import aggregate, markdown_table, summary_tables
 from bench.transfer.setups import FULL, PAIRS, QUICK, Pair, Profile, prepare
-from m2kt.cliutil import fail
+from m2kt.cliutil import fail, parse_params
 from m2kt.errors import InvalidOption
 from m2kt.fsutil import atomic_write_text
 from m2kt.ml.models import weights_sha256
+from m2kt.ml.tasks import get_task, register_task
 from m2kt.ml.threads import use_default_threads
 
 app = typer.Typer(add_completion=False)
@@ -58,7 +60,14 @@ def main(
         bool, typer.Option(help="report only family x pair runs whose seeds are all cached")
     ] = False,
     family: Annotated[
-        list[str] | None, typer.Option(help="run only this family (repeatable); others' results in --out are kept")
+        list[str] | None,
+        typer.Option(
+            help="run only this family (repeatable); others' results in --out are kept. Any family the"
+            " registry resolves runs too: an entry-point name or module:Class (a plug-in)"
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="name=value, a parameter of a plug-in --family (repeatable)")
     ] = None,
     pair: Annotated[
         list[str] | None, typer.Option(help="run only this pair (repeatable); others' results in --out are kept")
@@ -71,15 +80,10 @@ def main(
     n_seeds = seeds or (1 if quick else 3)
     target = (out or ROOT / "bench" / "results" / f"transfer-{profile.name}.json").resolve()
     try:  # bad options are refused on one line, before any training
-        _check_names("family", family, list(profile.families))
+        families = _families(profile, family, parse_params(param or []))
         _check_names("pair", pair, [p.name for p in profile.pairs])
         cited = readme_source(target) if readme else ""
-        selected = [
-            (f, i, p)
-            for f in profile.families
-            for i, p in enumerate(profile.pairs)
-            if (not family or f in family) and (not pair or p.name in pair)
-        ]
+        selected = [(f, i, p) for f in families for i, p in enumerate(profile.pairs) if not pair or p.name in pair]
         # A partial run (--family / --pair) keeps every other family x pair already in the output file.
         result = _kept(target, profile.name, {(f, p.name) for f, _, p in selected}) if family or pair else {}
     except InvalidOption as exc:
@@ -102,7 +106,7 @@ def main(
             info, runs = recorded
             console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file; not retrained", soft_wrap=True)
         else:
-            info, runs = _measure(fam, i, pair_, profile, workdir, cache, seed_files, fresh=fresh)
+            info, runs = _measure(fam, families[fam], i, pair_, profile, workdir, cache, seed_files, fresh=fresh)
         agg = aggregate(info, runs)
         result["pairs"].setdefault(fam, {})[pair_.name] = agg
         result["raw"].setdefault(fam, {})[pair_.name] = runs
@@ -132,6 +136,7 @@ def main(
 
 def _measure(
     fam: str,
+    params: dict[str, Any],
     i: int,
     pair_: Pair,
     profile: Profile,
@@ -143,7 +148,7 @@ def _measure(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train (or load) one family x pair, run the seeds not yet on file; its setup and runs."""
     extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
-    setup = prepare(fam, profile.families[fam], pair_, profile, workdir, extractors)
+    setup = prepare(fam, params, pair_, profile, workdir, extractors)
     models = {"teacher": weights_sha256(setup.teacher), "student": weights_sha256(setup.student.model)}
     info = {
         "teacher_score": setup.teacher_score.tolist(),
@@ -191,6 +196,32 @@ def _recorded(cache: Path, seed_files: list[Path]) -> tuple[dict[str, Any], list
     if any(run.get("models") != setup["models"] for run in runs):
         return None
     return setup["info"], runs
+
+
+def _families(profile: Profile, given: list[str] | None, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The families to run, by name, with their parameters: the profile's, or those ``--family`` names.
+
+    A name outside the profile is a plug-in (a registered or entry-point family, or ``module:Class``)
+    run with ``--param``; it is registered under its own name, which labels its results and its
+    cache folders like a built-in family's.
+    """
+    if not given:
+        return {name: dict(p) for name, p in profile.families.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for ref in given:
+        if ref in profile.families and not params:
+            out[ref] = dict(profile.families[ref])
+            continue
+        try:
+            task = get_task(ref, **params)
+        except (ImportError, AttributeError) as exc:
+            raise InvalidOption(f"cannot load task family {ref!r}: {exc}") from None
+        if task.name != ref and task.name in profile.families:
+            raise InvalidOption(f"{ref!r} is named {task.name!r}, like this profile's own family; rename it")
+        if task.name != ref:
+            register_task(task.name, functools.partial(get_task, ref))
+        out[task.name] = params
+    return out
 
 
 def _check_names(kind: str, given: list[str] | None, known: list[str]) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from bench.transfer.measure import kd_sizes, n_match
-from m2kt.errors import InvalidOption
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,21 +94,3 @@ def test_n_match_interpolates_on_the_log_scale():
     assert n_match(curve, 0.75) is None
     assert math.isclose(n_match(curve, 0.6), 64.0)
     assert kd_sizes(100) == [16, 32, 64, 100] and kd_sizes(64) == [16, 32, 64]
-
-
-def test_the_readme_cites_a_result_by_its_path_in_the_repository(tmp_path, monkeypatch):
-    from bench.transfer.run import readme_source
-
-    monkeypatch.chdir(ROOT)
-    assert readme_source(Path("bench/results/transfer-full.json")) == "bench/results/transfer-full.json"
-    assert readme_source(ROOT / "bench" / "results" / "x.json") == "bench/results/x.json"
-    with pytest.raises(InvalidOption, match="inside the repository"):
-        readme_source(tmp_path / "x.json")
-
-
-def test_readme_with_a_result_outside_the_repository_is_refused_before_any_training(tmp_path):
-    cmd = [sys.executable, "-m", "bench.transfer", "--quick", "--readme", "--out", str(tmp_path / "x.json")]
-    cmd += ["--workdir", str(tmp_path / "models")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "inside the repository" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "models").exists()
