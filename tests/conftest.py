@@ -97,6 +97,18 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
     return new_bucket(s3_server)
 
 
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/plugins on the import path (task families from outside m2kt), and a task registry
+    that forgets whatever a test registers."""
+    from m2kt.ml.tasks import base as task_base
+
+    folder = Path(__file__).parent / "plugins"
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(task_base, "_REGISTRY", dict(task_base._REGISTRY))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick benchmark's model cache, with its one pair trained (digitsum, BERT64 -> Llama48).

@@ -8,7 +8,7 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from m2kt.ml.tasks import BooleanFormula, DigitSum, ModArith, TaskFamily, available_tasks, get_task, task_from_spec
+from m2kt.ml.tasks import BooleanFormula, DigitSum, ModArith, available_tasks, get_task, task_from_spec
 from m2kt.ml.tasks import base as task_base
 
 TOPIC = re.compile(r"^[a-z0-9]+(\.[a-z0-9_-]+)*$")
@@ -119,53 +119,10 @@ def test_splits_are_disjoint_and_deterministic():
         fam.generate_splits({"all": 11**3 + 1}, seed=0)
 
 
-class ParityTask(TaskFamily):
-    """A third-party family: parity of a few bits, defined outside m2kt."""
+def test_third_party_family_by_import_path_and_entry_point(monkeypatch, plugins):
+    from m2kt_parity_plugin import ParityTask
 
-    name = "parity3"
-
-    def __init__(self, n_bits: int = 4):
-        self.n_bits = n_bits
-
-    def params(self):
-        return {"n_bits": self.n_bits}
-
-    @property
-    def n_classes(self):
-        return 2
-
-    @property
-    def step_specs(self):
-        return (task_base.StepSpec("first2", 2),)
-
-    @property
-    def concept_defs(self):
-        return tuple(
-            task_base.ConceptDef(
-                task_base.ConceptSpec(f"parity3.b{i}", f"bit {i}", "parity3.bits"),
-                task_base.value_is(f"b{i}", lambda x: x == 1),
-            )
-            for i in range(self.n_bits)
-        )
-
-    def vocab(self):
-        return ("0", "1")
-
-    def sample_inputs(self, rng, n):
-        return rng.integers(0, 2, size=(n, self.n_bits), dtype=np.int64)
-
-    def values(self, inputs):
-        out = {f"b{i}": inputs[:, i] for i in range(self.n_bits)}
-        out["first2"] = inputs[:, 0] ^ inputs[:, 1]
-        out["answer"] = inputs.sum(1) % 2
-        return out
-
-    def render(self, inputs):
-        return [" ".join(map(str, row)) for row in inputs.tolist()]
-
-
-def test_third_party_family_by_import_path_and_entry_point(monkeypatch):
-    fam = get_task(f"{__name__}:ParityTask", n_bits=5)
+    fam = get_task("m2kt_parity_plugin:ParityTask", n_bits=5)
     assert isinstance(fam, ParityTask) and fam.n_bits == 5
     batch = fam.generate(50, seed=0)
     assert np.array_equal(batch.answers, batch.inputs.sum(1) % 2)
