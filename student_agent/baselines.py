@@ -115,7 +115,8 @@ def procrustes(xs: Tensor, xt: Tensor) -> Tensor:
     u, _, vh = torch.linalg.svd(rs @ rt.T, full_matrices=False)  # [r, k], [k, r']
     rot = (qs @ u) @ (vh @ qt.T)  # [D_S, D_T]: a partial isometry on the anchors' span
     mapped = xs @ rot
-    return rot * ((mapped * xt).sum() / mapped.pow(2).sum().clamp_min(1e-9))
+    scaled: Tensor = rot * ((mapped * xt).sum() / mapped.pow(2).sum().clamp_min(1e-9))
+    return scaled
 
 
 class _Translated(nn.Module):
