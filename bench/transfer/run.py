@@ -11,6 +11,7 @@ one family, one seed, m in {64, 256}) is for tests.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import platform
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HEADLINE = ("teacher", "oracle", "m2kt", "kd_equal", "procrustes", "kd", "n_match")
 PAIRS_FIRST = next(iter(PAIRS))  # `families` holds each family's first pair (the ablated one)
 SETUP_FILE = "setup.json"  # beside a family x pair's seed files: its models' digests and what prepare() measured
+MEASURING = ("m2kt", "teacher_agent", "student_agent", "bench/transfer")
+REPORTING = {f"bench/transfer/{name}.py" for name in ("run", "report", "plots", "__main__")}
 README_MARKERS = ("<!-- transfer-table:start -->", "<!-- transfer-table:end -->")
 
 
@@ -159,16 +162,17 @@ def _measure(
         "task_accuracy": setup.task_accuracy,
         "ablation_m": profile.ablation_m,
     }
-    atomic_write_text(cache / SETUP_FILE, json.dumps({"models": models, "info": info}))
+    code = code_digest()
+    atomic_write_text(cache / SETUP_FILE, json.dumps({"models": models, "code": code, "info": info}))
     runs = []
     for seed, cached in enumerate(seed_files):
         kept = json.loads(cached.read_text()) if cached.exists() and not fresh else None
-        if kept is not None and kept.get("models") == models:  # an interrupted run resumes here
+        if kept is not None and kept.get("models") == models and kept.get("code") == code:  # resumes here
             runs.append(kept)
             console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
             continue
         if kept is not None:
-            console.print(f"{fam} {pair_.name} seed {seed}: {cached} was measured on other models; rerun")
+            console.print(f"{fam} {pair_.name} seed {seed}: {cached} was measured on other models or code; rerun")
         console.print(f"{fam} {pair_.name} seed {seed} ...")
         run = run_seed(
             setup,
@@ -179,21 +183,36 @@ def _measure(
             mixed_poison=profile.mixed_poison,
             all_ablations=i == 0,
         )
-        run["models"] = models
+        run["models"], run["code"] = models, code
         atomic_write_text(cached, json.dumps(run))
         runs.append(run)
     return info, runs
 
 
+def code_digest() -> str:
+    """sha256 of the source that measures: every module of m2kt, teacher_agent, student_agent and
+    bench/transfer except the benchmark's reporting ones. A seed on file counts for a resumed run
+    only where it was measured by this code, so a run never mixes two methods; it is strict (a change
+    to an agent's CLI also means measuring again), because a silent mix would cost more than a rerun."""
+    digest = hashlib.sha256()
+    for top in MEASURING:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if path.relative_to(ROOT).as_posix() in REPORTING:
+                continue
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _recorded(cache: Path, seed_files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The setup and every seed of a family x pair from its seed folder, where all were measured on
-    the models its setup file names (so a committed run reports again without training)."""
+    the models and by the code its setup file names (so a committed run reports again without
+    training, even after the code has moved on)."""
     setup_file = cache / SETUP_FILE
     if not setup_file.exists() or not all(f.exists() for f in seed_files):
         return None
     setup = json.loads(setup_file.read_text())
     runs = [json.loads(f.read_text()) for f in seed_files]
-    if any(run.get("models") != setup["models"] for run in runs):
+    if any(run.get("models") != setup["models"] or run.get("code") != setup.get("code") for run in runs):
         return None
     return setup["info"], runs
 

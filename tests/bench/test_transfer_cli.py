@@ -75,3 +75,32 @@ def test_bad_options_are_refused_on_one_line_before_any_training(tmp_path, args,
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "models").exists()
+
+
+def test_the_code_digest_covers_what_measures_and_not_what_reports(tmp_path, monkeypatch):
+    from bench.transfer import run
+
+    for rel in ("m2kt/ml/x.py", "student_agent/cal/fit.py", "bench/transfer/measure.py", "bench/transfer/run.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"# {rel}\n")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    before = run.code_digest()
+    (tmp_path / "bench/transfer/run.py").write_text("# a new table layout\n")
+    assert run.code_digest() == before  # reporting code: committed seeds still count
+    (tmp_path / "student_agent/cal/fit.py").write_text("# another loss\n")
+    assert run.code_digest() != before  # measuring code: an interrupted run measures again
+
+
+def test_a_cell_reports_from_files_only_where_one_code_measured_every_seed(tmp_path):
+    import json
+
+    from bench.transfer.run import SETUP_FILE, _recorded
+
+    models = {"teacher": "t", "student": "s"}
+    (tmp_path / SETUP_FILE).write_text(json.dumps({"models": models, "code": "c1", "info": {"keys": []}}))
+    seeds = [tmp_path / f"seed-{i}.json" for i in range(2)]
+    for f in seeds:
+        f.write_text(json.dumps({"models": models, "code": "c1"}))
+    assert _recorded(tmp_path, seeds) is not None
+    seeds[1].write_text(json.dumps({"models": models, "code": "c2"}))
+    assert _recorded(tmp_path, seeds) is None
