@@ -110,7 +110,7 @@ def main(
             console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file; not retrained", soft_wrap=True)
         else:
             info, runs = _measure(fam, families[fam], i, pair_, profile, workdir, cache, seed_files, fresh=fresh)
-        agg = aggregate(info, runs)
+        agg = aggregate(info, runs) | {"code": runs[0].get("code") if runs else None}
         result["pairs"].setdefault(fam, {})[pair_.name] = agg
         result["raw"].setdefault(fam, {})[pair_.name] = runs
         if i == 0:
@@ -133,6 +133,13 @@ def main(
 
         for path in plot_all(result, target.parent, target.stem):
             console.print(f"wrote {path}")
+    mixed = _codes(result)
+    if len(mixed) > 1:
+        listed = "; ".join(f"{code or 'unrecorded'}: {', '.join(cells)}" for code, cells in mixed.items())
+        message = f"cells measured by different code: {listed}"
+        console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        if readme:  # the README's table is one method's, never a mix
+            raise fail(f"--readme refused, {message}; measure the older cells again with --fresh", 1)
     if readme:
         _update_readme(result, cited)
 
@@ -201,6 +208,16 @@ def code_digest() -> str:
                 continue
             digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def _codes(result: dict[str, Any]) -> dict[str | None, list[str]]:
+    """Which family x pair cells of a result each code digest measured."""
+    codes: dict[str | None, list[str]] = {}
+    for fam, pairs in result["pairs"].items():
+        for name, agg in pairs.items():
+            code = agg.get("code")
+            codes.setdefault(code[:12] if code else None, []).append(f"{fam}/{name}")
+    return codes
 
 
 def _recorded(cache: Path, seed_files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

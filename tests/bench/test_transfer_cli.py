@@ -104,3 +104,10 @@ def test_a_cell_reports_from_files_only_where_one_code_measured_every_seed(tmp_p
     assert _recorded(tmp_path, seeds) is not None
     seeds[1].write_text(json.dumps({"models": models, "code": "c2"}))
     assert _recorded(tmp_path, seeds) is None
+
+
+def test_cells_are_grouped_by_the_code_that_measured_them():
+    from bench.transfer.run import _codes
+
+    result = {"pairs": {"a": {"p": {"code": "1" * 64}, "q": {"code": "1" * 64}}, "b": {"p": {"code": None}}}}
+    assert _codes(result) == {"1" * 12: ["a/p", "a/q"], None: ["b/p"]}
