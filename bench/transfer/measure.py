@@ -23,10 +23,10 @@ from m2kt import keys
 from m2kt.ml.metrics import concept_logits
 from m2kt.packet import open_packet
 from student_agent.audit import AuditConfig, audit
-from student_agent.baselines import fit_readout, fit_translation
+from student_agent.baselines import fit_translation
 from student_agent.cal.config import CALSpec
 from student_agent.cal.fit import FitConfig, FittedCAL, fit_cal, slot_mask
-from student_agent.evaluate import kd_equal_data, kd_features, scores
+from student_agent.evaluate import kd_equal_data, kd_features, kd_readout, scores
 from student_agent.features import Observation, observe
 from student_agent.knowledge import Knowledge
 from teacher_agent.packetize import POISON_KINDS, PacketSpec, build_teacher_packet
@@ -183,7 +183,7 @@ def _self_trained(kd: torch.nn.Module, a_obs: Observation, kn: Knowledge, unlabe
         pseudo = kd(kd_features(unlabelled)) > 0
     x = torch.cat([kd_features(a_obs), kd_features(unlabelled)])
     y = torch.cat([kn.anchor_scores > 0, pseudo])
-    return fit_readout(x, y)
+    return kd_readout(x, y)
 
 
 def _kd_curve(setup: Setup, seed: int) -> dict[str, list[float]]:
@@ -195,7 +195,7 @@ def _kd_curve(setup: Setup, seed: int) -> dict[str, list[float]]:
     readout = None
     for n in kd_sizes(len(perm)):
         idx = perm[:n]
-        readout = fit_readout(feats[idx], setup.kd_labels[idx], init=readout)
+        readout = kd_readout(feats[idx], setup.kd_labels[idx], init=readout)
         curve[str(n)] = _acc(readout(held), setup.truth)
     return curve
 

@@ -26,8 +26,7 @@ from m2kt.ml.seed import numpy_rng
 from m2kt.ml.tasks import SPLIT_SIZES, TaskBatch, TaskFamily
 from m2kt.ml.train import TrainConfig, not_learned
 from m2kt.ml.views import collect_views
-from student_agent.baselines import fit_readout
-from student_agent.evaluate import concept_truth, kd_features, scores
+from student_agent.evaluate import concept_truth, kd_features, kd_readout, scores
 from student_agent.features import Observation, observe
 from student_agent.model import STUDENT_TRAIN, Student, load_student, train_student
 from teacher_agent import pipeline
@@ -322,7 +321,7 @@ def prepare(
     kd_labels = teacher_labels(teacher, tokenizer, probing, kd_texts)
     held_obs = observe(student.model, student.tokenizer, held.texts, words)
     train = splits["train"]
-    oracle = fit_readout(
+    oracle = kd_readout(
         kd_features(observe(student.model, student.tokenizer, train.texts, words)), concept_truth(family, train, keys)
     )
     return Setup(

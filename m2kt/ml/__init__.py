@@ -3,8 +3,9 @@
 Modules: :mod:`m2kt.ml.seed` (seeds and generators), :mod:`m2kt.ml.tasks` (task
 families and their registry), :mod:`m2kt.ml.tokenizer` (WordLevel tokenizers),
 :mod:`m2kt.ml.models` (transformers backbones with task heads, save/load,
-weights digest), :mod:`m2kt.ml.train` (train_step, fit, evaluate) and
-:mod:`m2kt.ml.hidden` (all-layer read-out states and attentions).
+weights digest), :mod:`m2kt.ml.train` (train_step, fit, evaluate),
+:mod:`m2kt.ml.hidden` (all-layer read-out states and attentions) and
+:mod:`m2kt.ml.logistic` (class-balanced logistic probes and read-outs).
 """
 
 from m2kt.ml.hidden import HiddenStates, collect_hidden

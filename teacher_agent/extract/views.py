@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from m2kt.ml.logistic import fit_logistic
 from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.models import TaskModel
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout, layer_features
 from m2kt.ml.views import Views, collect_views, word_count
 from teacher_agent.extract.base import ExtractionContext, class_prototypes
-from teacher_agent.extract.probing import fit_raw_probe, split_index
+from teacher_agent.extract.probing import split_index
 
 __all__ = ["ViewExtraction", "extract_views", "model_heads"]
 
@@ -138,7 +139,7 @@ def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewE
         for layer in range(n_layers):
             feats = layer_features(probe.states, probe.mask, heads, layer)
             for l2 in L2_GRID:
-                w, b = fit_raw_probe(feats[fit_idx], labels[fit_idx], l2)
+                w, b = fit_logistic(feats[fit_idx], labels[fit_idx], l2=l2).raw()
                 score = balanced_accuracy((feats[sel_idx] @ w.T + b) > 0, labels[sel_idx])
                 better = score > best_score
                 best_score = torch.where(better, score, best_score)
@@ -150,7 +151,7 @@ def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewE
             for l2 in L2_GRID:
                 ks = ((best_layer == layer) & (best_l2 == l2)).nonzero().squeeze(1)
                 if len(ks):
-                    weight[ks], bias[ks] = fit_raw_probe(feats, labels[:, ks], l2)
+                    weight[ks], bias[ks] = fit_logistic(feats, labels[:, ks], l2=l2).raw()
         readout = ViewReadout(weight, bias, best_layer)
         accuracy = balanced_accuracy(readout.logits(held.states, held.mask, heads) > 0, ctx.heldout_labels)
         prototypes = torch.zeros(k, 2, dim)

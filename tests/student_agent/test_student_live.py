@@ -19,9 +19,8 @@ from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.models import weights_sha256
 from m2kt.packet import open_packet
 from student_agent.agent import StudentAgent
-from student_agent.baselines import fit_readout
 from student_agent.cal.fit import FitConfig, fit_cal
-from student_agent.evaluate import kd_features
+from student_agent.evaluate import kd_equal_data, kd_features
 from student_agent.features import observe
 from student_agent.knowledge import Knowledge
 from student_agent.query import TransferredConcepts
@@ -266,7 +265,7 @@ def test_transfer_beats_kd_at_equal_data_on_the_same_student(pair, tmp_path, anc
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # init and dropout drew from a seeded fork
     m2kt = float(balanced_accuracy(fitted.reader(fitted.reader.input_of(held_obs)) > 0, truth).mean())
     # KD reads the same student view, from the same m anchors' teacher labels alone
-    kd = fit_readout(kd_features(anchors_obs), kn.anchor_scores > 0)
+    kd = kd_equal_data(kn, anchors_obs)
     kd_equal = float(balanced_accuracy(kd(kd_features(held_obs)) > 0, truth).mean())
     chance = float(balanced_accuracy(torch.zeros_like(truth), truth).mean())
     assert m2kt > kd_equal > chance, (m2kt, kd_equal)

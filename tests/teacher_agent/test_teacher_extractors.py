@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.seed import numpy_rng
 from teacher_agent.extract import ExtractionContext, available_extractors, get_extractor
 from teacher_agent.extract.base import direction_balanced_accuracy
-from teacher_agent.extract.probing import fit_logistic
 
 # Concepts about the chain's intermediate values: not readable from any single input token.
 DEEP = ("s1.", "answer.", "_s1", "s1_", "_answer", "wrap")
@@ -77,14 +75,6 @@ def test_probe_directions_apply_to_raw_states(probing, teacher_ctx):
         teacher_ctx.heldout_states, teacher_ctx.heldout_labels, s["layers"], s["directions"], s["biases"]
     )
     assert torch.allclose(again, torch.tensor([c.balanced_accuracy for c in probing.concepts]))
-
-
-def test_fit_logistic_recovers_a_separable_rule():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 5, generator=gen)
-    y = torch.stack([x[:, 0] > 0.5, x[:, 1] + x[:, 2] < 0], 1).long()
-    w, b = fit_logistic(x, y, l2=1e-4)
-    assert balanced_accuracy((x @ w.T + b) > 0, y).min() > 0.95
 
 
 @pytest.mark.parametrize("name", ["clustering", "attribution"])
