@@ -25,7 +25,7 @@ from m2kt.ml.models import TaskModel
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout, layer_features
 from m2kt.ml.views import Views, collect_views, word_count
 from teacher_agent.extract.base import ExtractionContext, class_prototypes
-from teacher_agent.extract.probing import split_index
+from teacher_agent.extract.probing import deepest_within_error, split_index
 
 __all__ = ["ViewExtraction", "extract_views", "model_heads"]
 
@@ -132,24 +132,20 @@ def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewE
     labels = ctx.probe_labels  # [N, K]
     fit_idx, sel_idx = split_index(len(labels), select_frac, ctx.seed)
     n_layers, k = probe.states.shape[2], labels.shape[1]
-    best_score = torch.full((k,), -1.0)
-    best_layer = torch.zeros(k, dtype=torch.long)
-    best_l2 = torch.zeros(k)
+    scores = torch.zeros(n_layers, len(L2_GRID), k)  # [L, G, K] selection-split balanced accuracy
     with torch.no_grad():
         for layer in range(n_layers):
             feats = layer_features(probe.states, probe.mask, heads, layer)
-            for l2 in L2_GRID:
+            for g, l2 in enumerate(L2_GRID):
                 w, b = fit_logistic(feats[fit_idx], labels[fit_idx], l2=l2).raw()
-                score = balanced_accuracy((feats[sel_idx] @ w.T + b) > 0, labels[sel_idx])
-                better = score > best_score
-                best_score = torch.where(better, score, best_score)
-                best_layer[better], best_l2[better] = layer, l2
+                scores[layer, g] = balanced_accuracy((feats[sel_idx] @ w.T + b) > 0, labels[sel_idx])
+        best_layer, option = deepest_within_error(scores, labels[sel_idx])
         dim = layer_features(probe.states[:1], probe.mask[:1], heads, 0).shape[1]
         weight, bias = torch.zeros(k, dim), torch.zeros(k)
         for layer in torch.unique(best_layer).tolist():
             feats = layer_features(probe.states, probe.mask, heads, layer)
-            for l2 in L2_GRID:
-                ks = ((best_layer == layer) & (best_l2 == l2)).nonzero().squeeze(1)
+            for g, l2 in enumerate(L2_GRID):
+                ks = ((best_layer == layer) & (option == g)).nonzero().squeeze(1)
                 if len(ks):
                     weight[ks], bias[ks] = fit_logistic(feats, labels[:, ks], l2=l2).raw()
         readout = ViewReadout(weight, bias, best_layer)

@@ -9,6 +9,7 @@ import torch
 from m2kt.ml.seed import numpy_rng
 from teacher_agent.extract import ExtractionContext, available_extractors, get_extractor
 from teacher_agent.extract.base import direction_balanced_accuracy
+from teacher_agent.extract.probing import deepest_within_error
 
 # Concepts about the chain's intermediate values: not readable from any single input token.
 DEEP = ("s1.", "answer.", "_s1", "s1_", "_answer", "wrap")
@@ -92,3 +93,25 @@ def test_unsupervised_and_gradient_extractors_beat_chance(name, teacher_ctx, tin
     assert all(c.method == name for c in result.concepts)
     if name == "clustering":
         assert result.extras["clusters"] and all("dominant" in c for c in result.extras["clusters"])
+
+
+def test_the_deepest_block_within_one_standard_error_is_chosen():
+    labels = torch.zeros(200, 3, dtype=torch.long)
+    labels[:100] = 1  # 100 per class: one example of a class moves balanced accuracy by 0.005
+    scores = torch.tensor(
+        [  # [L=3, G=2, K=3]
+            [[1.0, 0.90, 0.70], [0.99, 0.90, 0.70]],
+            [[0.97, 0.80, 0.69], [0.99, 0.80, 0.71]],
+            [[0.90, 0.95, 0.60], [0.80, 0.94, 0.60]],
+        ]
+    )
+    layer, option = deepest_within_error(scores, labels)
+    # concept 0: the best is 1.0 on block 0; block 1 reaches 0.99, more than one example below -> block 0
+    # concept 1: block 2 is the best -> block 2, option 0
+    # concept 2: best 0.71 on block 1 (option 1); block 1 holds the best itself; block 2 is far below
+    assert layer.tolist() == [0, 2, 1]
+    assert option.tolist() == [0, 0, 1]
+    # within one standard error (p(1-p) is large at 0.70): a deeper block a hair below the best wins
+    scores[2, 0, 2] = 0.68
+    layer, _ = deepest_within_error(scores, labels)
+    assert layer.tolist() == [0, 2, 2]
