@@ -41,6 +41,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_reason": {"gamma": 0.0},
     "low_rank": {"cal": CALSpec(form="lowrank")},
     "teacher_to_student": {"cal": CALSpec(direction="teacher_to_student")},
+    "neighbours": {"cal": CALSpec(neighbours=(-1, 1, 2))},  # word slots' maps also see nearby words
     "extractor_clustering": {"extractor": "clustering"},
     "extractor_attribution": {"extractor": "attribution"},
 }

@@ -19,6 +19,7 @@ __all__ = ["DIRECTIONS", "CALConfig", "CALSpec", "build_cal"]
 
 # Which space ψ maps into. The fitting procedure of each is registered in cal/fit.py (FITTERS).
 DIRECTIONS: tuple[str, ...] = ("student_to_teacher", "teacher_to_student")
+MAX_NEIGHBOUR = 8
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class CALSpec:
         hidden: width of the MLP's hidden layer.
         rank: rank of the low-rank form.
         dropout: dropout inside the MLP (measured: 0.624 -> 0.651 mean balanced accuracy at m=256).
+        neighbours: on views, the word slots (offsets) whose states each word slot's map also sees
+            (``student_agent.cal.layers.SlotCAL``, which says what it measured); () for its own
+            state only, the default.
     """
 
     form: str = "mlp_skip"
@@ -39,8 +43,16 @@ class CALSpec:
     hidden: int = 256
     rank: int = 32
     dropout: float = 0.3
+    neighbours: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "neighbours", tuple(self.neighbours))  # a list when read from JSON
+        if any(not isinstance(o, int) or o == 0 or abs(o) > MAX_NEIGHBOUR for o in self.neighbours) or len(
+            set(self.neighbours)
+        ) != len(self.neighbours):
+            raise ValueError(
+                f"CAL neighbours={self.neighbours}: distinct non-zero slot offsets within +-{MAX_NEIGHBOUR}"
+            )
         if self.form not in FORMS:
             raise ValueError(f"CAL form={self.form!r}: use one of {sorted(FORMS)}")
         if self.direction not in DIRECTIONS:
@@ -76,8 +88,9 @@ class CALConfig:
     def from_dict(cls, data: dict[str, Any]) -> CALConfig:
         """Read a stored config: this layout, or the flat one (form, direction, in_dim, ... together)."""
         if "spec" in data:
-            return cls(int(data["in_dim"]), int(data["out_dim"]), CALSpec(**data["spec"]))
-        flat = dict(data)
+            spec: dict[str, Any] = {"neighbours": ()} | dict(data["spec"])  # written before neighbours: none
+            return cls(int(data["in_dim"]), int(data["out_dim"]), CALSpec(**spec))
+        flat: dict[str, Any] = {"neighbours": ()} | dict(data)
         in_dim, out_dim = int(flat.pop("in_dim")), int(flat.pop("out_dim"))
         return cls(in_dim, out_dim, CALSpec(**flat))
 

@@ -189,7 +189,7 @@ class ConceptReader(nn.Module):
         ones = torch.ones(2, slots, dtype=torch.bool)
         self.student_norm = _SlotStandardize(torch.zeros(2, slots, d_student), ones)
         self.teacher_norm = _SlotStandardize(torch.zeros(2, slots, n_layers_t * d_t), ones)
-        self.cal = SlotCAL(build_cal(cal_config), slots, d_student)
+        self.cal = SlotCAL(build_cal(cal_config), slots, d_student, cal_config.spec.neighbours)
         self.register_buffer("directions", torch.zeros(k, int(views["feature_dim"])))
         self.register_buffer("biases", torch.zeros(k))
         self.register_buffer("layers", torch.zeros(k, dtype=torch.long))
@@ -322,7 +322,7 @@ def fit_cal(
     views = view_shape(kn) if spec.to_teacher and config.views else None
     in_dim, out_dim = (d_s, n_layers_t * d_t) if spec.to_teacher else (n_layers_t * d_t, d_s)
     if views is not None:
-        in_dim = 2 * d_s  # a slot's state beside the read-out slot's
+        in_dim = (2 + len(spec.neighbours)) * d_s  # a slot's state, the read-out slot's, its neighbours
     unsafe = kn.unsafe if extra_unsafe is None else kn.unsafe | extra_unsafe
     fitter = _fit_views if views is not None else FITTERS[spec.direction]
     # A module's init and its dropout draw from torch's global generator and take no other; they

@@ -10,11 +10,21 @@ from student_agent.cal import losses
 from student_agent.cal.checkpoint import CheckpointStore
 from student_agent.cal.config import CALConfig, CALSpec, build_cal
 from student_agent.cal.fit import FITTERS, ConceptReader
-from student_agent.cal.layers import freeze
+from student_agent.cal.layers import SlotCAL, freeze
 
 
 @pytest.mark.parametrize(
-    "bad", [{"form": "nope"}, {"direction": "sideways"}, {"hidden": 0}, {"rank": 0}, {"dropout": 1.0}]
+    "bad",
+    [
+        {"form": "nope"},
+        {"direction": "sideways"},
+        {"hidden": 0},
+        {"rank": 0},
+        {"dropout": 1.0},
+        {"neighbours": (0,)},
+        {"neighbours": (1, 1)},
+        {"neighbours": (9,)},
+    ],
 )
 def test_the_spec_refuses_bad_values_naming_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -38,7 +48,7 @@ def test_forms_map_shapes_and_round_trip_config(form):
 def test_a_store_written_with_the_flat_config_layout_still_loads(tmp_path):
     """Checkpoint stores written before the spec was split out keep form, sizes and widths in one dict."""
     torch.manual_seed(0)
-    config = CALConfig(6, 8, CALSpec(hidden=8, dropout=0.0))
+    config = CALConfig(6, 8, CALSpec(hidden=8, dropout=0.0, neighbours=()))  # stores then had none
     reader = ConceptReader(config, 6, 2, 4, 3).eval()
     flat = {
         "form": "mlp_skip",
@@ -56,6 +66,26 @@ def test_a_store_written_with_the_flat_config_layout_still_loads(tmp_path):
     loaded = load_reader(store, store.index()["entries"][0])
     x = torch.randn(5, 6)
     assert loaded.cal_config == config and torch.equal(loaded(x), reader(x))
+
+
+def test_a_spec_written_before_neighbours_reads_as_none():
+    stored = CALConfig(12, 5, CALSpec(hidden=16)).to_dict()
+    del stored["spec"]["neighbours"]
+    assert CALConfig.from_dict(stored).spec.neighbours == ()
+
+
+def test_a_word_slot_sees_its_neighbours_and_nothing_past_the_words():
+    x = torch.arange(1, 5, dtype=torch.float32).view(1, 4, 1).expand(2, 4, 1)  # slot i holds i + 1
+    cal = SlotCAL(torch.nn.Identity(), slots=4, d_in=1, neighbours=(-1, 1))
+    out = cal(x)[0, :, :]  # [S, 4]: own (+ offset 0), read-out half, slot i-1, slot i+1
+    assert out.tolist() == [
+        [1.0, 1.0, 0.0, 0.0],  # the read-out slot: its own state twice, no neighbours
+        [2.0, 0.0, 0.0, 3.0],  # the first word: slot 0 is not a word, so no left neighbour
+        [3.0, 0.0, 2.0, 4.0],
+        [4.0, 0.0, 3.0, 0.0],  # the last word: nothing to its right
+    ]
+    picked = cal(x, slots=torch.tensor([2]))[0]  # only slot 2: the same row
+    assert picked.tolist() == [[3.0, 0.0, 2.0, 4.0]]
 
 
 def test_lowrank_form_has_the_rank_it_claims():
