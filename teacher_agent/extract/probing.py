@@ -1,10 +1,11 @@
-"""Bottleneck probing: a linear probe per layer per concept; the best layer wins.
+"""Bottleneck probing: a linear probe per layer per concept; the deepest layer as good as the best wins.
 
 The default extractor when labels exist. For each layer we fit all K concepts
 at once as K class-balanced L2-regularised logistic regressions on standardised
 states (:func:`m2kt.ml.logistic.fit_logistic`: full-batch L-BFGS, deterministic).
 The probe split is cut into a fitting part and a selection part; the selection
-part's balanced accuracy (``layer_scores``) picks each concept's layer, then the
+part's balanced accuracy (``layer_scores``) picks each concept's layer (the
+deepest within one standard error of the best, `deepest_within_error`), then the
 probes are refitted on the whole probe split and mapped back to raw state space
 so that ``direction . h + bias`` applies to unstandardised states.
 """
