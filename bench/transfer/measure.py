@@ -44,6 +44,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "neighbours": {"cal": CALSpec(neighbours=(-1, 1, 2))},  # word slots' maps also see nearby words
     "extractor_clustering": {"extractor": "clustering"},
     "extractor_attribution": {"extractor": "attribution"},
+    "first_block": {"extractor": "probing_first"},  # read-outs from the earliest best block, not the deepest
 }
 # The ablations every pair runs: the loss terms and the views (every word slot, observable heads).
 # The design choices (form, direction, extractor, safety term) are ablated on the first pair only.

@@ -157,7 +157,9 @@ def _measure(
     fresh: bool,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train (or load) one family x pair, run the seeds not yet on file; its setup and runs."""
-    extractors = ("probing", "clustering", "attribution") if profile.ablation_m and i == 0 else ("probing",)
+    extractors = (
+        ("probing", "clustering", "attribution", "probing_first") if profile.ablation_m and i == 0 else ("probing",)
+    )
     setup = prepare(fam, params, pair_, profile, workdir, extractors)
     models = {"teacher": weights_sha256(setup.teacher), "student": weights_sha256(setup.student.model)}
     info = {

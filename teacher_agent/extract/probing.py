@@ -13,7 +13,9 @@ so that ``direction . h + bias`` applies to unstandardised states.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +30,7 @@ from teacher_agent.extract.base import (
     register_extractor,
 )
 
-__all__ = ["ProbingExtractor", "deepest_within_error", "split_index"]
+__all__ = ["LAYER_RULES", "ProbingExtractor", "deepest_within_error", "first_best", "split_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,18 @@ def deepest_within_error(scores: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return layer, option
 
 
+def first_best(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule before `deepest_within_error`, kept for the benchmark's ablation: per concept the best
+    score, the earliest block and the first option on ties. Same arguments and returns."""
+    flat = scores.permute(2, 0, 1).flatten(1)  # [K, L*G], block-major
+    best = flat.argmax(1)  # the first maximum
+    return best // scores.shape[1], best % scores.shape[1]
+
+
+LayerRule = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LAYER_RULES: dict[str, LayerRule] = {"deepest": deepest_within_error, "first": first_best}
+
+
 @dataclass
 class ProbingExtractor:
     """Linear probes per layer and concept; each concept keeps its best layer.
@@ -71,12 +85,18 @@ class ProbingExtractor:
         l2: Probe weight decay (on standardised states).
         select_frac: Share of the probe split used to choose layers.
         views: Also fit read-outs on the whole view (every word slot, the heads' outputs).
+        layer_rule: How a concept's block is chosen from the selection scores (``LAYER_RULES``).
     """
 
     l2: float = 1e-3
     select_frac: float = 0.25
     views: bool = True
+    layer_rule: str = "deepest"
     name: str = "probing"
+
+    def __post_init__(self) -> None:
+        if self.layer_rule not in LAYER_RULES:
+            raise ValueError(f"layer_rule={self.layer_rule!r}: use one of {sorted(LAYER_RULES)}")
 
     def extract(self, ctx: ExtractionContext) -> ExtractionResult:
         states, labels = ctx.probe_states, ctx.probe_labels  # [N, L, d], [N, K]
@@ -87,7 +107,7 @@ class ProbingExtractor:
             w, b = fit_logistic(states[fit_idx, layer], labels[fit_idx], l2=self.l2).raw()
             logits = states[sel_idx, layer] @ w.T + b  # [n_sel, K]
             scores[layer] = balanced_accuracy(logits > 0, labels[sel_idx])
-        best, _ = deepest_within_error(scores[:, None], labels[sel_idx])  # [K]
+        best, _ = LAYER_RULES[self.layer_rule](scores[:, None], labels[sel_idx])  # [K]
         directions = torch.zeros(labels.shape[1], states.shape[2])  # [K, d]
         biases = torch.zeros(labels.shape[1])
         for layer in torch.unique(best).tolist():
@@ -102,7 +122,10 @@ class ProbingExtractor:
             return result
         from teacher_agent.extract.views import extract_views
 
-        return dataclasses.replace(result, view=extract_views(ctx, select_frac=self.select_frac))
+        view = extract_views(ctx, select_frac=self.select_frac, layer_rule=LAYER_RULES[self.layer_rule])
+        return dataclasses.replace(result, view=view)
 
 
 register_extractor("probing", ProbingExtractor)
+# the earliest best block, as before 2026-12: the benchmark's ablation of the block rule
+register_extractor("probing_first", functools.partial(ProbingExtractor, layer_rule="first", name="probing_first"))

@@ -25,7 +25,7 @@ from m2kt.ml.models import TaskModel
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout, layer_features
 from m2kt.ml.views import Views, collect_views, word_count
 from teacher_agent.extract.base import ExtractionContext, class_prototypes
-from teacher_agent.extract.probing import deepest_within_error, split_index
+from teacher_agent.extract.probing import LayerRule, deepest_within_error, split_index
 
 __all__ = ["ViewExtraction", "extract_views", "model_heads"]
 
@@ -119,8 +119,12 @@ def _token_head(fit: Views, held: Views, classes: tuple[str, ...]) -> tuple[Head
     return best[1], best[0]
 
 
-def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewExtraction:
-    """Fit the token head and one view read-out per concept; score them on ``ctx.heldout``."""
+def extract_views(
+    ctx: ExtractionContext, *, select_frac: float = 0.25, layer_rule: LayerRule = deepest_within_error
+) -> ViewExtraction:
+    """Fit the token head and one view read-out per concept; score them on ``ctx.heldout``.
+
+    ``layer_rule`` picks each concept's block and L2 strength from the selection scores."""
     model, tok = ctx.model, ctx.tokenizer
     words = word_count([*ctx.probe.texts, *ctx.heldout.texts])
     probe = collect_views(model, tok, ctx.probe.texts, words, batch_size=ctx.batch_size)
@@ -139,7 +143,7 @@ def extract_views(ctx: ExtractionContext, *, select_frac: float = 0.25) -> ViewE
             for g, l2 in enumerate(L2_GRID):
                 w, b = fit_logistic(feats[fit_idx], labels[fit_idx], l2=l2).raw()
                 scores[layer, g] = balanced_accuracy((feats[sel_idx] @ w.T + b) > 0, labels[sel_idx])
-        best_layer, option = deepest_within_error(scores, labels[sel_idx])
+        best_layer, option = layer_rule(scores, labels[sel_idx])
         dim = layer_features(probe.states[:1], probe.mask[:1], heads, 0).shape[1]
         weight, bias = torch.zeros(k, dim), torch.zeros(k)
         for layer in torch.unique(best_layer).tolist():

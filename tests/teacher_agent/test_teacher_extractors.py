@@ -9,7 +9,7 @@ import torch
 from m2kt.ml.seed import numpy_rng
 from teacher_agent.extract import ExtractionContext, available_extractors, get_extractor
 from teacher_agent.extract.base import direction_balanced_accuracy
-from teacher_agent.extract.probing import deepest_within_error
+from teacher_agent.extract.probing import deepest_within_error, first_best
 
 # Concepts about the chain's intermediate values: not readable from any single input token.
 DEEP = ("s1.", "answer.", "_s1", "s1_", "_answer", "wrap")
@@ -115,3 +115,16 @@ def test_the_deepest_block_within_one_standard_error_is_chosen():
     scores[2, 0, 2] = 0.68
     layer, _ = deepest_within_error(scores, labels)
     assert layer.tolist() == [0, 2, 2]
+
+
+def test_the_first_rule_takes_the_earliest_best_block_for_the_ablation():
+    labels = torch.zeros(200, 2, dtype=torch.long)
+    labels[:100] = 1
+    scores = torch.tensor([[[0.99, 0.80], [0.98, 0.90]], [[0.99, 0.90], [0.995, 0.70]]])  # [L=2, G=2, K=2]
+    layer, option = first_best(scores, labels)
+    assert layer.tolist() == [1, 0] and option.tolist() == [1, 1]  # concept 1: 0.90 on block 0 comes first
+    layer, _ = deepest_within_error(scores, labels)
+    assert layer.tolist() == [1, 1]  # the deepest rule takes block 1's equal 0.90
+    assert get_extractor("probing_first").layer_rule == "first"
+    with pytest.raises(ValueError, match="layer_rule"):
+        get_extractor("probing", layer_rule="last")
