@@ -177,14 +177,19 @@ def markdown_table(result: dict[str, Any]) -> str:
         "M2KT/teacher | KD n to match |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    methods = ("m2kt", "kd_equal", "kd_self", "ridge", "procrustes")
     for family, pairs in result["pairs"].items():
         for pair, r in pairs.items():
             for m in r["m2kt"]:
                 nm = r["n_match"][m]
+                # Bold whichever method leads the row (ties to three decimals all bold), so a row
+                # where a baseline wins reads as one at a glance.
+                best = max(round(r[k][m], 3) for k in methods)
+                cell = {k: (f"**{r[k][m]:.3f}**" if round(r[k][m], 3) == best else f"{r[k][m]:.3f}") for k in methods}
                 lines.append(
                     f"| {family} | {pair} | {m} | {r['teacher']:.3f} | {r['oracle']:.3f} | "
-                    f"**{r['m2kt'][m]:.3f}** ± {r['std']['m2kt'][m]:.3f} | {r['kd_equal'][m]:.3f} | "
-                    f"{r['kd_self'][m]:.3f} | {r['ridge'][m]:.3f} | {r['procrustes'][m]:.3f} | "
+                    f"{cell['m2kt']} ± {r['std']['m2kt'][m]:.3f} | {cell['kd_equal']} | "
+                    f"{cell['kd_self']} | {cell['ridge']} | {cell['procrustes']} | "
                     f"{r['m2kt'][m] / r['teacher']:.2f} | {'never' if nm is None else nm} |"
                 )
     return "\n".join(lines)

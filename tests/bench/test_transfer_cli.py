@@ -3,6 +3,7 @@
 Nothing here trains: each case stops at the options, or at `--cached-only` with no seeds on file.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,19 @@ def test_cells_are_grouped_by_the_code_that_measured_them():
 
     result = {"pairs": {"a": {"p": {"code": "1" * 64}, "q": {"code": "1" * 64}}, "b": {"p": {"code": None}}}}
     assert _codes(result) == {"1" * 12: ["a/p", "a/q"], None: ["b/p"]}
+
+
+def test_the_readme_table_bolds_whichever_method_leads_each_row():
+    """A row where a baseline beats M2KT must not show M2KT in bold (the committed run has such rows)."""
+    from bench.transfer.report import markdown_table
+
+    result = json.loads((ROOT / "bench" / "results" / "transfer-full.json").read_text())
+    methods = ("m2kt", "kd_equal", "kd_self", "ridge", "procrustes")
+    rows = [line.strip("| ").split(" | ") for line in markdown_table(result).splitlines()[2:]]
+    assert rows
+    for family, pair, m, _teacher, _oracle, *rest in rows:
+        values = {k: round(result["pairs"][family][pair][k][m], 3) for k in methods}
+        best = max(values.values())
+        for k, cell in zip(methods, rest[:5], strict=True):
+            assert cell.startswith("**") == (values[k] == best), (family, pair, m, k)
+    assert any(not r[5].startswith("**") for r in rows)  # a row a baseline leads, so the check bites
