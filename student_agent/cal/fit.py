@@ -58,6 +58,17 @@ class FitConfig:
         lr, weight_decay: AdamW.
         unlabelled_batch: unlabelled inputs per step for the reasoning term.
         seed: seeds the CAL's init and the unlabelled batches.
+        score_weight: on views, a part of L_geo: the packet's concept read-outs on the mapped
+            anchors against the teacher's own scores (smooth L1 in units of each concept's spread
+            over the anchors). Matching states weighs every teacher feature alike, and a relation
+            read out of many slots lies along directions of little variance; this weighs the
+            anchors along what is read. Measured (BERT128 -> Llama64, seed 0, m = 64 / 256, mean
+            balanced accuracy): boolean formulas 0.770 / 0.782 -> 0.813 / 0.857 (relation concepts
+            0.655 / 0.668 -> 0.719 / 0.782), digit sums 0.962 / 0.969 -> 0.970 / 0.983, modular
+            arithmetic 0.934 / 0.959 -> 0.940 / 0.966; weight 0.3 gave less on boolean formulas
+            (0.801 / 0.837), weight 3 a little more there and on digit sums (+0.002 to +0.008) and
+            a little less on modular arithmetic (-0.001 / -0.004). Unsafe concepts are left out
+            (safety holds them constant).
     """
 
     alpha: float = 1.0
@@ -72,9 +83,10 @@ class FitConfig:
     seed: int = 0
     views: bool = True  # fit on the packet's views when it has them (every word slot, observable heads)
     anchor_batch: int = 128  # anchors per step on views (all of them when m is smaller)
+    score_weight: float = 1.0  # on views, inside geo: concept read-outs on mapped anchors vs the teacher's scores
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "gamma", "lam"):
+        for name in ("alpha", "beta", "gamma", "lam", "score_weight"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ValueError(f"FitConfig.{name}={getattr(self, name)} must be a finite number >= 0")
         if self.steps < 1 or self.lr <= 0 or self.unlabelled_batch < 1:
@@ -478,6 +490,7 @@ def _fit_views(
     gen = torch_generator(config.seed, "cal.unlabelled")
     ref = v.readout.logits(v.anchor_states, v.anchor_mask, heads_t)  # [m, K] the teacher's own scores
     scale = ref.std(0).clamp_min(1e-3)
+    scored = ~unsafe  # an unsafe concept is pushed to a constant (safety), never towards its scores
     m = xa.shape[0]
     reader.train()
 
@@ -511,6 +524,9 @@ def _fit_views(
             "geo": (za - ta[a]).pow(2).mean(-1)[both[a]].mean(),
             "struct": relational_loss(za[:, 0], ta[a, 0]),
         }
+        if config.score_weight and bool(scored.any()):  # the anchors along the concept read-outs
+            got = reader.forward_mapped(ha, m_a[a])[:, scored] / scale[scored]
+            terms["geo"] = terms["geo"] + config.score_weight * F.smooth_l1_loss(got, ref[a][:, scored] / scale[scored])
         if config.gamma:
             idx = torch.randint(0, xu.shape[0], (min(config.unlabelled_batch, xu.shape[0]),), generator=gen)
             zw = reader.cal(xu[idx], columns=tok_cols, slots=word_slots)  # [B, S-1, d_T]
