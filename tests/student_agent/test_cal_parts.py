@@ -9,7 +9,7 @@ from student_agent.agent import load_reader
 from student_agent.cal import losses
 from student_agent.cal.checkpoint import CheckpointStore
 from student_agent.cal.config import CALConfig, CALSpec, build_cal
-from student_agent.cal.fit import FITTERS, ConceptReader
+from student_agent.cal.fit import FITTERS, ConceptReader, FitConfig
 from student_agent.cal.layers import SlotCAL, freeze
 
 
@@ -29,6 +29,22 @@ from student_agent.cal.layers import SlotCAL, freeze
 def test_the_spec_refuses_bad_values_naming_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         CALSpec(**bad)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ({"score_weight": -1.0}, "score_weight"),
+        ({"score_weight": float("nan")}, "score_weight"),
+        ({"unlabelled_slots": 0}, "unlabelled_slots"),
+        ({"anchor_rows": 0}, "anchor_rows"),
+        ({"anchor_batch": 0}, "batch sizes"),
+        ({"lr": 0.0}, "lr"),
+    ],
+)
+def test_the_fit_config_refuses_bad_values_naming_them(bad, says):
+    with pytest.raises(ValueError, match=says):
+        FitConfig(**bad)
 
 
 def test_the_defaults_are_valid_and_widths_come_at_fit_time():
