@@ -130,9 +130,24 @@ def test_losses_are_zero_at_the_target_and_positive_away():
     assert losses.safety_loss(orth, unsafe[:1]) < 1e-10
 
 
+def test_score_margin_asks_for_the_teachers_side_with_up_to_one_spread_of_room():
+    target = torch.tensor([[3.0, -0.5, 0.2, -2.0]])
+    past = torch.tensor([[1.0, -0.5, 5.0, -9.0]])  # each at or beyond min(|t|, 1) on the teacher's side
+    assert losses.score_margin_loss(past, target) == 0
+    wrong_side = -past
+    short = torch.tensor([[0.5, -0.25, 0.1, -0.5]])  # right side, inside the margin
+    assert losses.score_margin_loss(wrong_side, target) > losses.score_margin_loss(short, target) > 0
+    # one concept on the wrong side costs more the further it is
+    near, far = past.clone(), past.clone()
+    near[0, 0], far[0, 0] = -0.5, -4.0
+    assert losses.score_margin_loss(far, target) > losses.score_margin_loss(near, target) > 0
+
+
 def test_losses_check_shapes():
     with pytest.raises(ValueError, match="shapes differ"):
         losses.geometric_loss(torch.zeros(3, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="shapes differ"):
+        losses.score_margin_loss(torch.zeros(3, 4), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="does not read"):
         losses.reasoning_loss(torch.zeros(3, 4), torch.zeros(2, 5), torch.zeros(2), torch.zeros(3, dtype=torch.long))
 
