@@ -36,7 +36,7 @@ def relational_loss(mapped: Tensor, target: Tensor) -> Tensor:
 def score_margin_loss(mapped: Tensor, target: Tensor) -> Tensor:
     """Smooth L1 of how far mapped concept scores fall short of the teacher's side of zero.
 
-    An anchor must land where the teacher put it, at least min(|target|, 1) past zero; beyond
+    An anchor must land on the teacher's side of zero, at least min(|target|, 1) past it; beyond
     that margin the teacher's confidence is not copied. Regressing onto the scores themselves
     pulled the map along the read-out directions at the cost of everything else (modular
     arithmetic, Llama96 -> GPT-2 64: input concepts 0.941 -> 0.897 at m = 64).

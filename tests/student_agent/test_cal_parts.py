@@ -134,6 +134,7 @@ def test_score_margin_asks_for_the_teachers_side_with_up_to_one_spread_of_room()
     target = torch.tensor([[3.0, -0.5, 0.2, -2.0]])
     past = torch.tensor([[1.0, -0.5, 5.0, -9.0]])  # each at or beyond min(|t|, 1) on the teacher's side
     assert losses.score_margin_loss(past, target) == 0
+    assert losses.score_margin_loss(torch.tensor([[-3.0]]), torch.tensor([[0.0]])) == 0  # no side to take
     wrong_side = -past
     short = torch.tensor([[0.5, -0.25, 0.1, -0.5]])  # right side, inside the margin
     assert losses.score_margin_loss(wrong_side, target) > losses.score_margin_loss(short, target) > 0
