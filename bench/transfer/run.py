@@ -56,6 +56,13 @@ def main(
     plots: Annotated[bool, typer.Option(help="write PNG plots beside the JSON (default: full runs only)")] = False,
     readme: Annotated[bool, typer.Option(help="regenerate the README's results table from this run")] = False,
     fresh: Annotated[bool, typer.Option(help="ignore seed results already in the seed directory")] = False,
+    stale: Annotated[
+        bool,
+        typer.Option(
+            help="measure again only what this code did not measure: keep the seeds it measured (on the"
+            " same models), run the others; without it a cell whose seeds all agree is reported as it is"
+        ),
+    ] = False,
     seed_dir: Annotated[
         Path | None, typer.Option(help="one JSON per finished seed, to resume from (default: beside --out)")
     ] = None,
@@ -85,6 +92,8 @@ def main(
     try:  # bad options are refused on one line, before any training
         families = _families(profile, family, parse_params(param or []))
         _check_names("pair", pair, [p.name for p in profile.pairs])
+        if fresh and stale:
+            raise InvalidOption("--fresh measures every seed again and --stale keeps this code's; give one")
         cited = readme_source(target) if readme else ""
         selected = [(f, i, p) for f in families for i, p in enumerate(profile.pairs) if not pair or p.name in pair]
         # A partial run (--family / --pair) keeps every other family x pair already in the output file.
@@ -104,7 +113,7 @@ def main(
             console.print(f"{fam} {pair_.name}: not all seeds cached; left out (--cached-only)")
             result.setdefault("left_out", []).append(f"{fam}/{pair_.name}")
             continue
-        recorded = _recorded(cache, seed_files) if not fresh else None
+        recorded = None if fresh else _recorded(cache, seed_files, code=code_digest() if stale else None)
         if recorded is not None:  # every seed was measured on the models the setup file names
             info, runs = recorded
             console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file; not retrained", soft_wrap=True)
@@ -222,16 +231,20 @@ def _codes(result: dict[str, Any]) -> dict[str | None, list[str]]:
     return codes
 
 
-def _recorded(cache: Path, seed_files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+def _recorded(
+    cache: Path, seed_files: list[Path], *, code: str | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The setup and every seed of a family x pair from its seed folder, where all were measured on
     the models and by the code its setup file names (so a committed run reports again without
-    training, even after the code has moved on)."""
+    training, even after the code has moved on); with ``code``, only where that code measured them."""
     setup_file = cache / SETUP_FILE
     if not setup_file.exists() or not all(f.exists() for f in seed_files):
         return None
     setup = json.loads(setup_file.read_text())
     runs = [json.loads(f.read_text()) for f in seed_files]
     if any(run.get("models") != setup["models"] or run.get("code") != setup.get("code") for run in runs):
+        return None
+    if code is not None and setup.get("code") != code:
         return None
     return setup["info"], runs
 

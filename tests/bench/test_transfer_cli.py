@@ -70,6 +70,7 @@ def test_the_readme_cites_a_result_by_its_path_in_the_repository(tmp_path, monke
         (["--readme", "--out", "{tmp}/x.json"], "inside the repository"),
         (["--family", "no-such-family"], "unknown task family"),
         (["--family", "digitsum", "--param", "p"], "name=value"),
+        (["--fresh", "--stale"], "give one"),
     ],
 )
 def test_bad_options_are_refused_on_one_line_before_any_training(tmp_path, args, message):
@@ -104,6 +105,8 @@ def test_a_cell_reports_from_files_only_where_one_code_measured_every_seed(tmp_p
     for f in seeds:
         f.write_text(json.dumps({"models": models, "code": "c1"}))
     assert _recorded(tmp_path, seeds) is not None
+    assert _recorded(tmp_path, seeds, code="c1") is not None  # --stale: this code measured them all
+    assert _recorded(tmp_path, seeds, code="c3") is None  # --stale: an older code's cell is measured again
     seeds[1].write_text(json.dumps({"models": models, "code": "c2"}))
     assert _recorded(tmp_path, seeds) is None
 
