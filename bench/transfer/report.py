@@ -36,6 +36,7 @@ def aggregate(setup_info: dict[str, Any], runs: list[dict[str, Any]]) -> dict[st
         "oracle": _mean(setup_info["oracle_score"]),
         "seeds": [r["seed"] for r in runs],
         "task_accuracy": setup_info.get("task_accuracy", {}),  # the models' held-out answer accuracy
+        "trainings": setup_info.get("trainings", 1),  # model trainings the seeds ran on (one per machine)
     }
     std: dict[str, Any] = {}
     for method in METHODS:

@@ -59,8 +59,8 @@ def main(
     stale: Annotated[
         bool,
         typer.Option(
-            help="measure again only what this code did not measure: keep the seeds it measured (on the"
-            " same models), run the others; without it a cell whose seeds all agree is reported as it is"
+            help="measure again only what this code did not measure: keep the seeds it measured (on any"
+            " training on file), run the others; without it a cell whose seeds all agree is reported as it is"
         ),
     ] = False,
     seed_dir: Annotated[
@@ -103,7 +103,9 @@ def main(
     started = time.monotonic()
     result = {"profile": profile.name, "families": {}, "pairs": {}, "raw": {}} | result
     # Finished seeds are kept beside the results (and committed with them), so a run that stops
-    # resumes on any machine: a seed counts only where its models are byte-identical to this run's.
+    # resumes on any machine. Training is reproducible in recipe and quality but not in bits across
+    # CPUs, so a seed keeps the digests of the models it ran on and the setup file keeps every such
+    # training's scores: a cell may pool seeds from several trainings, each against its own teacher.
     seeds_root = seed_dir or target.parent / f"{target.stem}-seeds"
     for fam, i, pair_ in selected:
         cache = seeds_root / f"{fam}-{pair_.name}"
@@ -171,21 +173,25 @@ def _measure(
     )
     setup = prepare(fam, params, pair_, profile, workdir, extractors)
     models = {"teacher": weights_sha256(setup.teacher), "student": weights_sha256(setup.student.model)}
-    info = {
+    keys = [c.key for c in setup.extractions["probing"].concepts]
+    info: dict[str, Any] = {
         "teacher_score": setup.teacher_score.tolist(),
         "oracle_score": setup.oracle_score.tolist(),
-        "keys": [c.key for c in setup.extractions["probing"].concepts],
+        "keys": keys,
         "groups": setup.groups,
         "seconds": setup.seconds,
         "task_accuracy": setup.task_accuracy,
         "ablation_m": profile.ablation_m,
     }
     code = code_digest()
-    atomic_write_text(cache / SETUP_FILE, json.dumps({"models": models, "code": code, "info": info}))
+    setup_file = cache / SETUP_FILE
+    on_file = _trainings(json.loads(setup_file.read_text())) if setup_file.exists() and not fresh else {}
+    trainings = on_file | {_training(models): {"code": code, "info": info}}
+    _write_setup(setup_file, models, code, info, trainings)  # before any seed, so a crash keeps it
     runs = []
     for seed, cached in enumerate(seed_files):
         kept = json.loads(cached.read_text()) if cached.exists() and not fresh else None
-        if kept is not None and kept.get("models") == models and kept.get("code") == code:  # resumes here
+        if kept is not None and kept.get("code") == code and _measured_by(trainings, kept, code, keys):
             runs.append(kept)
             console.print(f"{fam} {pair_.name} seed {seed}: cached ({cached})")
             continue
@@ -204,7 +210,56 @@ def _measure(
         run["models"], run["code"] = models, code
         atomic_write_text(cached, json.dumps(run))
         runs.append(run)
-    return info, runs
+    used = {_training(run["models"]) for run in runs}
+    _write_setup(setup_file, models, code, info, {k: v for k, v in trainings.items() if k in used})
+    return _pooled(trainings, runs), runs
+
+
+def _training(models: dict[str, str]) -> str:
+    """A training's name in a setup file: its teacher's and student's weight digests."""
+    return f"{models.get('teacher')}/{models.get('student')}"
+
+
+def _trainings(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every training of a cell's models on file, by name, with the code that measured its setup
+    and its info (setup files written before trainings were kept name one: their ``models``)."""
+    known: dict[str, dict[str, Any]] = dict(setup.get("trainings", {}))
+    if "models" in setup:
+        known.setdefault(_training(setup["models"]), {"code": setup.get("code"), "info": setup["info"]})
+    return known
+
+
+def _measured_by(trainings: dict[str, dict[str, Any]], run: dict[str, Any], code: str | None, keys: list[str]) -> bool:
+    """Whether a seed ran on a training on file whose setup this code measured, with these concepts."""
+    training = trainings.get(_training(run.get("models") or {}))
+    return training is not None and training["code"] == code and training["info"]["keys"] == keys
+
+
+def _write_setup(
+    path: Path, models: dict[str, str], code: str, info: dict[str, Any], trainings: dict[str, dict[str, Any]]
+) -> None:
+    """A cell's setup file: this run's models and info, and every training its seeds ran on."""
+    atomic_write_text(path, json.dumps({"models": models, "code": code, "info": info, "trainings": trainings}))
+
+
+def _pooled(trainings: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One setup info for seeds run on one or more trainings of the same recipe: per-concept
+    scores, answer accuracy and training seconds are means over the seeds' trainings (one weight a
+    seed), so the teacher and oracle columns belong to the models M2KT was measured on."""
+    infos: list[dict[str, Any]] = [trainings[_training(run["models"])]["info"] for run in runs]  # same keys
+    used = len({_training(run["models"]) for run in runs})
+    if used == 1:
+        return infos[0] | {"trainings": 1}
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    pooled = dict(infos[0])
+    for field in ("teacher_score", "oracle_score"):
+        pooled[field] = [mean(list(scores)) for scores in zip(*(info[field] for info in infos), strict=True)]
+    for field in ("task_accuracy", "seconds"):
+        pooled[field] = {k: round(mean([info[field][k] for info in infos]), 4) for k in infos[0].get(field, {})}
+    return pooled | {"trainings": used}
 
 
 def code_digest() -> str:
@@ -234,19 +289,22 @@ def _codes(result: dict[str, Any]) -> dict[str | None, list[str]]:
 def _recorded(
     cache: Path, seed_files: list[Path], *, code: str | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """The setup and every seed of a family x pair from its seed folder, where all were measured on
-    the models and by the code its setup file names (so a committed run reports again without
-    training, even after the code has moved on); with ``code``, only where that code measured them."""
+    """The (pooled) setup and every seed of a family x pair from its seed folder, where one code
+    measured every seed and the setups of the trainings they ran on (so a committed run reports
+    again without training, even after the code has moved on); with ``code``, only that code."""
     setup_file = cache / SETUP_FILE
     if not setup_file.exists() or not all(f.exists() for f in seed_files):
         return None
-    setup = json.loads(setup_file.read_text())
+    trainings = _trainings(json.loads(setup_file.read_text()))
     runs = [json.loads(f.read_text()) for f in seed_files]
-    if any(run.get("models") != setup["models"] or run.get("code") != setup.get("code") for run in runs):
+    measured = {run.get("code") for run in runs}
+    first = trainings.get(_training(runs[0].get("models") or {}))
+    keys = first["info"]["keys"] if first else []
+    if len(measured) != 1 or not all(_measured_by(trainings, run, runs[0].get("code"), keys) for run in runs):
         return None
-    if code is not None and setup.get("code") != code:
+    if code is not None and measured != {code}:
         return None
-    return setup["info"], runs
+    return _pooled(trainings, runs), runs
 
 
 def _families(profile: Profile, given: list[str] | None, params: dict[str, Any]) -> dict[str, dict[str, Any]]:

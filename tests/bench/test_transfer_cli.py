@@ -100,7 +100,7 @@ def test_a_cell_reports_from_files_only_where_one_code_measured_every_seed(tmp_p
     from bench.transfer.run import SETUP_FILE, _recorded
 
     models = {"teacher": "t", "student": "s"}
-    (tmp_path / SETUP_FILE).write_text(json.dumps({"models": models, "code": "c1", "info": {"keys": []}}))
+    (tmp_path / SETUP_FILE).write_text(json.dumps({"models": models, "code": "c1", "info": {"keys": ["k"]}}))
     seeds = [tmp_path / f"seed-{i}.json" for i in range(2)]
     for f in seeds:
         f.write_text(json.dumps({"models": models, "code": "c1"}))
@@ -109,6 +109,44 @@ def test_a_cell_reports_from_files_only_where_one_code_measured_every_seed(tmp_p
     assert _recorded(tmp_path, seeds, code="c3") is None  # --stale: an older code's cell is measured again
     seeds[1].write_text(json.dumps({"models": models, "code": "c2"}))
     assert _recorded(tmp_path, seeds) is None
+
+
+def test_seeds_run_on_two_trainings_pool_their_teachers_and_oracles(tmp_path):
+    """Training differs in bits across CPUs: a cell resumed on another machine keeps both trainings'
+    setups and reports each seed against the teacher it ran on (a seed weighs one)."""
+    from bench.transfer.run import SETUP_FILE, _recorded
+
+    def info(teacher: float, oracle: float, acc: float) -> dict:
+        keys = ["a", "b"]
+        return {
+            "keys": keys,
+            "teacher_score": [teacher, 1.0],
+            "oracle_score": [oracle, 1.0],
+            "task_accuracy": {"teacher": acc},
+            "seconds": {"teacher_train": 10.0},
+        }
+
+    old, new = {"teacher": "t1", "student": "s1"}, {"teacher": "t2", "student": "s2"}
+    trainings = {
+        "t1/s1": {"code": "c1", "info": info(0.6, 0.5, 0.9)},
+        "t2/s2": {"code": "c1", "info": info(0.9, 0.8, 1.0)},
+    }
+    setup = {"models": new, "code": "c1", "info": info(0.9, 0.8, 1.0), "trainings": trainings}
+    (tmp_path / SETUP_FILE).write_text(json.dumps(setup))
+    seeds = [tmp_path / f"seed-{i}.json" for i in range(3)]
+    for f, models in zip(seeds, (old, new, new), strict=True):
+        f.write_text(json.dumps({"models": models, "code": "c1"}))
+    pooled, runs = _recorded(tmp_path, seeds, code="c1")
+    assert len(runs) == 3 and pooled["trainings"] == 2
+    assert pooled["teacher_score"] == pytest.approx([0.8, 1.0])  # (0.6 + 0.9 + 0.9) / 3
+    assert pooled["oracle_score"] == pytest.approx([0.7, 1.0])
+    assert pooled["task_accuracy"]["teacher"] == pytest.approx(0.9667, abs=1e-4)
+    seeds[0].write_text(json.dumps({"models": {"teacher": "t3", "student": "s3"}, "code": "c1"}))
+    assert _recorded(tmp_path, seeds) is None  # a seed whose training is not on file is measured again
+    trainings["t2/s2"]["info"]["keys"] = ["a", "c"]
+    seeds[0].write_text(json.dumps({"models": old, "code": "c1"}))
+    (tmp_path / SETUP_FILE).write_text(json.dumps(setup))
+    assert _recorded(tmp_path, seeds) is None  # nor are seeds whose trainings found other concepts
 
 
 def test_cells_are_grouped_by_the_code_that_measured_them():
