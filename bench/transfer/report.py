@@ -171,6 +171,9 @@ def summary_tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
+POOLED_NOTE = "Seeds run on more than one training of the models (teacher and oracle: their means)"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The README's headline table, generated from a result file."""
     lines = [
@@ -193,4 +196,12 @@ def markdown_table(result: dict[str, Any]) -> str:
                     f"{cell['kd_self']} | {cell['ridge']} | {cell['procrustes']} | "
                     f"{r['m2kt'][m] / r['teacher']:.2f} | {'never' if nm is None else nm} |"
                 )
+    pooled = [
+        f"{family} {pair} ({r['trainings']})"
+        for family, pairs in result["pairs"].items()
+        for pair, r in pairs.items()
+        if r.get("trainings", 1) > 1
+    ]
+    if pooled:  # a cell resumed on another machine: its seeds ran on models trained there
+        lines += ["", f"{POOLED_NOTE}: {', '.join(pooled)}."]
     return "\n".join(lines)
