@@ -111,11 +111,12 @@ def main(
         cache = seeds_root / f"{fam}-{pair_.name}"
         cache.mkdir(parents=True, exist_ok=True)
         seed_files = [cache / f"seed-{s}.json" for s in range(n_seeds)]
-        if cached_only and not all(f.exists() for f in seed_files):
-            console.print(f"{fam} {pair_.name}: not all seeds cached; left out (--cached-only)")
+        recorded = None if fresh else _recorded(cache, seed_files, code=code_digest() if stale else None)
+        if cached_only and recorded is None:  # never trains: seeds on file that do not agree are no report
+            why = "not all seeds cached" if not all(f.exists() for f in seed_files) else "seeds on file disagree"
+            console.print(f"{fam} {pair_.name}: {why} (code or models); left out (--cached-only)")
             result.setdefault("left_out", []).append(f"{fam}/{pair_.name}")
             continue
-        recorded = None if fresh else _recorded(cache, seed_files, code=code_digest() if stale else None)
         if recorded is not None:  # every seed was measured on the models the setup file names
             info, runs = recorded
             console.print(f"{fam} {pair_.name}: {len(runs)} seeds and the setup on file; not retrained", soft_wrap=True)

@@ -56,6 +56,23 @@ def test_the_command_line_takes_a_plug_in_family(plugins, tmp_path):
     assert (tmp_path / "r-seeds" / "parity3-bert64-llama48").is_dir() and not (tmp_path / "models").exists()
 
 
+def test_cached_only_leaves_out_a_cell_whose_seeds_on_file_disagree(plugins, tmp_path):
+    """Seed files from another code are no report, and --cached-only must not train to replace them."""
+    cell = tmp_path / "r-seeds" / "parity3-bert64-llama48"
+    cell.mkdir(parents=True)
+    models = {"teacher": "t", "student": "s"}
+    (cell / "setup.json").write_text(json.dumps({"models": models, "code": "c1", "info": {"keys": ["k"]}}))
+    (cell / "seed-0.json").write_text(json.dumps({"models": models, "code": "c2"}))
+    proc = _run(
+        "--family", "m2kt_parity_plugin:ParityTask", "--param", "n_bits=6", "--cached-only",
+        "--out", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "models"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parity3 bert64-llama48: seeds on file disagree" in proc.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["left_out"] == ["parity3/bert64-llama48"]
+    assert not (tmp_path / "models").exists()
+
+
 def test_the_readme_cites_a_result_by_its_path_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert readme_source(Path("bench/results/transfer-full.json")) == "bench/results/transfer-full.json"
