@@ -9,13 +9,14 @@ that is signed but inconsistent is refused here with `PacketContentError`, befor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors
 
 from m2kt.errors import M2KTError
+from m2kt.ml.programs import ConceptProgram
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.packet import OpenedPacket
 
@@ -80,10 +81,17 @@ class _TokenHead(_Lax):
     accuracy: float = Field(ge=0.0, le=1.0)
 
 
+class _Program(_Lax):
+    layers: int = Field(ge=1, le=8)
+    features: Literal["tokens-steps-answer-onehot"]
+    accuracy: list[float]
+
+
 class _ViewsPart(_Lax):
     words: int = Field(ge=1)
     slots: int = Field(ge=2)
     token: _TokenHead
+    program: _Program | None = None
 
 
 class _AgentManifest(_Lax):
@@ -112,6 +120,7 @@ class ViewKnowledge:
     heads: ObservableHeads
     readout: ViewReadout
     prototypes: torch.Tensor  # [K, 2, D]: mean read-out features where concept k does not / does hold
+    program: ConceptProgram | None = None  # each concept from the observables (m2kt.ml.programs)
 
     @property
     def slots(self) -> int:
@@ -307,7 +316,28 @@ def _views(
     readout = ViewReadout(floats["views.readout.weight"], floats["views.readout.bias"], layers)
     mask = t["views.anchor_mask"].bool()
     states = floats["views.anchor_states"] * mask[:, :, None, None]
-    return ViewKnowledge(part.words, states, mask, heads, readout, floats["views.prototypes"])
+    program = None if part.program is None else _program(part.program, t, heads, slots, k)
+    return ViewKnowledge(part.words, states, mask, heads, readout, floats["views.prototypes"], program)
+
+
+def _program(part: _Program, t: dict[str, torch.Tensor], heads: ObservableHeads, slots: int, k: int) -> ConceptProgram:
+    """Check and read the concept programs: an MLP from the observable features to the K concepts."""
+    if len(part.accuracy) != k or not all(0.0 <= a <= 1.0 for a in part.accuracy):
+        raise PacketContentError(f"views.program.accuracy must hold {k} accuracies in [0, 1]")
+    layers = []
+    for i in range(part.layers):
+        w = _get(t, f"observables.program.{i}.weight", 2).float()
+        b = _get(t, f"observables.program.{i}.bias", 1).float()
+        if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+            raise PacketContentError(f"tensor observables.program.{i} holds NaN or infinity")
+        layers.append((w, b))
+    features = heads.feature_dim(slots)
+    if int(layers[0][0].shape[1]) != features or int(layers[-1][0].shape[0]) != k:
+        raise PacketContentError(f"the concept program must read {features} observable features and give {k} concepts")
+    try:
+        return ConceptProgram(tuple(layers), torch.tensor(part.accuracy))
+    except ValueError as exc:
+        raise PacketContentError(str(exc)) from exc
 
 
 def _get(t: dict[str, torch.Tensor], name: str, ndim: int | None = None) -> torch.Tensor:

@@ -35,12 +35,13 @@ from m2kt.constants import PACKET_FORMAT
 from m2kt.ml.hidden import collect_hidden, readout_for
 from m2kt.ml.metrics import concept_logits
 from m2kt.ml.models import TaskModel, model_card
+from m2kt.ml.programs import ConceptProgram
 from m2kt.ml.readouts import ViewReadout, layer_features
 from m2kt.ml.tasks.base import TaskBatch, TaskFamily
 from m2kt.ml.views import collect_views
 from m2kt.packet import BuiltPacket, build_packet
 from teacher_agent.extract.base import ExtractionResult
-from teacher_agent.extract.views import ViewExtraction
+from teacher_agent.extract.views import ViewExtraction, own_observables
 
 __all__ = ["POISON_KINDS", "PacketSpec", "build_teacher_packet"]
 
@@ -247,6 +248,9 @@ def _view_tensors(
         readout = ViewReadout(poisoned.weight[rows], poisoned.bias[rows], poisoned.layers[rows])
         anchor_scores = readout.logits(a.states, a.mask, heads)  # [m, K]
         probe_labels = readout.logits(p.states, p.mask, heads) > 0  # [v, K]
+        program = view.program
+        if program is not None:
+            program = _poison_program(program, own_observables(a, heads), index, spec)
     assert heads.token is not None
     tensors = {
         "views.anchor_states": a.states.half().numpy(),
@@ -258,7 +262,39 @@ def _view_tensors(
         "observables.token.weight": heads.token.weight.float().numpy(),
         "observables.token.bias": heads.token.bias.float().numpy(),
     }
+    if program is not None:
+        for i, (w, b) in enumerate(program.layers):
+            last = i == len(program.layers) - 1  # the output layer: only the shipped concepts' rows
+            tensors[f"observables.program.{i}.weight"] = (w[rows] if last else w).half().numpy()
+            tensors[f"observables.program.{i}.bias"] = (b[rows] if last else b).float().numpy()
     return tensors, anchor_scores, probe_labels
+
+
+def _poison_program(
+    program: ConceptProgram, anchor_feats: torch.Tensor, index: dict[str, int], spec: PacketSpec
+) -> ConceptProgram:
+    """The concept programs with ``spec.poison`` applied as on the read-outs (a poisoner ships one
+    consistent lie): ``flip`` negates a concept's output row, ``random`` and ``trigger`` replace it
+    by a random one as long as the honest row, firing on half or on 5 % of the anchors."""
+    if not spec.poison:
+        return program
+    *hidden_layers, (w_out, b_out) = program.layers
+    h = anchor_feats
+    for w, b in hidden_layers:
+        h = torch.relu(h @ w.T + b)  # [m, H] the output layer's inputs on the anchors
+    weight, bias = w_out.clone(), b_out.clone()
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    for key, kind in spec.poison.items():
+        k = index[key]
+        if kind == "flip":
+            weight[k], bias[k] = -w_out[k], -b_out[k]
+            continue
+        rnd = torch.randn(weight.shape[1], generator=gen)
+        rnd = rnd * w_out[k].norm() / rnd.norm().clamp_min(1e-8)
+        scores = h @ rnd
+        weight[k] = rnd
+        bias[k] = -scores.median() if kind == "random" else -torch.quantile(scores, 0.95)
+    return ConceptProgram((*hidden_layers, (weight, bias)), program.accuracy)
 
 
 def _attention(attn: torch.Tensor | None) -> torch.Tensor:
@@ -293,9 +329,10 @@ def _heads(model: TaskModel) -> dict[str, np.ndarray[Any, Any]]:
     return out
 
 
-def _views_manifest(view: ViewExtraction) -> dict[str, Any]:
+def _views_manifest(view: ViewExtraction, rows: torch.Tensor) -> dict[str, Any]:
     token = view.heads.token
     assert token is not None
+    program = view.program
     return {
         "words": view.words,
         "slots": 1 + view.words,
@@ -305,6 +342,17 @@ def _views_manifest(view: ViewExtraction) -> dict[str, Any]:
             "classes": list(view.heads.token_classes),
             "accuracy": round(view.token_accuracy, 4),
         },
+        **(
+            {}
+            if program is None
+            else {
+                "program": {
+                    "layers": len(program.layers),
+                    "features": "tokens-steps-answer-onehot",
+                    "accuracy": [round(float(program.accuracy[r]), 4) for r in rows.tolist()],
+                }
+            }
+        ),
     }
 
 
@@ -346,6 +394,7 @@ def _manifest(
     created_at: datetime | None,
 ) -> dict[str, Any]:
     by_key = {c.key: c for c in extraction.concepts}
+    by_index = {c.key: i for i, c in enumerate(extraction.concepts)}
     view = extraction.view
     accuracy = {c.key: c.balanced_accuracy for c in extraction.concepts}
     if view is not None:  # the read-out the student will use is the one whose accuracy counts
@@ -384,7 +433,7 @@ def _manifest(
             "method": extraction.method,
             "mean_balanced_accuracy": round(sum(accuracy[k] for k in keys) / max(1, len(keys)), 4),
         },
-        **({} if view is None else {"views": _views_manifest(view)}),
+        **({} if view is None else {"views": _views_manifest(view, torch.tensor([by_index[k] for k in keys]))}),
         "tensors": {
             name: {"role": _role(name), "dtype": str(a.dtype), "shape": list(a.shape)} for name, a in tensors.items()
         },

@@ -48,6 +48,8 @@ DEMO_TRAIN = TrainConfig(epochs=80, batch_size=128, lr=7e-4, target_accuracy=0.9
 SPLITS = SPLIT_SIZES
 RUN_FILE = "teacher_run.json"
 PROBE_FROM_TRAIN = 4000
+# What an extraction file holds; a cached one of another format is extracted again (2: concept programs).
+EXTRACTION_FORMAT = 2
 
 
 def splits(family: TaskFamily, seed: int, sizes: Mapping[str, int] = SPLITS) -> dict[str, TaskBatch]:
@@ -119,7 +121,10 @@ def extract(model_dir: Path, method: str, *, options: Mapping[str, Any] | None =
     model, tokenizer, family, run = load(model_dir)
     data = splits(family, int(run["seed"]), run["sizes"])
     probe = probe_data(family, data)
-    ctx = ExtractionContext(model, tokenizer, family.concept_specs, probe, data["heldout"], seed=run["seed"])
+    programs = family.build(np.concatenate([data["train"].inputs, data["probe"].inputs]))
+    ctx = ExtractionContext(
+        model, tokenizer, family.concept_specs, probe, data["heldout"], seed=run["seed"], programs=programs
+    )
     return get_extractor(method, **dict(options or {})).extract(ctx)
 
 
@@ -147,6 +152,7 @@ def save_extraction(result: ExtractionResult, path: Path, *, model_sha256: str |
     with atomic_path(path.with_suffix(".safetensors")) as tmp:
         save_file(tensors, str(tmp))
     meta: dict[str, Any] = {
+        "format": EXTRACTION_FORMAT,
         "method": result.method,
         "concepts": [
             {"key": c.key, "name": c.name, "topic": c.topic, "balanced_accuracy": c.balanced_accuracy}
@@ -168,13 +174,15 @@ def saved_extraction(model_dir: Path, method: str) -> ExtractionResult:
     `m2kt-teacher run` (a container that restarts, a publish that failed) reuses it. It is a pure
     function of the saved model and its run file, so the cached copy is the same result, as long
     as the model is the one it was read from: a model retrained into the same folder has another
-    digest and is extracted again.
+    digest and is extracted again, and so is a file of another EXTRACTION_FORMAT.
     """
     path = model_dir / f"extraction-{method}"
     digest = model_sha256(model_dir)
     meta = path.with_suffix(".json")
-    if meta.exists() and json.loads(meta.read_text()).get("model_sha256") == digest:
-        return load_extraction(path)
+    if meta.exists():
+        saved = json.loads(meta.read_text())
+        if saved.get("model_sha256") == digest and saved.get("format") == EXTRACTION_FORMAT:
+            return load_extraction(path)
     result = extract(model_dir, method)
     save_extraction(result, path, model_sha256=digest)
     return result

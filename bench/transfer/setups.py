@@ -9,6 +9,7 @@ unlabelled inputs and on the KD pool, the ground truth, and the teacher's labels
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -285,7 +286,8 @@ def trained_models(
         _until_learned(f"student {pair.student.arch} on {family_name}", student_config, train_student_)
     for method in extractors:
         path = base / f"extraction-{method}"
-        if not path.with_suffix(".json").exists():
+        meta = path.with_suffix(".json")
+        if not meta.exists() or json.loads(meta.read_text()).get("format") != pipeline.EXTRACTION_FORMAT:
             pipeline.save_extraction(pipeline.extract(teacher_dir, method), path)
     return base
 

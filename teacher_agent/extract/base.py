@@ -137,6 +137,9 @@ class ExtractionContext:
         heldout: Examples used only to report balanced accuracy.
         seed: Seed for any randomness an extractor needs.
         batch_size: Forward-pass batch size.
+        programs: Examples the concept programs fit on (the teacher's own inputs; default: ``probe``).
+            A program reads one-hot observables, not states, so more inputs cost little and help
+            (boolean formulas, quick sizes: 0.949 on 4,800 inputs, 0.959 on 10,800).
     """
 
     model: TaskModel
@@ -146,6 +149,7 @@ class ExtractionContext:
     heldout: TaskBatch
     seed: int = 0
     batch_size: int = 256
+    programs: TaskBatch | None = None
 
     @functools.cached_property
     def probe_states(self) -> torch.Tensor:

@@ -14,14 +14,17 @@ then refitted on all of it; accuracy is reported on the held-out split only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
 
 from m2kt.ml.logistic import fit_logistic
 from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.models import TaskModel
+from m2kt.ml.programs import ConceptProgram, fit_program, observable_features
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout, layer_features
 from m2kt.ml.views import Views, collect_views, word_count
 from teacher_agent.extract.base import ExtractionContext, class_prototypes
@@ -48,6 +51,8 @@ class ViewExtraction:
         prototypes: ``[K, 2, D]`` mean read-out features (of concept k's block) where concept k does
             not / does hold, from ground truth on the probe data: what an auditor checks a read-out
             against (a negated or random read-out does not separate them).
+        program: each concept as a function of the teacher's observables (``m2kt.ml.programs``),
+            with its held-out accuracy; None in extractions written before programs.
     """
 
     words: int
@@ -56,6 +61,7 @@ class ViewExtraction:
     accuracy: torch.Tensor
     token_accuracy: float
     prototypes: torch.Tensor
+    program: ConceptProgram | None = None
 
 
 def model_heads(model: TaskModel) -> tuple[tuple[Head, ...], Head]:
@@ -119,6 +125,40 @@ def _token_head(fit: Views, held: Views, classes: tuple[str, ...]) -> tuple[Head
     return best[1], best[0]
 
 
+def own_observables(views: Views, heads: ObservableHeads) -> torch.Tensor:
+    """``[N, F]`` observable features of a model's own views: the tokens it read, its own step and
+    answer predictions (argmax of its heads at the read-out slot)."""
+    read = views.states[:, 0]  # [N, L, d]
+    steps = [h.logits(read).argmax(-1) for h in heads.steps]
+    stacked = torch.stack(steps, 1) if steps else torch.zeros(read.shape[0], 0, dtype=torch.long)
+    return observable_features(
+        views.tokens,
+        stacked,
+        heads.answer.logits(read).argmax(-1),
+        heads.token_classes,
+        [int(h.weight.shape[0]) for h in heads.steps],
+        int(heads.answer.weight.shape[0]),
+        views.slots,
+    )
+
+
+def _observables_of(
+    model: TaskModel,
+    tok: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    words: int,
+    heads: ObservableHeads,
+    batch_size: int,
+) -> torch.Tensor:
+    """:func:`own_observables` of many texts, a chunk at a time (a view of every slot and block is large)."""
+    chunk = 2000
+    parts = [
+        own_observables(collect_views(model, tok, texts[i : i + chunk], words, batch_size=batch_size), heads)
+        for i in range(0, len(texts), chunk)
+    ]
+    return torch.cat(parts)
+
+
 def extract_views(
     ctx: ExtractionContext, *, select_frac: float = 0.25, layer_rule: LayerRule = deepest_within_error
 ) -> ViewExtraction:
@@ -159,13 +199,21 @@ def extract_views(
             feats = layer_features(probe.states, probe.mask, heads, layer)
             for kk in (best_layer == layer).nonzero().squeeze(1).tolist():
                 prototypes[kk] = class_prototypes(feats, labels[:, kk : kk + 1])[0]
+        x_held = own_observables(held, heads)
+        if ctx.programs is None:
+            x_fit, y_fit = own_observables(probe, heads), labels
+        else:
+            x_fit = _observables_of(model, tok, ctx.programs.texts, words, heads, ctx.batch_size)
+            y_fit = torch.from_numpy(ctx.programs.concepts.copy())
+    program = fit_program(x_fit, y_fit, x_held, ctx.heldout_labels, seed=ctx.seed)
     logger.info(
-        "view read-outs: mean held-out balanced accuracy %.3f over %d concepts (token head %.3f)",
+        "view read-outs: mean held-out balanced accuracy %.3f over %d concepts (token head %.3f, programs %.3f)",
         float(accuracy.mean()),
         k,
         token_acc,
+        float(program.accuracy.mean()),
     )
-    return ViewExtraction(words, heads, readout, accuracy, token_acc, prototypes)
+    return ViewExtraction(words, heads, readout, accuracy, token_acc, prototypes, program)
 
 
 def view_tensors(view: ViewExtraction) -> dict[str, torch.Tensor]:
@@ -184,6 +232,10 @@ def view_tensors(view: ViewExtraction) -> dict[str, torch.Tensor]:
         out |= {"view.token.weight": h.token.weight, "view.token.bias": h.token.bias}
     for j, s in enumerate(h.steps):
         out |= {f"view.step{j}.weight": s.weight, f"view.step{j}.bias": s.bias}
+    if view.program is not None:
+        out["view.program.accuracy"] = view.program.accuracy
+        for i, (w, b) in enumerate(view.program.layers):
+            out |= {f"view.program.{i}.weight": w, f"view.program.{i}.bias": b}
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -196,6 +248,7 @@ def view_meta(view: ViewExtraction) -> dict[str, object]:
         "token_classes": list(h.token_classes),
         "step_layers": [s.layer for s in h.steps],
         "answer_layer": h.answer.layer,
+        "program_layers": 0 if view.program is None else len(view.program.layers),
     }
 
 
@@ -211,6 +264,11 @@ def view_from(t: dict[str, torch.Tensor], meta: dict[str, object]) -> ViewExtrac
     classes = tuple(str(c) for c in meta["token_classes"])  # type: ignore[attr-defined]
     heads = ObservableHeads(token, classes, steps, answer)
     readout = ViewReadout(t["view.readout.weight"], t["view.readout.bias"], t["view.readout.layers"].long())
+    n_program = int(str(meta.get("program_layers", 0)))
+    program = None
+    if n_program:
+        layers = tuple((t[f"view.program.{i}.weight"], t[f"view.program.{i}.bias"]) for i in range(n_program))
+        program = ConceptProgram(layers, t["view.program.accuracy"])
     return ViewExtraction(
         int(str(meta["words"])),
         heads,
@@ -218,4 +276,5 @@ def view_from(t: dict[str, torch.Tensor], meta: dict[str, object]) -> ViewExtrac
         t["view.accuracy"],
         float(str(meta["token_accuracy"])),
         t["view.prototypes"],
+        program,
     )

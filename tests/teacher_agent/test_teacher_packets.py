@@ -182,3 +182,36 @@ def test_keygen_refuses_to_overwrite(tmp_path):
     assert (path.stat().st_mode & 0o777) == 0o600
     second = runner.invoke(app, ["keygen", "--out", str(path)])
     assert second.exit_code == 2 and "exists" in second.output
+
+
+def test_packets_carry_concept_programs_that_the_student_checks(teacher_dir, key_path):
+    """The programs ship for the packet's concepts, with the teacher's held-out accuracy; a flip
+    poisons them as it poisons the read-out; a program that does not fit the view is refused."""
+    from student_agent.knowledge import Knowledge, PacketContentError, _AgentManifest
+
+    result = pipeline.load_extraction(teacher_dir / "extraction-probing")
+    assert result.view is not None and result.view.program is not None
+    keys_ = [c.key for c in result.concepts][1:4]
+    packet = _build(teacher_dir, key_path, concept_keys=keys_)
+    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
+    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
+    program = manifest["views"]["program"]
+    assert program["accuracy"] == [round(float(a), 4) for a in result.view.program.accuracy[1:4]]
+    last = program["layers"] - 1
+    honest_out = result.view.program.layers[-1][0][1:4].half()
+    assert torch.equal(tensors[f"observables.program.{last}.weight"], honest_out)
+    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
+    assert kn.views is not None and kn.views.program is not None and kn.views.program.concepts == 3
+
+    flipped = st_load(_build(teacher_dir, key_path, concept_keys=keys_, poison={keys_[0]: "flip"}).payload)
+    assert np.array_equal(flipped[f"observables.program.{last}.weight"][0], -honest_out[0].numpy())
+    assert np.array_equal(flipped[f"observables.program.{last}.weight"][1:], honest_out[1:].numpy())
+
+    narrow = dict(tensors)
+    narrow["observables.program.0.weight"] = tensors["observables.program.0.weight"][:, 1:]
+    with pytest.raises(PacketContentError, match="observable features"):
+        Knowledge._checked("p", _AgentManifest.model_validate(manifest), narrow)
+    short = json.loads(json.dumps(manifest))
+    short["views"]["program"]["accuracy"] = short["views"]["program"]["accuracy"][:2]
+    with pytest.raises(PacketContentError, match="accuracies"):
+        Knowledge._checked("p", _AgentManifest.model_validate(short), tensors)
