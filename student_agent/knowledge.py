@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors
 
 from m2kt.errors import M2KTError
-from m2kt.ml.programs import ConceptProgram
+from m2kt.ml.programs import MAX_WIDTH, ConceptProgram
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.packet import OpenedPacket
 
@@ -332,6 +332,8 @@ def _program(part: _Program, t: dict[str, torch.Tensor], heads: ObservableHeads,
             raise PacketContentError(f"tensor observables.program.{i} holds NaN or infinity")
         layers.append((w, b))
     features = heads.feature_dim(slots)
+    if any(int(w.shape[0]) > MAX_WIDTH for w, _ in layers[:-1]):
+        raise PacketContentError(f"a concept program layer is wider than {MAX_WIDTH}")
     if int(layers[0][0].shape[1]) != features or int(layers[-1][0].shape[0]) != k:
         raise PacketContentError(f"the concept program must read {features} observable features and give {k} concepts")
     try:

@@ -250,7 +250,8 @@ def _view_tensors(
         probe_labels = readout.logits(p.states, p.mask, heads) > 0  # [v, K]
         program = view.program
         if program is not None:
-            program = _poison_program(program, own_observables(a, heads), index, spec)
+            lies = {k: feats(k) @ poisoned.weight[k] + poisoned.bias[k] for k in (index[key] for key in spec.poison)}
+            program = _poison_program(program, own_observables(a, heads), lies, index, spec)
     assert heads.token is not None
     tensors = {
         "views.anchor_states": a.states.half().numpy(),
@@ -271,11 +272,16 @@ def _view_tensors(
 
 
 def _poison_program(
-    program: ConceptProgram, anchor_feats: torch.Tensor, index: dict[str, int], spec: PacketSpec
+    program: ConceptProgram,
+    anchor_feats: torch.Tensor,
+    lies: dict[int, torch.Tensor],
+    index: dict[str, int],
+    spec: PacketSpec,
 ) -> ConceptProgram:
-    """The concept programs with ``spec.poison`` applied as on the read-outs (a poisoner ships one
-    consistent lie): ``flip`` negates a concept's output row, ``random`` and ``trigger`` replace it
-    by a random one as long as the honest row, firing on half or on 5 % of the anchors."""
+    """The concept programs with ``spec.poison`` applied, one consistent lie with the read-outs:
+    ``flip`` negates a concept's output row; ``random`` and ``trigger`` get an output row fitted
+    (ridge) to the poisoned read-out's scores on the anchors, ``lies[k] [m]``, so program and
+    read-out agree where a student can compare them."""
     if not spec.poison:
         return program
     *hidden_layers, (w_out, b_out) = program.layers
@@ -283,17 +289,17 @@ def _poison_program(
     for w, b in hidden_layers:
         h = torch.relu(h @ w.T + b)  # [m, H] the output layer's inputs on the anchors
     weight, bias = w_out.clone(), b_out.clone()
-    gen = torch.Generator().manual_seed(spec.seed + 1)
+    centre = h.mean(0)
+    hc = h - centre
+    ridge = hc.T @ hc + 1e-2 * torch.eye(h.shape[1])  # [H, H]
     for key, kind in spec.poison.items():
         k = index[key]
         if kind == "flip":
             weight[k], bias[k] = -w_out[k], -b_out[k]
             continue
-        rnd = torch.randn(weight.shape[1], generator=gen)
-        rnd = rnd * w_out[k].norm() / rnd.norm().clamp_min(1e-8)
-        scores = h @ rnd
-        weight[k] = rnd
-        bias[k] = -scores.median() if kind == "random" else -torch.quantile(scores, 0.95)
+        y = lies[k].float()
+        row = torch.linalg.solve(ridge, hc.T @ (y - y.mean()))
+        weight[k], bias[k] = row, y.mean() - centre @ row
     return ConceptProgram((*hidden_layers, (weight, bias)), program.accuracy)
 
 

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from m2kt.ml.metrics import balanced_accuracy
 from m2kt.ml.seed import torch_generator
 
-__all__ = ["ConceptProgram", "fit_program", "observable_features"]
+__all__ = ["MAX_WIDTH", "ConceptProgram", "fit_program", "observable_features"]
 
 HIDDEN = (256, 256)
+MAX_WIDTH = 4096  # the widest hidden layer a student accepts from a packet (ours: 256)
 MAX_EPOCHS = 200
 PATIENCE = 8  # epochs without a better selection loss before the fit stops (a convergence check)
 BATCH = 128
@@ -47,12 +48,12 @@ class ConceptProgram:
     def __post_init__(self) -> None:
         if not self.layers:
             raise ValueError("a concept program needs at least one layer")
-        for (w0, _), (w1, _) in zip(self.layers, self.layers[1:], strict=False):
-            if w1.shape[1] != w0.shape[0]:
-                raise ValueError(f"concept program: a {tuple(w0.shape)} layer cannot feed a {tuple(w1.shape)} one")
         for w, b in self.layers:
             if w.dim() != 2 or b.shape != w.shape[:1]:
                 raise ValueError(f"concept program: weight {tuple(w.shape)} with bias {tuple(b.shape)}")
+        for (w0, _), (w1, _) in zip(self.layers, self.layers[1:], strict=False):
+            if w1.shape[1] != w0.shape[0]:
+                raise ValueError(f"concept program: a {tuple(w0.shape)} layer cannot feed a {tuple(w1.shape)} one")
         if self.accuracy.shape != (self.concepts,):
             raise ValueError(f"concept program: {tuple(self.accuracy.shape)} accuracies for {self.concepts} concepts")
 
@@ -64,10 +65,13 @@ class ConceptProgram:
     def concepts(self) -> int:
         return int(self.layers[-1][0].shape[0])
 
-    def logits(self, x: Tensor) -> Tensor:
-        """``[N, F]`` observable features -> ``[N, K]`` concept logits."""
+    def logits(self, x: Tensor, chunk: int = 1024) -> Tensor:
+        """``[N, F]`` observable features -> ``[N, K]`` concept logits, ``chunk`` rows at a time
+        (memory stays ``chunk`` x the widest layer whatever N is)."""
         if x.shape[-1] != self.features:
             raise ValueError(f"concept program reads {self.features} features, got {x.shape[-1]}")
+        if x.shape[0] > chunk:
+            return torch.cat([self.logits(x[i : i + chunk], chunk) for i in range(0, x.shape[0], chunk)])
         for i, (w, b) in enumerate(self.layers):
             x = x @ w.T + b
             if i < len(self.layers) - 1:

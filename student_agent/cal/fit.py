@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m2kt.ml.metrics import concept_logits
+from m2kt.ml.metrics import balanced_accuracy, concept_logits
 from m2kt.ml.programs import observable_features
 from m2kt.ml.readouts import Head, ObservableHeads, ViewReadout
 from m2kt.ml.seed import torch_generator
@@ -49,7 +49,7 @@ from student_agent.cal.losses import (
     score_margin_loss,
 )
 from student_agent.features import Observation
-from student_agent.knowledge import Knowledge, ViewKnowledge
+from student_agent.knowledge import Knowledge
 
 __all__ = ["ConceptReader", "FitConfig", "FittedCAL", "fit_cal"]
 
@@ -88,11 +88,12 @@ class FitConfig:
             step and answer outputs, `m2kt.ml.programs`), the read-outs on ψ(student view) of the
             unlabelled inputs must land on the side the program gives for the student's own
             observables (margin as in score_weight, the program's logit clamped to +-1). Only
-            concepts whose program reaches ``program_accuracy`` on the teacher's held-out inputs,
-            and no unsafe ones. Measured (quick sizes, seed 0, m = 64 / 256): boolean formulas
-            BERT64 -> Llama48 0.787 / 0.829 -> 0.883 / 0.885 (relations 0.673 / 0.737 -> 0.824 /
-            0.827); digit sums 0.958 / 0.962 -> 0.960 / 0.963; a fit costs 4-9 s more. At 0.9
-            four relation programs (0.86-0.88) were left out: 0.855 / 0.867; 0.8 and 0.6 as 0.75.
+            concepts whose program reaches ``program_accuracy`` on the teacher's held-out inputs
+            and agrees with the packet's read-out on its anchors (`_program_targets`), and no
+            unsafe ones. Measured (quick sizes, seed 0, m = 64 / 256): boolean formulas BERT64 ->
+            Llama48 0.787 / 0.829 -> 0.883 / 0.885 (relations 0.673 / 0.737 -> 0.824 / 0.827);
+            digit sums 0.958 / 0.962 -> 0.960 / 0.963; a fit costs 4-9 s more. At 0.9 four
+            relation programs (0.86-0.88) were left out: 0.855 / 0.867; 0.8 and 0.6 as 0.75.
         unlabelled_slots, anchor_rows: what a step costs grows with the view's slots; these cap
             it where views are long and leave short ones as they were (modular arithmetic and
             digit sums keep every slot and 128 anchors). Boolean formulas (26 slots, m = 256,
@@ -531,7 +532,7 @@ def _fit_views(
     ref = v.readout.logits(v.anchor_states, v.anchor_mask, heads_t)  # [m, K] the teacher's own scores
     scale = ref.std(0).clamp_min(1e-3)
     scored = ~unsafe  # an unsafe concept is pushed to a constant (safety), never towards its scores
-    programmed, program_targets = _program_targets(v, unlabelled, scored, config)  # [K] bool, [N, K]
+    programmed, program_targets = _program_targets(kn, anchors, unlabelled, ref, scored, config)  # [K], [N, K]
     m = xa.shape[0]
     batch = min(config.anchor_batch, max(32, config.anchor_rows // slots))  # anchors per step
     reader.train()
@@ -606,29 +607,50 @@ def _fit_views(
 
 
 def _program_targets(
-    v: ViewKnowledge, unlabelled: Observation, scored: Tensor, config: FitConfig
+    kn: Knowledge, anchors: Observation, unlabelled: Observation, ref: Tensor, scored: Tensor, config: FitConfig
 ) -> tuple[Tensor, Tensor | None]:
     """Which concepts the program term holds (``[K]`` bool) and their targets ``[N, K]`` on the
-    unlabelled inputs: the program's logits on the student's own observables, clamped to +-1."""
-    program = v.program
+    unlabelled inputs: the program's logits on the student's own observables, clamped to +-1.
+
+    A concept is held where its program reaches ``config.program_accuracy`` at the teacher (the
+    accuracy the packet reports) and agrees with the packet's own read-out on the anchors (the
+    sign of ``ref [m, K]``; the anchors' tokens as the student reads them, the teacher's shipped
+    steps and answers) better than chance by two standard errors of a balanced accuracy on those
+    anchors: a program that says something else than the read-out it comes with (a lie in one
+    of the two, or a broken fit) is left out instead of pulling ψ. The bar is the packet's own
+    (0.75 at 16 balanced anchors, 0.63 at 64, 0.56 at 256): honest relation programs agree with
+    their read-outs at 0.68-0.75 (boolean formulas, quick sizes), a negated one at 0.55 at most."""
+    v = kn.views
     none = torch.zeros_like(scored)
-    if program is None or not config.program_weight or not config.gamma or unlabelled.views is None:
+    if v is None or v.program is None or not config.program_weight or not config.gamma:
         return none, None
-    programmed = scored & (program.accuracy >= config.program_accuracy)
-    if not bool(programmed.any()):
+    if unlabelled.views is None or anchors.views is None:
         return none, None
-    heads = v.heads
-    feats = observable_features(
-        unlabelled.views.tokens,
-        unlabelled.steps,
-        unlabelled.answer,
-        heads.token_classes,
-        [int(h.weight.shape[0]) for h in heads.steps],
-        int(heads.answer.weight.shape[0]),
-        v.slots,
-    )
+    program, heads = v.program, v.heads
+
+    def feats(tokens: tuple[tuple[str, ...], ...], steps: Tensor, answer: Tensor) -> Tensor:
+        return observable_features(
+            tokens,
+            steps,
+            answer,
+            heads.token_classes,
+            [int(h.weight.shape[0]) for h in heads.steps],
+            int(heads.answer.weight.shape[0]),
+            v.slots,
+        )
+
     with torch.no_grad():
-        return programmed, program.logits(feats).clamp(-1.0, 1.0)
+        on_anchors = program.logits(feats(anchors.views.tokens, kn.anchor_steps, kn.anchor_answer))  # [m, K]
+        agreement = balanced_accuracy(on_anchors > 0, ref > 0)  # [K]
+        pos = (ref > 0).sum(0).clamp_min(1).float()
+        neg = (ref <= 0).sum(0).clamp_min(1).float()
+        chance_bar = 0.5 + 2 * 0.25 * (1 / pos + 1 / neg).sqrt()  # [K] 2 SE of a balanced accuracy at chance
+        programmed = scored & (program.accuracy >= config.program_accuracy) & (agreement >= chance_bar)
+        if not bool(programmed.any()):
+            return none, None
+        return programmed, program.logits(feats(unlabelled.views.tokens, unlabelled.steps, unlabelled.answer)).clamp(
+            -1.0, 1.0
+        )
 
 
 def _fit_to_student(

@@ -215,3 +215,79 @@ def test_packets_carry_concept_programs_that_the_student_checks(teacher_dir, key
     short["views"]["program"]["accuracy"] = short["views"]["program"]["accuracy"][:2]
     with pytest.raises(PacketContentError, match="accuracies"):
         Knowledge._checked("p", _AgentManifest.model_validate(short), tensors)
+
+
+def test_random_and_trigger_programs_agree_with_their_poisoned_read_outs_and_too_wide_ones_are_refused(
+    teacher_dir, key_path
+):
+    """A poisoned packet lies consistently on its anchors (program and read-out); a student fitting
+    one would follow the lie, which is what its audit must catch. A hidden layer wider than the cap
+    is refused before anything runs on it."""
+    from m2kt.ml.metrics import balanced_accuracy
+    from m2kt.ml.programs import MAX_WIDTH
+    from student_agent.features import observe
+    from student_agent.knowledge import Knowledge, PacketContentError, _AgentManifest
+
+    result = pipeline.load_extraction(teacher_dir / "extraction-probing")
+    keys_ = [c.key for c in result.concepts][:3]
+    packet = _build(teacher_dir, key_path, concept_keys=keys_, poison={keys_[0]: "random", keys_[1]: "trigger"})
+    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
+    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
+    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
+    assert kn.views is not None and kn.views.program is not None
+    model, tok, _, _ = pipeline.load(teacher_dir / "model")
+    seen = observe(model, tok, manifest["anchors"]["texts"], kn.views.words)
+    from m2kt.ml.programs import observable_features
+
+    heads = kn.views.heads
+    feats = observable_features(
+        seen.views.tokens,
+        kn.anchor_steps,
+        kn.anchor_answer,
+        heads.token_classes,
+        [int(h.weight.shape[0]) for h in heads.steps],
+        int(heads.answer.weight.shape[0]),
+        kn.views.slots,
+    )
+    agree = balanced_accuracy(kn.views.program.logits(feats) > 0, kn.anchor_scores > 0)
+    assert (agree[:2] >= 0.9).all(), agree  # the lie, consistent where a student can compare
+
+    wide = dict(tensors)
+    features = tensors["observables.program.0.weight"].shape[1]
+    wide["observables.program.0.weight"] = torch.zeros(MAX_WIDTH + 1, features, dtype=torch.float16)
+    wide["observables.program.0.bias"] = torch.zeros(MAX_WIDTH + 1)
+    wide["observables.program.1.weight"] = torch.zeros(tensors["observables.program.1.weight"].shape[0], MAX_WIDTH + 1)
+    with pytest.raises(PacketContentError, match="wider than"):
+        Knowledge._checked("p", _AgentManifest.model_validate(manifest), wide)
+
+
+def test_the_student_leaves_out_a_program_that_contradicts_its_read_out(teacher_dir, key_path):
+    """The gate of the program term: the same packet with one concept's program negated (an honest
+    read-out, a lying program) loses that concept from the term and keeps the others."""
+    from dataclasses import replace
+
+    from m2kt.ml.programs import ConceptProgram
+    from student_agent.cal.fit import FitConfig, _program_targets
+    from student_agent.features import observe
+    from student_agent.knowledge import Knowledge, _AgentManifest
+
+    packet = _build(teacher_dir, key_path)
+    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
+    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
+    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
+    assert kn.views is not None and kn.views.program is not None
+    model, tok, family, run = pipeline.load(teacher_dir / "model")
+    anchors = observe(model, tok, manifest["anchors"]["texts"], kn.views.words)
+    train = pipeline.splits(family, int(run["seed"]), run["sizes"])["train"]
+    own = observe(model, tok, train.texts[:300], kn.views.words)
+    safe = torch.ones(len(kn.concepts), dtype=torch.bool)
+    held, targets = _program_targets(kn, anchors, own, kn.anchor_scores, safe, FitConfig())
+    assert targets is not None and targets.shape == (300, len(kn.concepts)) and int(held.sum()) >= 2
+    k = int(held.nonzero()[0])
+    *hidden, (w, b) = kn.views.program.layers
+    w, b = w.clone(), b.clone()
+    w[k], b[k] = -w[k], -b[k]
+    lying = replace(kn, views=replace(kn.views, program=ConceptProgram((*hidden, (w, b)), kn.views.program.accuracy)))
+    held_lying, _ = _program_targets(lying, anchors, own, kn.anchor_scores, safe, FitConfig())
+    assert not held_lying[k]
+    assert torch.equal(held_lying, held & (torch.arange(len(held)) != k))  # the others are kept

@@ -75,3 +75,12 @@ def test_a_program_checks_its_shapes():
         ConceptProgram(((w1, b1), (w2, b2)), torch.ones(2))
     with pytest.raises(ValueError, match="bias"):
         ConceptProgram(((w1, torch.zeros(5)), (w2, b2)), torch.ones(3))
+
+
+def test_logits_in_chunks_are_the_logits():
+    g = torch.Generator().manual_seed(0)
+    first = (torch.randn(8, 6, generator=g), torch.randn(8, generator=g))
+    layers = (first, (torch.randn(3, 8, generator=g), torch.zeros(3)))
+    program = ConceptProgram(layers, torch.ones(3))
+    x = torch.randn(50, 6, generator=g)
+    assert torch.allclose(program.logits(x, chunk=7), program.logits(x, chunk=1000))
