@@ -33,6 +33,17 @@ def _build(teacher_dir, key_path, **spec):
     return pipeline.build(teacher_dir / "model", result, key_path, PacketSpec(agent="t", **spec), anchors=64, probes=64)
 
 
+def _read(packet):
+    """The packet's tensors, its manifest and what a student reads of them (content checks only)."""
+    from student_agent.knowledge import Knowledge, _AgentManifest
+
+    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
+    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
+    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
+    assert kn.views is not None and kn.views.program is not None
+    return tensors, manifest, kn
+
+
 def test_packet_contents_and_independent_signature_check(teacher_dir, key_path):
     packet = _build(teacher_dir, key_path)
     env = json.loads(packet.envelope)
@@ -193,15 +204,13 @@ def test_packets_carry_concept_programs_that_the_student_checks(teacher_dir, key
     assert result.view is not None and result.view.program is not None
     keys_ = [c.key for c in result.concepts][1:4]
     packet = _build(teacher_dir, key_path, concept_keys=keys_)
-    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
-    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
+    tensors, manifest, kn = _read(packet)
     program = manifest["views"]["program"]
     assert program["accuracy"] == [round(float(a), 4) for a in result.view.program.accuracy[1:4]]
     last = program["layers"] - 1
     honest_out = result.view.program.layers[-1][0][1:4].half()
     assert torch.equal(tensors[f"observables.program.{last}.weight"], honest_out)
-    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
-    assert kn.views is not None and kn.views.program is not None and kn.views.program.concepts == 3
+    assert kn.views.program.concepts == 3
 
     flipped = st_load(_build(teacher_dir, key_path, concept_keys=keys_, poison={keys_[0]: "flip"}).payload)
     assert np.array_equal(flipped[f"observables.program.{last}.weight"][0], -honest_out[0].numpy())
@@ -231,10 +240,7 @@ def test_random_and_trigger_programs_agree_with_their_poisoned_read_outs_and_too
     result = pipeline.load_extraction(teacher_dir / "extraction-probing")
     keys_ = [c.key for c in result.concepts][:3]
     packet = _build(teacher_dir, key_path, concept_keys=keys_, poison={keys_[0]: "random", keys_[1]: "trigger"})
-    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
-    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
-    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
-    assert kn.views is not None and kn.views.program is not None
+    tensors, manifest, kn = _read(packet)
     model, tok, _, _ = pipeline.load(teacher_dir / "model")
     seen = observe(model, tok, manifest["anchors"]["texts"], kn.views.words)
     from m2kt.ml.programs import observable_features
@@ -269,13 +275,9 @@ def test_the_student_leaves_out_a_program_that_contradicts_its_read_out(teacher_
     from m2kt.ml.programs import ConceptProgram
     from student_agent.cal.fit import FitConfig, _program_targets
     from student_agent.features import observe
-    from student_agent.knowledge import Knowledge, _AgentManifest
 
     packet = _build(teacher_dir, key_path)
-    tensors = {n: torch.from_numpy(a) for n, a in st_load(packet.payload).items()}
-    manifest = json.loads(base64.b64decode(json.loads(packet.envelope)["payload"]))["predicate"]
-    kn = Knowledge._checked("p", _AgentManifest.model_validate(manifest), tensors)
-    assert kn.views is not None and kn.views.program is not None
+    tensors, manifest, kn = _read(packet)
     model, tok, family, run = pipeline.load(teacher_dir / "model")
     anchors = observe(model, tok, manifest["anchors"]["texts"], kn.views.words)
     train = pipeline.splits(family, int(run["seed"]), run["sizes"])["train"]
