@@ -41,6 +41,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_reason": {"gamma": 0.0},
     "no_scores": {"score_weight": 0.0},  # geo without the anchors' concept scores (states only)
     "no_programs": {"program_weight": 0.0},  # reason without the concept programs on unlabelled inputs
+    "geo_with_programs": {"program_geo": 1.0},  # L_geo at full weight beside the programs (before 2026-12-03)
     "low_rank": {"cal": CALSpec(form="lowrank")},
     "teacher_to_student": {"cal": CALSpec(direction="teacher_to_student")},
     "neighbours": {"cal": CALSpec(neighbours=(-1, 1, 2))},  # word slots' maps also see nearby words
@@ -50,7 +51,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 # The ablations every pair runs: the loss terms and the views (every word slot, observable heads).
 # The design choices (form, direction, extractor, safety term) are ablated on the first pair only.
-TERM_ABLATIONS = ("no_views", "no_geo", "no_struct", "no_reason", "no_scores", "no_programs")
+TERM_ABLATIONS = ("no_views", "no_geo", "no_struct", "no_reason", "no_scores", "no_programs", "geo_with_programs")
 POISON_SHARE = 0.2
 
 

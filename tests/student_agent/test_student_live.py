@@ -293,7 +293,8 @@ def test_the_safety_term_fits_on_views_when_anchors_outnumber_a_batch(pair):
 
 def test_the_anchor_scores_pull_the_mapped_anchors_towards_the_teachers_concept_scores(pair):
     """geo's score part: with it the concept read-outs on the mapped anchors agree with the teacher's
-    own scores on more (anchor, concept) pairs than the same fit on states alone."""
+    own scores on more (anchor, concept) pairs than the same fit on states alone. Without the
+    concept programs: where they are in use, geo is weighted down (FitConfig.program_geo)."""
     key = keys.load_public(pair.key_path.with_name("teacher.key.pub"))
     ext = pipeline.load_extraction(pair.extraction)
     packet = pipeline.build(pair.teacher_dir, ext, pair.key_path, PacketSpec(agent="t"), anchors=128, probes=64)
@@ -304,7 +305,7 @@ def test_the_anchor_scores_pull_the_mapped_anchors_towards_the_teachers_concept_
     unlabelled = observe(student.model, student.tokenizer, student.split("train").texts[:512], kn.views.words)
     agreement = {}
     for weight in (0.0, 1.0):
-        fitted = fit_cal(kn, anchors, unlabelled, FitConfig(steps=150, score_weight=weight))
+        fitted = fit_cal(kn, anchors, unlabelled, FitConfig(steps=150, score_weight=weight, program_weight=0.0))
         logits = fitted.reader(fitted.reader.input_of(anchors))
         agreement[weight] = float(((logits > 0) == (kn.anchor_scores > 0)).float().mean())
     assert agreement[1.0] > agreement[0.0], agreement
