@@ -103,6 +103,8 @@ class FitConfig:
             at m = 256 the full benchmark's no_geo ablation gave 0.927 and 0.931 on 2 seeds); modular
             arithmetic 0.968 / 0.976, -, 0.975 / 0.976; digit sums 0.985 / 0.986, 0.988 / 0.987,
             0.988 / 0.988. Without programs L_geo stays at alpha: there it is worth 0.12-0.22.
+            At weight 0 the anchors' whole views are not mapped (only what struct, reason and
+            safety read), and the reported geo term is 0.
         unlabelled_slots, anchor_rows: what a step costs grows with the view's slots; these cap
             it where views are long and leave short ones as they were (modular arithmetic and
             digit sums keep every slot and 128 anchors). Boolean formulas (26 slots, m = 256,
@@ -568,16 +570,41 @@ def _fit_views(
 
     all_layers = {layer: i for i, layer in enumerate(range(n_layers_t))}
     used = {layer: i for i, layer in enumerate(read_layers)}
+    if program_targets is not None:  # the programs hold the concepts; the anchors' states no longer pull ψ
+        config = replace(config, alpha=config.alpha * config.program_geo)
+    safety = bool(config.lam and unsafe.any())
+    # Only what a weighted term reads is mapped: without geo and safety an anchor needs its read-out
+    # slot (struct, step and answer heads) and the token head's block at its word slots; the program
+    # term needs the blocks its concepts, the token head and the step and answer heads read.
+    whole_anchors = bool(config.alpha) or safety
+    program_layers = sorted({*v.readout.layers[programmed].tolist(), tok_layer, *read_layers})
+    program_cols = _layer_columns(program_layers, d_t)
+
+    def mapped_view(x: Tensor, layers: list[int], cols: Tensor) -> Tensor:
+        """ψ of whole views ``x [B, S, D_S]`` -> ``[B, S, L_T, d_T]``, zero outside ``layers``."""
+        if len(layers) == n_layers_t:
+            return reader.teacher_norm.inverse(reader.cal(x)).view(len(x), slots, n_layers_t, d_t)
+        part = reader.teacher_norm.inverse(reader.cal(x, columns=cols), columns=cols)
+        h = part.new_zeros(len(x), slots, n_layers_t, d_t)
+        h[:, :, layers] = part.view(len(x), slots, len(layers), d_t)
+        return h
 
     def loss_fn(step: int) -> dict[str, Tensor]:
         a = torch.randperm(m, generator=gen)[:batch] if m > batch else torch.arange(m)
-        za = reader.cal(xa[a])  # [b, S, L_T*d_T]
-        ha = reader.teacher_norm.inverse(za).view(len(a), slots, n_layers_t, d_t) * m_a[a, :, None, None]
-        terms: dict[str, Tensor] = {
-            "geo": (za - ta[a]).pow(2).mean(-1)[both[a]].mean(),
-            "struct": relational_loss(za[:, 0], ta[a, 0]),
-        }
-        if config.score_weight and bool(scored.any()):  # the anchors along the concept read-outs
+        ha: Tensor | None = None
+        if whole_anchors:
+            za = reader.cal(xa[a])  # [b, S, L_T*d_T]
+            ha = reader.teacher_norm.inverse(za).view(len(a), slots, n_layers_t, d_t) * m_a[a, :, None, None]
+            za0, h_read, h_tok = za[:, 0], ha[:, 0], ha[:, 1:, tok_layer]
+            geo = (za - ta[a]).pow(2).mean(-1)[both[a]].mean()
+        else:  # the read-out slot whole, the word slots at the token head's block: all that is read
+            za0 = reader.cal(xa[a], slots=read_slot)[:, 0]  # [b, L_T*d_T]
+            h_read = reader.teacher_norm.inverse(za0, slots=read_slot[0]).view(len(a), n_layers_t, d_t)
+            zt = reader.cal(xa[a], columns=tok_cols, slots=word_slots)  # [b, S-1, d_T]
+            h_tok = reader.teacher_norm.inverse(zt, slots=word_slots, columns=tok_cols) * m_a[a, 1:, None]
+            geo = za0.new_zeros(())
+        terms: dict[str, Tensor] = {"geo": geo, "struct": relational_loss(za0, ta[a, 0])}
+        if ha is not None and config.score_weight and bool(scored.any()):  # the anchors along the read-outs
             got = reader.forward_mapped(ha, m_a[a])[:, scored] / scale[scored]
             margin = score_margin_loss(got, ref[a][:, scored] / scale[scored])
             terms["geo"] = terms["geo"] + config.score_weight * margin
@@ -590,31 +617,30 @@ def _fit_views(
             hw = reader.teacher_norm.inverse(zw, slots=words, columns=tok_cols)
             zr = reader.cal(xu[idx], columns=read_cols, slots=read_slot)  # [B, 1, n_used*d_T]
             hr = reader.teacher_norm.inverse(zr, slots=read_slot, columns=read_cols).view(-1, len(read_layers), d_t)
-            anchor_part = read_ce(ha[:, 0], kn.anchor_steps[a], kn.anchor_answer[a], all_layers) + token_ce(
-                ha[:, 1:, tok_layer], tok_a[a, 1:]
+            anchor_part = read_ce(h_read, kn.anchor_steps[a], kn.anchor_answer[a], all_layers) + token_ce(
+                h_tok, tok_a[a, 1:]
             )
             own_part = read_ce(hr, unlabelled.steps[idx], unlabelled.answer[idx], used)
             own_part = own_part + token_ce(hw, tok_u[idx][:, words])
             terms["reason"] = 0.5 * (anchor_part + own_part)
             if program_targets is not None:  # every concept the programs give, on whole mapped views
                 p = torch.randint(0, xu.shape[0], (min(config.program_batch, xu.shape[0]),), generator=gen)
-                hu = reader.teacher_norm.inverse(reader.cal(xu[p])).view(len(p), slots, n_layers_t, d_t)
+                hu = mapped_view(xu[p], program_layers, program_cols)
                 got_u = reader.forward_mapped(hu * m_u[p, :, None, None], m_u[p])[:, programmed]
                 target = program_targets[p][:, programmed]
                 terms["reason"] = terms["reason"] + config.program_weight * score_margin_loss(
                     got_u / scale[programmed], target
                 )
         else:
-            terms["reason"] = za.new_zeros(())
-        if config.lam and bool(unsafe.any()):
+            terms["reason"] = za0.new_zeros(())
+        if safety:
+            assert ha is not None
             logits = reader.forward_mapped(ha, m_a[a])[:, unsafe] / scale[unsafe]  # [b, U] on this step's anchors
             terms["safety"] = (logits - logits.mean(0)).pow(2).mean()
         else:
-            terms["safety"] = za.new_zeros(())
+            terms["safety"] = za0.new_zeros(())
         return terms
 
-    if program_targets is not None:  # the programs hold the concepts; the anchors' states no longer pull ψ
-        config = replace(config, alpha=config.alpha * config.program_geo)
     return _optimise([p for p in reader.cal.parameters()], config, loss_fn)
 
 

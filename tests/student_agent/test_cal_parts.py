@@ -10,7 +10,7 @@ from student_agent.cal import losses
 from student_agent.cal.checkpoint import CheckpointStore
 from student_agent.cal.config import CALConfig, CALSpec, build_cal
 from student_agent.cal.fit import FITTERS, ConceptReader, FitConfig
-from student_agent.cal.layers import SlotCAL, freeze
+from student_agent.cal.layers import FormArgs, SlotCAL, build_form, freeze
 
 
 @pytest.mark.parametrize(
@@ -208,3 +208,21 @@ def test_a_packet_for_another_task_is_rejected_before_fitting():
         with pytest.raises(Rejection) as exc:
             check_task(SimpleNamespace(task_spec=other), p23)
         assert exc.value.reason == "task-mismatch"
+
+
+@pytest.mark.parametrize("form", ["mlp_skip", "lowrank"])
+@pytest.mark.parametrize("neighbours", [(), (-1, 1)])
+def test_word_slots_skip_their_zero_half_and_map_as_the_whole_input_would(form, neighbours, monkeypatch):
+    """A form that takes ``inputs=`` maps word slots without their read-out half (all zeros there):
+    the same outputs as the full input, for whole views, picked slots and picked columns."""
+    d = 6
+    inner = build_form(form, FormArgs((2 + len(neighbours)) * d, 10, 16, 4, 0.3)).eval()
+    cal = SlotCAL(inner, slots=5, d_in=d, neighbours=neighbours)
+    torch.nn.init.normal_(cal.slot_offset, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(3, 5, d, generator=torch.Generator().manual_seed(2))
+    slots, cols = torch.tensor([3, 0, 2]), torch.tensor([1, 3, 7])
+    fast, fast_picked = cal(x), cal(x, columns=cols, slots=slots)
+    monkeypatch.setattr(type(inner), "takes_inputs", False)
+    full = cal(x)
+    assert torch.allclose(fast, full, atol=1e-6)
+    assert torch.allclose(fast_picked, full[:, slots][..., cols], atol=1e-6)

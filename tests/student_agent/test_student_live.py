@@ -309,3 +309,26 @@ def test_the_anchor_scores_pull_the_mapped_anchors_towards_the_teachers_concept_
         logits = fitted.reader(fitted.reader.input_of(anchors))
         agreement[weight] = float(((logits > 0) == (kn.anchor_scores > 0)).float().mean())
     assert agreement[1.0] > agreement[0.0], agreement
+
+
+def test_a_fit_maps_only_what_its_weighted_terms_read(pair):
+    """Where the concept programs are in use and geo is off, the anchors are mapped at the read-out
+    slot and the token head's block only, and the unlabelled views at the blocks the programs'
+    concepts and the heads read. The same fit with geo at a negligible weight maps everything:
+    the terms the two fits share and the programmed concepts' read-outs must come out the same."""
+    key = keys.load_public(pair.key_path.with_name("teacher.key.pub"))
+    ext = pipeline.load_extraction(pair.extraction)
+    packet = pipeline.build(pair.teacher_dir, ext, pair.key_path, PacketSpec(agent="t"), anchors=128, probes=64)
+    kn = Knowledge.from_packet(open_packet(packet.envelope, packet.payload, {keys.keyid(key): key}), packet.payload)
+    assert kn.views is not None and kn.views.program is not None
+    student = pair.student
+    anchors = observe(student.model, student.tokenizer, kn.anchor_texts, kn.views.words)
+    unlabelled = observe(student.model, student.tokenizer, student.split("train").texts[:512], kn.views.words)
+    held = observe(student.model, student.tokenizer, student.split("heldout").texts[:256], kn.views.words)
+    fits = {geo: fit_cal(kn, anchors, unlabelled, FitConfig(steps=40, program_geo=geo)) for geo in (0.0, 1e-12)}
+    assert fits[0.0].losses["geo"] == 0.0 < fits[1e-12].losses["geo"], "the restricted path did not run"
+    for term in ("struct", "reason"):
+        assert fits[0.0].losses[term] == pytest.approx(fits[1e-12].losses[term], rel=1e-3), term
+    logits = {geo: f.reader(f.reader.input_of(held)) for geo, f in fits.items()}
+    read = kn.views.program.accuracy >= FitConfig().program_accuracy
+    assert torch.allclose(logits[0.0][:, read], logits[1e-12][:, read], atol=1e-2), "programmed read-outs differ"
