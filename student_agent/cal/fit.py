@@ -486,6 +486,20 @@ def _layer_columns(layers: list[int], d_t: int) -> Tensor:
     return torch.cat([torch.arange(layer * d_t, (layer + 1) * d_t) for layer in layers])
 
 
+def mapped_view(reader: ConceptReader, x: Tensor, layers: list[int]) -> Tensor:
+    """ψ of standardized whole views ``x [B, S, D_S]`` -> ``[B, S, L_T, d_T]``, computed at the
+    teacher blocks ``layers`` only and zero at the others (for a term that reads no other)."""
+    n_layers_t, d_t = reader.shape_t
+    b, slots = x.shape[0], x.shape[1]
+    if len(layers) == n_layers_t:
+        return reader.teacher_norm.inverse(reader.cal(x)).view(b, slots, n_layers_t, d_t)
+    cols = _layer_columns(layers, d_t)
+    part = reader.teacher_norm.inverse(reader.cal(x, columns=cols), columns=cols)
+    h = part.new_zeros(b, slots, n_layers_t, d_t)
+    h[:, :, layers] = part.view(b, slots, len(layers), d_t)
+    return h
+
+
 def _fit_views(
     reader: ConceptReader,
     kn: Knowledge,
@@ -578,16 +592,6 @@ def _fit_views(
     # term needs the blocks its concepts, the token head and the step and answer heads read.
     whole_anchors = bool(config.alpha) or safety
     program_layers = sorted({*v.readout.layers[programmed].tolist(), tok_layer, *read_layers})
-    program_cols = _layer_columns(program_layers, d_t)
-
-    def mapped_view(x: Tensor, layers: list[int], cols: Tensor) -> Tensor:
-        """ψ of whole views ``x [B, S, D_S]`` -> ``[B, S, L_T, d_T]``, zero outside ``layers``."""
-        if len(layers) == n_layers_t:
-            return reader.teacher_norm.inverse(reader.cal(x)).view(len(x), slots, n_layers_t, d_t)
-        part = reader.teacher_norm.inverse(reader.cal(x, columns=cols), columns=cols)
-        h = part.new_zeros(len(x), slots, n_layers_t, d_t)
-        h[:, :, layers] = part.view(len(x), slots, len(layers), d_t)
-        return h
 
     def loss_fn(step: int) -> dict[str, Tensor]:
         a = torch.randperm(m, generator=gen)[:batch] if m > batch else torch.arange(m)
@@ -625,7 +629,7 @@ def _fit_views(
             terms["reason"] = 0.5 * (anchor_part + own_part)
             if program_targets is not None:  # every concept the programs give, on whole mapped views
                 p = torch.randint(0, xu.shape[0], (min(config.program_batch, xu.shape[0]),), generator=gen)
-                hu = mapped_view(xu[p], program_layers, program_cols)
+                hu = mapped_view(reader, xu[p], program_layers)
                 got_u = reader.forward_mapped(hu * m_u[p, :, None, None], m_u[p])[:, programmed]
                 target = program_targets[p][:, programmed]
                 terms["reason"] = terms["reason"] + config.program_weight * score_margin_loss(

@@ -9,7 +9,7 @@ from student_agent.agent import load_reader
 from student_agent.cal import losses
 from student_agent.cal.checkpoint import CheckpointStore
 from student_agent.cal.config import CALConfig, CALSpec, build_cal
-from student_agent.cal.fit import FITTERS, ConceptReader, FitConfig
+from student_agent.cal.fit import FITTERS, ConceptReader, FitConfig, mapped_view
 from student_agent.cal.layers import FormArgs, SlotCAL, build_form, freeze
 
 
@@ -226,3 +226,20 @@ def test_word_slots_skip_their_zero_half_and_map_as_the_whole_input_would(form, 
     full = cal(x)
     assert torch.allclose(fast, full, atol=1e-6)
     assert torch.allclose(fast_picked, full[:, slots][..., cols], atol=1e-6)
+
+
+def test_a_view_mapped_at_some_blocks_equals_the_whole_map_there_and_is_zero_elsewhere():
+    """The program term maps only the teacher blocks its concepts and heads read."""
+    views = {"words": 3, "token_classes": 5, "step_classes": [4], "step_layers": [1], "answer_classes": 3}
+    views |= {"answer_layer": 2, "token_layer": 0, "feature_dim": 7}
+    n_layers_t, d_t, d_s = 3, 4, 6
+    torch.manual_seed(0)
+    reader = ConceptReader(CALConfig(2 * d_s, n_layers_t * d_t, CALSpec(hidden=8)), d_s, n_layers_t, d_t, 2, views)
+    reader.eval()
+    torch.nn.init.normal_(reader.teacher_norm.mean)
+    x = torch.randn(5, 4, d_s)
+    whole = reader.teacher_norm.inverse(reader.cal(x)).view(5, 4, n_layers_t, d_t)
+    part = mapped_view(reader, x, [0, 2])
+    assert torch.allclose(part[:, :, [0, 2]], whole[:, :, [0, 2]], atol=1e-6)
+    assert part[:, :, 1].abs().sum() == 0
+    assert torch.allclose(mapped_view(reader, x, [0, 1, 2]), whole)
