@@ -83,4 +83,5 @@ def test_logits_in_chunks_are_the_logits():
     layers = (first, (torch.randn(3, 8, generator=g), torch.zeros(3)))
     program = ConceptProgram(layers, torch.ones(3))
     x = torch.randn(50, 6, generator=g)
-    assert torch.allclose(program.logits(x, chunk=7), program.logits(x, chunk=1000))
+    # float32 rounding differs with the batch a matmul kernel gets (and with the thread count)
+    assert torch.allclose(program.logits(x, chunk=7), program.logits(x, chunk=1000), rtol=1e-5, atol=1e-5)
